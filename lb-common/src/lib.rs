@@ -1,0 +1,275 @@
+//! Types shared by the XDP program (`lb-ebpf`) and the control plane
+//! (`lb-userspace`): map keys and values, map sizes, stat indexes and the flow
+//! hash. Every struct is `#[repr(C)]` with explicit padding so both sides see
+//! the same bytes; keys must be zero-initialised before use.
+//!
+//! Addresses are stored as 16 bytes in network order. An IPv4 address sits
+//! in the first four bytes, the rest zero, and `family` tells which it is.
+#![no_std]
+
+/// Most VIPs the data plane holds (the size of the VIP stats array).
+pub const MAX_VIPS: u32 = 64;
+/// Size of the real table. Id 0 is reserved for "no real".
+pub const MAX_REALS: u32 = 4096;
+/// Distance between two rings in the ring array, and the largest ring.
+pub const RING_STRIDE: u32 = 65537;
+/// Ring slots: each VIP has two, the live one and the one being rebuilt.
+pub const RING_SLOTS: u32 = MAX_VIPS * 2;
+/// Largest real weight.
+pub const MAX_WEIGHT: u32 = 65535;
+/// Default number of conntrack entries (each direction has its own map).
+pub const CONNTRACK_SIZE: u32 = 262_144;
+/// Entries in the egress device map (keyed by ifindex).
+pub const MAX_TX_PORTS: u32 = 256;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// `VipMeta.flags`: the entry only marks the address as a VIP address (port 0,
+/// protocol 0); it balances nothing, but lets the program count and drop
+/// malformed traffic for that address instead of passing it.
+pub const VIP_F_ADDR_ONLY: u32 = 1;
+
+/// `RealDef.flags`: the slot holds a configured real.
+pub const REAL_F_VALID: u32 = 1;
+
+/// Key of the VIP map: (address, port, protocol). Port 0 is an all-ports VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of the VIP map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipMeta {
+    /// Index into the VIP stats array.
+    pub vip_index: u32,
+    /// Which ring slot (0..RING_SLOTS) is live; ring starts at slot * RING_STRIDE.
+    pub ring_slot: u32,
+    /// Prime ring size, at most RING_STRIDE.
+    pub ring_size: u32,
+    pub flags: u32,
+}
+
+/// A real server, indexed by real id in the real array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RealDef {
+    pub addr: [u8; 16],
+    /// Network byte order; 0 keeps the client's destination port.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+    pub flags: u32,
+}
+
+/// A 5-tuple as it appears in a packet. Used for both conntrack directions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Forward conntrack value (client → VIP flow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    pub real_id: u32,
+    pub vip_index: u32,
+}
+
+/// Reverse conntrack value, keyed by the reply's tuple (real → client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevValue {
+    pub vip_addr: [u8; 16],
+    /// Network byte order.
+    pub vip_port: u16,
+    pub _pad: [u8; 2],
+    pub vip_index: u32,
+    pub real_id: u32,
+    pub _pad2: u32,
+}
+
+/// Per-VIP and per-real counters (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Client → real packets.
+    pub packets: u64,
+    /// Client → real bytes (whole frames).
+    pub bytes: u64,
+    /// Flows that took a real from the ring (conntrack misses).
+    pub new_flows: u64,
+    /// Real → client packets rewritten back to the VIP.
+    pub reply_packets: u64,
+}
+
+/// Global counter indexes (per-CPU u64 array `GLOBAL_STATS`).
+pub mod stat {
+    pub const RX: u32 = 0;
+    pub const PASS_NON_VIP: u32 = 1;
+    pub const TX: u32 = 2;
+    pub const REDIRECT: u32 = 3;
+    pub const CT_HIT: u32 = 4;
+    pub const CT_MISS: u32 = 5;
+    pub const FIB_MISS: u32 = 6;
+    pub const FIB_FRAG_NEEDED: u32 = 7;
+    pub const PASS_TTL_EXPIRED: u32 = 8;
+    pub const REPLY_NAT: u32 = 9;
+    pub const DROP_TRUNC_ETH: u32 = 10;
+    pub const DROP_TRUNC_VLAN: u32 = 11;
+    pub const DROP_TRUNC_IP: u32 = 12;
+    pub const DROP_BAD_IHL: u32 = 13;
+    pub const DROP_BAD_LEN: u32 = 14;
+    pub const DROP_TRUNC_L4: u32 = 15;
+    pub const DROP_IP_OPTIONS: u32 = 16;
+    pub const DROP_FRAGMENT: u32 = 17;
+    pub const DROP_IPV6_EXT: u32 = 18;
+    pub const DROP_NO_REAL: u32 = 19;
+    pub const DROP_REDIRECT: u32 = 20;
+    pub const PASS_VIP_OTHER_PROTO: u32 = 21;
+    pub const DROP_BAD_VERSION: u32 = 22;
+    pub const COUNT: u32 = 23;
+
+    /// Names for logs, the API and metrics, in index order.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "rx",
+        "pass_non_vip",
+        "tx",
+        "redirect",
+        "conntrack_hit",
+        "conntrack_miss",
+        "fib_miss",
+        "fib_frag_needed",
+        "pass_ttl_expired",
+        "reply_nat",
+        "drop_truncated_ethernet",
+        "drop_truncated_vlan",
+        "drop_truncated_ip",
+        "drop_bad_ihl",
+        "drop_bad_length",
+        "drop_truncated_l4",
+        "drop_ip_options",
+        "drop_fragment",
+        "drop_ipv6_extension",
+        "drop_no_real",
+        "drop_redirect_failed",
+        "pass_vip_other_protocol",
+        "drop_bad_version",
+    ];
+}
+
+#[inline(always)]
+fn rotl(x: u32, r: u32) -> u32 {
+    x.rotate_left(r)
+}
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51);
+    let k = rotl(k, 15).wrapping_mul(0x1b87_3593);
+    let h = h ^ k;
+    rotl(h, 13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn word(b: &[u8; 16], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// The flow hash: murmur3-style mixing of the 5-tuple's words, as stored in
+/// a [`FlowKey`]. The XDP program and the control plane must agree on it, so
+/// it lives here. Ring index = `flow_hash(..) % ring_size`.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let mut h: u32 = 0x4c42_5f31; // seed
+    h = mix(h, word(&key.src, 0));
+    h = mix(h, word(&key.src, 4));
+    h = mix(h, word(&key.src, 8));
+    h = mix(h, word(&key.src, 12));
+    h = mix(h, word(&key.dst, 0));
+    h = mix(h, word(&key.dst, 4));
+    h = mix(h, word(&key.dst, 8));
+    h = mix(h, word(&key.dst, 12));
+    h = mix(h, (key.sport as u32) | ((key.dport as u32) << 16));
+    h = mix(h, (key.proto as u32) | ((key.family as u32) << 8));
+    // fmix32
+    h ^= 40;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for RealDef {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for RevValue {}
+    unsafe impl aya::Pod for Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<VipKey>(), 20);
+        assert_eq!(core::mem::size_of::<VipMeta>(), 16);
+        assert_eq!(core::mem::size_of::<RealDef>(), 24);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<CtValue>(), 8);
+        assert_eq!(core::mem::size_of::<RevValue>(), 32);
+        assert_eq!(core::mem::size_of::<Counters>(), 32);
+        assert_eq!(stat::NAMES.len(), stat::COUNT as usize);
+    }
+
+    #[test]
+    fn flow_hash_depends_on_every_field() {
+        let base = FlowKey {
+            src: [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [198, 18, 100, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let h = flow_hash(&base);
+        assert_eq!(h, flow_hash(&base), "deterministic");
+        let mut k = base;
+        k.sport = 40001u16.to_be();
+        assert_ne!(h, flow_hash(&k));
+        let mut k = base;
+        k.src[3] = 3;
+        assert_ne!(h, flow_hash(&k));
+        let mut k = base;
+        k.proto = IPPROTO_UDP;
+        assert_ne!(h, flow_hash(&k));
+    }
+}

@@ -1,0 +1,33 @@
+//! Builds the XDP object (`lb-ebpf`, nightly, bpfel-unknown-none) and leaves it
+//! in OUT_DIR so that `dataplane` embeds it with `include_bytes!`.
+//!
+//! `AYA_BUILD_SKIP=1` skips the eBPF build (for hosts without bpf-linker that
+//! only work on the L7 or DNS roles); the binary then reports at run time that
+//! it has no XDP object.
+use std::{env, fs, path::PathBuf};
+
+fn main() -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let object = out_dir.join("lb-xdp");
+    let skip = env::var("AYA_BUILD_SKIP")
+        .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        .unwrap_or(false);
+    if skip {
+        println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
+        if !object.exists() {
+            fs::write(&object, b"")?;
+        }
+        return Ok(());
+    }
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest_dir.join("../lb-ebpf").canonicalize()?;
+    let ebpf_dir = ebpf_dir.to_str().expect("utf-8 path");
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "lb-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+}

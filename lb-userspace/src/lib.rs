@@ -1,0 +1,10 @@
+//! `lb`: the control plane and the user-space servers of the load balancer.
+//!
+//! Modules by concern (see `DESIGN.md`): `config` (TOML + validation),
+//! `maglev` (pure ring builder), `dataplane` (aya load/attach, map sync),
+//! `health` (probers + rise/fall state machine), `proxy` (L7), `dns`,
+//! `testbed` (netns/veth topologies for tests and the demo).
+pub mod config;
+pub mod dns;
+pub mod health;
+pub mod proxy;
