@@ -1,30 +1,169 @@
 //! L7 TLS-terminating reverse proxy (the `[[l7]]` role).
+//!
+//! * [`config`]: the `[[l7]]` tables, validation, compiled [`config::ListenerSpec`].
+//! * [`tls`]: PEM loading, SNI certificate selection, rustls settings.
+//! * [`route`]: Host + path-prefix routing (pure).
+//! * [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Forwarded` (pure).
+//! * [`upstream`]: pools, balancing policies, keep-alive, ejection, health.
+//! * [`server`]: listeners, connections, the request path.
+//! * [`accesslog`]: the access log line and its writer.
+//! * [`cert`]: `lb cert`, a test PKI.
+//!
+//! Operator documentation: `docs/l7.md`.
+pub mod accesslog;
+pub mod cert;
 pub mod config;
+pub mod headers;
+pub mod route;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Result;
+use tokio::sync::Mutex;
+
+pub use cert::{cert_main, CertArgs};
+
+use crate::health::Monitor;
+use config::{L7Config, ListenerSpec};
+use server::{Listener, ListenerState};
 
 /// A running set of `[[l7]]` listeners.
-pub struct L7Server {}
+pub struct L7Server {
+    listeners: Mutex<Vec<Arc<Listener>>>,
+    monitor: Monitor,
+}
+
+/// Validates every listener (loading certificates); all errors in one message.
+fn compile_all(cfg: &[L7Config]) -> Result<Vec<ListenerSpec>> {
+    let mut specs = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    let mut names = HashSet::new();
+    for (i, c) in cfg.iter().enumerate() {
+        let path = format!("l7[{i}]");
+        match c.compile(&path) {
+            Ok(s) => {
+                if s.listen.port() != 0 && !seen.insert(s.listen) {
+                    errors.push(format!("{path}.listen: {} is used by another [[l7]]", s.listen));
+                }
+                if !names.insert(s.name.clone()) {
+                    errors.push(format!("{path}.name: `{}` is used by another [[l7]]", s.name));
+                }
+                specs.push(s);
+            }
+            Err(errs) => errors.extend(errs.iter().map(|e| e.to_string())),
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("\n"));
+    }
+    Ok(specs)
+}
 
 impl L7Server {
     /// Binds every listener and starts serving. Must be called inside a tokio runtime.
-    pub async fn start(_cfg: &[config::L7Config]) -> Result<L7Server> {
-        anyhow::bail!("the L7 proxy role is not available in this build")
+    pub async fn start(cfg: &[L7Config]) -> Result<L7Server> {
+        let specs = compile_all(cfg)?;
+        let monitor = Monitor::new();
+        let mut listeners = Vec::new();
+        for spec in specs {
+            if let Some(t) = &spec.tls {
+                tls::warn_expiry(&spec.name, &t.certs);
+            }
+            match Listener::start(spec, &monitor).await {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    for l in &listeners {
+                        l.stop(Duration::from_millis(100)).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(L7Server {
+            listeners: Mutex::new(listeners),
+            monitor,
+        })
     }
 
-    /// Applies a new (already validated) configuration: certificates, routes, pools.
-    pub async fn reload(&self, _cfg: &[config::L7Config]) -> Result<()> {
+    /// The bound address of each listener, in config order (useful with port 0).
+    pub async fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.lock().await.iter().map(|l| l.local).collect()
+    }
+
+    /// Applies a new (already validated) configuration: certificates, routes,
+    /// pools, limits. All or nothing: when a certificate file cannot be read
+    /// or a new listener cannot bind, nothing changes and the error says why.
+    /// Open connections are kept; listeners that left the config stop
+    /// accepting and drain in the background.
+    pub async fn reload(&self, cfg: &[L7Config]) -> Result<()> {
+        let specs = compile_all(cfg).map_err(|e| anyhow::anyhow!("reload rejected, old configuration kept:\n{e}"))?;
+        let mut listeners = self.listeners.lock().await;
+
+        // Build every new state first; only then swap.
+        let mut keep: Vec<(Arc<Listener>, ListenerState, Option<tls::CertStore>)> = Vec::new();
+        let mut fresh: Vec<ListenerSpec> = Vec::new();
+        for spec in specs {
+            match listeners
+                .iter()
+                .find(|l| l.configured == spec.listen && l.resolver.is_some() == spec.tls.is_some())
+            {
+                Some(l) => {
+                    if let Some(t) = &spec.tls {
+                        tls::warn_expiry(&spec.name, &t.certs);
+                    }
+                    let (state, store) = ListenerState::build(spec, l.resolver.as_ref(), &self.monitor)?;
+                    keep.push((l.clone(), state, store));
+                }
+                None => fresh.push(spec),
+            }
+        }
+        let mut started = Vec::new();
+        for spec in fresh {
+            match Listener::start(spec, &self.monitor).await {
+                Ok(l) => started.push(l),
+                Err(e) => {
+                    for l in &started {
+                        l.stop(Duration::from_millis(100)).await;
+                    }
+                    return Err(anyhow::anyhow!("reload rejected, old configuration kept: {e}"));
+                }
+            }
+        }
+
+        let kept: Vec<Arc<Listener>> = keep.iter().map(|(l, _, _)| l.clone()).collect();
+        for (l, state, store) in keep {
+            l.apply(state, store);
+        }
+        let (stay, gone): (Vec<_>, Vec<_>) = listeners
+            .drain(..)
+            .partition(|l| kept.iter().any(|k| Arc::ptr_eq(k, l)));
+        for l in gone {
+            let grace = l.state.load().spec.timeouts.shutdown;
+            log::info!("l7 {}: removed from the configuration; draining", l.state.load().name);
+            tokio::spawn(async move { l.stop(grace).await });
+        }
+        *listeners = stay;
+        listeners.extend(started);
+        log::info!("l7: configuration reloaded ({} listeners)", listeners.len());
         Ok(())
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded), returns.
-    pub async fn shutdown(self) {}
-}
-
-/// `lb cert ...`: writes a test PKI.
-#[derive(clap::Args, Debug)]
-pub struct CertArgs {}
-
-pub fn cert_main(_args: CertArgs) -> Result<()> {
-    anyhow::bail!("lb cert is not available in this build")
+    pub async fn shutdown(self) {
+        let listeners = std::mem::take(&mut *self.listeners.lock().await);
+        for l in &listeners {
+            l.cancel.cancel();
+        }
+        let waits = listeners.iter().map(|l| {
+            let grace = l.state.load().spec.timeouts.shutdown;
+            l.stop(grace)
+        });
+        for w in waits {
+            w.await;
+        }
+    }
 }
