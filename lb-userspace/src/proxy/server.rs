@@ -663,6 +663,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<LoggedBod
     let start = Instant::now();
     let guard = RequestGuard::new(ctx.clone());
     let st = ctx.listener.state.load_full();
+    let h2 = req.version() == Version::HTTP_2;
     let mut entry = Entry {
         listener: st.name.clone(),
         client: Some(ctx.peer),
@@ -705,7 +706,10 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<LoggedBod
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
             for (k, v) in l.headers {
-                r.headers_mut().insert(k, v);
+                // HTTP/2 has no connection-specific headers.
+                if !(h2 && k == header::CONNECTION) {
+                    r.headers_mut().insert(k, v);
+                }
             }
             r
         }
