@@ -1,21 +1,304 @@
 //! Authoritative DNS + GSLB (the `[dns]` role).
+//!
+//! * `config`: the `[dns]` table and its validation (zone files are parsed).
+//! * `zone`: one zone loaded from an RFC 1035 master file (hickory-proto's
+//!   parser), checked and indexed.
+//! * `lookup`: which records go into which section (pure).
+//! * `gslb`: pools of addresses, health-filtered and chosen by policy.
+//! * `rrl`: response rate limiting.
+//! * `server`: the query path (wire format via hickory-proto) and the
+//!   UDP/TCP listeners.
+//!
+//! Operator documentation: `docs/dns.md`.
 pub mod config;
+pub mod gslb;
+pub mod lookup;
+pub mod rrl;
+pub mod server;
+pub mod zone;
 
-use anyhow::Result;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hickory_proto::rr::LowerName;
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    task::JoinHandle,
+};
+
+use crate::health::Monitor;
+use config::{DnsConfig, DnsSettings};
+use gslb::Gslb;
+use lookup::Catalog;
+use rrl::RateLimiter;
+use server::{Shared, State, Stats};
+use zone::Zone;
 
 /// A running `[dns]` role.
-pub struct DnsServer {}
+pub struct DnsServer {
+    shared: Shared,
+    stats: Arc<Stats>,
+    monitor: Monitor,
+    tasks: Vec<JoinHandle<()>>,
+    udp: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+fn settings(cfg: &DnsConfig) -> Result<DnsSettings> {
+    let mut errors = Vec::new();
+    match cfg.settings("dns", &mut errors) {
+        Some(s) if errors.is_empty() => Ok(s),
+        _ => Err(anyhow!("{}", crate::config::ConfigErrors(errors))),
+    }
+}
+
+/// RFC 1982: is `new` a later serial than `old`?
+pub fn serial_newer(new: u32, old: u32) -> bool {
+    (new.wrapping_sub(old) as i32) > 0
+}
 
 impl DnsServer {
     /// Loads zones, binds UDP/TCP listeners, starts GSLB health checks.
-    pub async fn start(_cfg: &config::DnsConfig) -> Result<DnsServer> {
-        anyhow::bail!("the DNS role is not available in this build")
+    pub async fn start(cfg: &config::DnsConfig) -> Result<DnsServer> {
+        let s = settings(cfg)?;
+        let mut zones = Vec::new();
+        for (i, z) in s.zones.iter().enumerate() {
+            let zone =
+                Zone::load(&z.origin, &z.file).map_err(|e| anyhow!("dns.zone[{i}].file: {e}"))?;
+            log::info!(
+                "dns: zone {} serial {} loaded from {} ({} records)",
+                zone.origin,
+                zone.serial,
+                z.file.display(),
+                zone.record_count
+            );
+            zones.push(Arc::new(zone));
+        }
+        let monitor = Monitor::new();
+        let state = State {
+            catalog: Catalog::new(zones),
+            gslb: (!s.pools.is_empty())
+                .then(|| Gslb::new(s.pools.clone(), s.regions.clone(), monitor.clone())),
+            max_udp_payload: s.max_udp_payload,
+            rrl: s.rrl.clone().map(RateLimiter::new),
+        };
+        let shared: Shared = Arc::new(RwLock::new(Arc::new(state)));
+        let stats = Arc::new(Stats::default());
+
+        let mut udp_socks = Vec::new();
+        let mut tcp_socks = Vec::new();
+        // Addresses listed for both: bind UDP, then TCP on the same port
+        // (an ephemeral port 0 becomes one port for both).
+        let both: Vec<SocketAddr> = s
+            .udp
+            .iter()
+            .filter(|a| s.tcp.contains(a))
+            .copied()
+            .collect();
+        for a in &both {
+            let (u, t) = bind_pair(*a).await?;
+            udp_socks.push(u);
+            tcp_socks.push(t);
+        }
+        for a in s.udp.iter().filter(|a| !both.contains(a)) {
+            udp_socks.push(
+                UdpSocket::bind(a)
+                    .await
+                    .with_context(|| format!("dns: bind udp {a}"))?,
+            );
+        }
+        for a in s.tcp.iter().filter(|a| !both.contains(a)) {
+            tcp_socks.push(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("dns: bind tcp {a}"))?,
+            );
+        }
+
+        let mut tasks = Vec::new();
+        let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        for sock in udp_socks {
+            udp.push(sock.local_addr()?);
+            let sock = Arc::new(sock);
+            for _ in 0..workers {
+                tasks.push(tokio::spawn(server::serve_udp(
+                    sock.clone(),
+                    shared.clone(),
+                    stats.clone(),
+                )));
+            }
+        }
+        for l in tcp_socks {
+            tcp.push(l.local_addr()?);
+            tasks.push(tokio::spawn(server::serve_tcp(
+                l,
+                shared.clone(),
+                stats.clone(),
+                s.tcp_idle_timeout,
+                s.max_tcp_clients,
+            )));
+        }
+        log::info!("dns: serving on udp {udp:?} tcp {tcp:?}");
+        Ok(DnsServer {
+            shared,
+            stats,
+            monitor,
+            tasks,
+            udp,
+            tcp,
+            reload_lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Reloads zones (serial check) and GSLB pools from an already validated config.
-    pub async fn reload(&self, _cfg: &config::DnsConfig) -> Result<()> {
-        Ok(())
+    ///
+    /// A zone whose file does not parse keeps serving its old contents; a
+    /// zone whose serial did not increase is not replaced. The error lists
+    /// every zone that was not reloaded (file, line, reason); everything
+    /// else is applied. Listener changes need a restart.
+    pub async fn reload(&self, cfg: &config::DnsConfig) -> Result<()> {
+        let _guard = self.reload_lock.lock().await;
+        let s = settings(cfg)?;
+        let old = self
+            .shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut problems = Vec::new();
+        let mut zones = Vec::new();
+        for (i, z) in s.zones.iter().enumerate() {
+            let lower = LowerName::new(&z.origin);
+            let previous = old.catalog.get(&lower);
+            match Zone::load(&z.origin, &z.file) {
+                Ok(new) => match previous {
+                    Some(p) if !serial_newer(new.serial, p.serial) => {
+                        if new.serial != p.serial {
+                            problems.push(format!(
+                                "dns.zone[{i}].file: {}: serial {} is not newer than the loaded {}; keeping the loaded zone",
+                                z.file.display(),
+                                new.serial,
+                                p.serial
+                            ));
+                        } else {
+                            log::info!("dns: zone {} serial {} unchanged", z.origin, p.serial);
+                        }
+                        zones.push(p.clone());
+                    }
+                    _ => {
+                        log::info!(
+                            "dns: zone {} serial {} loaded from {} ({} records)",
+                            new.origin,
+                            new.serial,
+                            z.file.display(),
+                            new.record_count
+                        );
+                        zones.push(Arc::new(new));
+                    }
+                },
+                Err(e) => {
+                    problems.push(format!("dns.zone[{i}].file: {e}"));
+                    if let Some(p) = previous {
+                        log::error!(
+                            "dns: zone {} not reloaded, still serving serial {}: {e}",
+                            z.origin,
+                            p.serial
+                        );
+                        zones.push(p.clone());
+                    } else {
+                        log::error!("dns: zone {} not loaded: {e}", z.origin);
+                    }
+                }
+            }
+        }
+        // Build the new GSLB table before the old one drops, so unchanged
+        // health targets keep their state.
+        let gslb = (!s.pools.is_empty())
+            .then(|| Gslb::new(s.pools.clone(), s.regions.clone(), self.monitor.clone()));
+        let rrl = match (&old.rrl, &s.rrl) {
+            (Some(_), Some(n)) | (None, Some(n)) => Some(RateLimiter::new(n.clone())),
+            _ => None,
+        };
+        let state = State {
+            catalog: Catalog::new(zones),
+            gslb,
+            max_udp_payload: s.max_udp_payload,
+            rrl,
+        };
+        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
+        drop(old);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", problems.join("\n"))
+        }
     }
 
-    pub async fn shutdown(self) {}
+    /// Stops the listeners and health checks.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        log::info!("dns: stopped");
+    }
+
+    /// Bound UDP addresses (with the real port when 0 was configured).
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp
+    }
+
+    /// Bound TCP addresses.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp
+    }
+
+    /// Serials of the zones being served, by origin.
+    pub fn serials(&self) -> HashMap<String, u32> {
+        let st = self
+            .shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        st.catalog
+            .zones()
+            .iter()
+            .map(|z| (z.origin.to_ascii(), z.serial))
+            .collect()
+    }
+
+    /// The health monitor of the GSLB pools.
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+/// Binds UDP and TCP on one address; with port 0, both on the same
+/// ephemeral port (retrying when TCP finds it taken).
+async fn bind_pair(a: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
+    for _ in 0..20 {
+        let u = UdpSocket::bind(a)
+            .await
+            .with_context(|| format!("dns: bind udp {a}"))?;
+        let port = u.local_addr()?.port();
+        match TcpListener::bind(SocketAddr::new(a.ip(), port)).await {
+            Ok(t) => return Ok((u, t)),
+            Err(e) if a.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e).with_context(|| format!("dns: bind tcp {a}")),
+        }
+    }
+    bail!("dns: no free port on {} for both udp and tcp", a.ip())
 }
