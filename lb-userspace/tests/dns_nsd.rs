@@ -1,0 +1,257 @@
+//! NSD and our server load the same zone file; `dig` asks both the same
+//! questions; the answers must match record for record (as sets per
+//! section), with the same RCODE and AA bit.
+
+mod dns_common;
+
+use std::{
+    net::{SocketAddr, TcpListener, UdpSocket},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use dns_common::{base_config, dig, have, start, Dig};
+
+/// NSD on 127.0.0.1:<port>, in its own temp dir; killed on drop.
+struct Nsd {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    for _ in 0..50 {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = u.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port");
+}
+
+fn nsd_binary() -> String {
+    for p in ["/usr/sbin/nsd", "/usr/bin/nsd"] {
+        if Path::new(p).is_file() {
+            return p.into();
+        }
+    }
+    "nsd".into()
+}
+
+impl Nsd {
+    fn start(zone_name: &str, zone_file: &Path) -> Nsd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let port = free_port();
+        let zf = dir.path().join("zone");
+        std::fs::copy(zone_file, &zf).unwrap();
+        let conf = format!(
+            r#"server:
+  ip-address: 127.0.0.1@{port}
+  port: {port}
+  username: ""
+  chroot: ""
+  zonesdir: "{d}"
+  pidfile: "{d}/nsd.pid"
+  database: ""
+  xfrdfile: "{d}/xfrd.state"
+  zonelistfile: "{d}/zone.list"
+  xfrdir: "{d}"
+  logfile: "{d}/nsd.log"
+  server-count: 1
+  verbosity: 1
+remote-control:
+  control-enable: no
+zone:
+  name: {zone_name}
+  zonefile: "{zf}"
+"#,
+            zf = zf.display()
+        );
+        let cf = dir.path().join("nsd.conf");
+        std::fs::write(&cf, conf).unwrap();
+        let child = Command::new(nsd_binary())
+            .arg("-d")
+            .arg("-c")
+            .arg(&cf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nsd starts");
+        Nsd {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("nsd.log")).unwrap_or_default()
+    }
+}
+
+/// Everything compared, in a form where order does not matter.
+#[derive(Debug, PartialEq)]
+struct Comparable {
+    status: String,
+    aa: bool,
+    tc: bool,
+    answer: Vec<(String, u32, String, String)>,
+    authority: Vec<(String, u32, String, String)>,
+    additional: Vec<(String, u32, String, String)>,
+}
+
+fn comparable(d: &Dig) -> Comparable {
+    let sorted = |s: &[String]| {
+        // Domain names compare case-insensitively (NSD's name compression
+        // reuses the question's case inside RDATA); TXT and CAA text does not.
+        let mut v: Vec<_> = Dig::records(s)
+            .into_iter()
+            .map(|(n, ttl, t, d)| {
+                let d = if t == "TXT" || t == "CAA" {
+                    d
+                } else {
+                    d.to_ascii_lowercase()
+                };
+                (n, ttl, t, d)
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    Comparable {
+        status: d.status.clone(),
+        aa: d.has_flag("aa"),
+        tc: d.has_flag("tc"),
+        answer: sorted(&d.answer),
+        authority: sorted(&d.authority),
+        additional: sorted(&d.additional),
+    }
+}
+
+const QUERIES: &[(&str, &str)] = &[
+    ("example.com", "A"),
+    ("example.com", "AAAA"),
+    ("example.com", "MX"),
+    ("example.com", "NS"),
+    ("example.com", "SOA"),
+    ("example.com", "TXT"),
+    ("example.com", "CAA"),
+    ("example.com", "SRV"),
+    ("EXAMPLE.COM", "a"),
+    ("ns1.example.com", "A"),
+    ("ns1.example.com", "AAAA"),
+    ("ns2.example.com", "AAAA"),
+    ("mail.example.com", "A"),
+    ("www.example.com", "A"),
+    ("www.example.com", "AAAA"),
+    ("www.example.com", "CNAME"),
+    ("www.example.com", "TXT"),
+    ("web.example.com", "A"),
+    ("web.example.com", "TXT"),
+    ("alias.example.com", "A"),
+    ("ext.example.com", "A"),
+    ("dangling.example.com", "A"),
+    ("loop1.example.com", "A"),
+    ("_sip._tcp.example.com", "SRV"),
+    ("_tcp.example.com", "SRV"),
+    ("sip.example.com", "A"),
+    ("x.wild.example.com", "A"),
+    ("x.wild.example.com", "TXT"),
+    ("x.wild.example.com", "AAAA"),
+    ("a.b.wild.example.com", "A"),
+    ("sub.wild.example.com", "TXT"),
+    ("sub.wild.example.com", "A"),
+    ("a.sub.wild.example.com", "A"),
+    ("wild.example.com", "A"),
+    ("foo.cname.example.com", "A"),
+    ("foo.cname.example.com", "CNAME"),
+    ("a.b.c.deep.example.com", "A"),
+    ("b.c.deep.example.com", "A"),
+    ("deep.example.com", "TXT"),
+    ("multi.example.com", "TXT"),
+    ("mixed.case.example.com", "A"),
+    ("MIXED.case.example.com", "AAAA"),
+    ("child.example.com", "NS"),
+    ("child.example.com", "A"),
+    ("host.child.example.com", "A"),
+    ("ns1.child.example.com", "A"),
+    ("child.example.com", "DS"),
+    ("other.example.com", "A"),
+    ("tochild.example.com", "A"),
+    ("nope.example.com", "A"),
+    ("deeper.nope.example.com", "MX"),
+    ("big.example.com", "TXT"),
+    ("example.org", "A"),
+    ("com", "NS"),
+    ("example.com", "ANY"),
+    ("web.example.com", "ANY"),
+    ("www.example.com", "ANY"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_match_nsd() {
+    if !have("dig", "dnsutils") || !have("nsd", "nsd") {
+        return;
+    }
+    let zone = dns_common::zone_file();
+    let nsd = Nsd::start("example.com", &zone);
+    let (ours, our_addr) = start(&base_config("")).await;
+
+    // Wait (bounded) for NSD to answer.
+    let t0 = Instant::now();
+    loop {
+        let d = dig(nsd.addr, &["example.com", "SOA"]).await;
+        if d.status == "NOERROR" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "NSD did not come up on {}: {}",
+            nsd.addr,
+            nsd.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut mismatches = Vec::new();
+    for (name, qtype) in QUERIES {
+        for transport in [&["+bufsize=1232"][..], &["+tcp"][..]] {
+            let mut args: Vec<&str> = transport.to_vec();
+            args.extend([*name, *qtype]);
+            let theirs = dig(nsd.addr, &args).await;
+            let mine = dig(our_addr, &args).await;
+            assert!(
+                !theirs.status.is_empty(),
+                "NSD gave no answer to {name} {qtype}: {}",
+                theirs.raw
+            );
+            let (t, m) = (comparable(&theirs), comparable(&mine));
+            if t != m {
+                mismatches.push(format!(
+                    "{name} {qtype} {transport:?}\n  nsd:  {t:?}\n  ours: {m:?}"
+                ));
+            }
+        }
+    }
+    assert!(QUERIES.len() >= 30);
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} answers differ from NSD:\n{}",
+        mismatches.len(),
+        QUERIES.len() * 2,
+        mismatches.join("\n")
+    );
+    ours.shutdown().await;
+}
