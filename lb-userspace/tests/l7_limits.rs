@@ -27,7 +27,8 @@ fn config(pki: &Pki, b: &Backend, extra: &str) -> String {
 
 async fn tls_raw(pki: &Pki, proxy: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tcp = TcpStream::connect(proxy).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(client_tls(&pki.path("root.pem"), &[b"http/1.1"]));
+    let connector =
+        tokio_rustls::TlsConnector::from(client_tls(&pki.path("root.pem"), &[b"http/1.1"]));
     let name = rustls_pki_types::ServerName::try_from("a.example.com").unwrap();
     connector.connect(name, tcp).await.expect("TLS handshake")
 }
@@ -67,7 +68,11 @@ async fn malformed_request_line_is_400() {
     let resp = exchange(&mut s, b"GARBAGE\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{resp:?}");
     let mut s = tls_raw(&pki, addrs[0]).await;
-    let resp = exchange(&mut s, b"GET /a b c HTTP/1.1\r\nHost: a.example.com\r\n\r\n").await;
+    let resp = exchange(
+        &mut s,
+        b"GET /a b c HTTP/1.1\r\nHost: a.example.com\r\n\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{resp:?}");
     // HTTP/1.1 without Host.
     let mut s = tls_raw(&pki, addrs[0]).await;
@@ -87,11 +92,16 @@ async fn oversized_headers_are_431() {
     let big = "x".repeat(9000);
     let req = format!("GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Big: {big}\r\n\r\n");
     let resp = exchange(&mut s, req.as_bytes()).await;
-    assert!(resp.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{resp:?}");
+    assert!(
+        resp.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{resp:?}"
+    );
     // Just under the limit passes.
     let mut s = tls_raw(&pki, addrs[0]).await;
     let ok = "x".repeat(7000);
-    let req = format!("GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Big: {ok}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Big: {ok}\r\nConnection: close\r\n\r\n"
+    );
     let resp = exchange(&mut s, req.as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp:?}");
     server.shutdown().await;
@@ -151,7 +161,14 @@ async fn oversized_body_is_413() {
     assert!(out.ends_with("\n413"), "{out}");
     // Under the limit is proxied with its body.
     std::fs::write(&body_file, vec![b'a'; 60 * 1024]).unwrap();
-    let (code, out, err) = curl_https(&pki, addrs[0], "a.example.com", "/upload", &["--data-binary", &data]).await;
+    let (code, out, err) = curl_https(
+        &pki,
+        addrs[0],
+        "a.example.com",
+        "/upload",
+        &["--data-binary", &data],
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("body-length: 61440\n"), "{out}");
     server.shutdown().await;
@@ -166,16 +183,24 @@ async fn tls_garbage_and_plain_http_close_only_that_connection() {
     let mut good = H1Client::connect(&pki, addrs[0], "a.example.com").await;
 
     let mut raw = TcpStream::connect(addrs[0]).await.unwrap();
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let t = Instant::now();
     let _ = raw.write_all(&garbage).await;
     let _ = read_all(&mut raw, Duration::from_secs(5)).await;
-    assert!(t.elapsed() < Duration::from_secs(4), "garbage connection must be closed promptly");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "garbage connection must be closed promptly"
+    );
 
     let mut raw = TcpStream::connect(addrs[0]).await.unwrap();
     let t = Instant::now();
     let resp = exchange(&mut raw, b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n").await;
-    assert!(t.elapsed() < Duration::from_secs(4), "plain HTTP on the TLS port must be closed promptly");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "plain HTTP on the TLS port must be closed promptly"
+    );
     assert!(!resp.contains("200 OK"), "{resp:?}");
 
     assert_eq!(good.get("/after", &[]).await.0, 200);
@@ -189,13 +214,18 @@ async fn header_trickle_is_cut_at_the_header_timeout() {
     let b = Backend::start("b1").await;
     let (server, addrs) = start_proxy(&config(&pki, &b, "timeouts = { header = \"1s\" }")).await;
     let mut s = tls_raw(&pki, addrs[0]).await;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n")
+        .await
+        .unwrap();
     let t = Instant::now();
     let mut closed_at = None;
     // Trickle one header line every 200 ms for up to 8 s.
     for i in 0..40 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if s.write_all(format!("X-T{i}: y\r\n").as_bytes()).await.is_err() {
+        if s.write_all(format!("X-T{i}: y\r\n").as_bytes())
+            .await
+            .is_err()
+        {
             closed_at = Some(t.elapsed());
             break;
         }
@@ -208,7 +238,10 @@ async fn header_trickle_is_cut_at_the_header_timeout() {
         }
     }
     let at = closed_at.expect("the trickling connection was never cut");
-    assert!(at >= Duration::from_millis(800) && at < Duration::from_secs(3), "cut after {at:?}");
+    assert!(
+        at >= Duration::from_millis(800) && at < Duration::from_secs(3),
+        "cut after {at:?}"
+    );
     assert_eq!(b.hits(), 0);
     still_serving(&pki, addrs[0]).await;
     server.shutdown().await;
@@ -227,14 +260,18 @@ async fn connections_over_max_connections_are_closed() {
     let mut third = TcpStream::connect(addrs[0]).await.unwrap();
     let mut buf = [0u8; 16];
     let r = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buf)).await;
-    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "third connection must be closed: {r:?}");
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "third connection must be closed: {r:?}"
+    );
     drop(c1);
     // A slot frees up.
     let mut ok = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let tcp = TcpStream::connect(addrs[0]).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(client_tls(&pki.path("root.pem"), &[b"http/1.1"]));
+        let connector =
+            tokio_rustls::TlsConnector::from(client_tls(&pki.path("root.pem"), &[b"http/1.1"]));
         let name = rustls_pki_types::ServerName::try_from("a.example.com").unwrap();
         if connector.connect(name, tcp).await.is_ok() {
             ok = true;
@@ -250,7 +287,12 @@ async fn connections_over_max_connections_are_closed() {
 async fn slow_upstream_is_504_and_dead_one_is_502() {
     let pki = Pki::new();
     let b = Backend::start("b1").await;
-    let (server, addrs) = start_proxy(&config(&pki, &b, "timeouts = { upstream_response = \"300ms\" }")).await;
+    let (server, addrs) = start_proxy(&config(
+        &pki,
+        &b,
+        "timeouts = { upstream_response = \"300ms\" }",
+    ))
+    .await;
     let mut c = H1Client::connect(&pki, addrs[0], "a.example.com").await;
     let t = Instant::now();
     let (s, _, body) = c.get("/slow/3000", &[]).await;
@@ -295,8 +337,16 @@ async fn only_idempotent_requests_are_retried_on_another_server() {
     assert!(statuses[..4].iter().all(|&(_, s)| s == 200), "{statuses:?}");
     // POSTs alternate: the ones sent to the dead server fail with 502, not retried.
     let post: Vec<u16> = statuses[4..].iter().map(|&(_, s)| s).collect();
-    assert_eq!(post.iter().filter(|&&s| s == 502).count(), 2, "{statuses:?}");
-    assert_eq!(post.iter().filter(|&&s| s == 200).count(), 2, "{statuses:?}");
+    assert_eq!(
+        post.iter().filter(|&&s| s == 502).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        post.iter().filter(|&&s| s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
     assert_eq!(alive.hits(), 6);
     server.shutdown().await;
 }
@@ -324,7 +374,11 @@ async fn h2_streams_are_limited_per_connection() {
         assert_eq!(t.await.unwrap(), 200);
     }
     // 12 requests, at most 4 at a time, 300 ms each: at least three rounds.
-    assert!(t.elapsed() >= Duration::from_millis(850), "finished in {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(850),
+        "finished in {:?}",
+        t.elapsed()
+    );
     server.shutdown().await;
 }
 

@@ -59,11 +59,17 @@ async fn forwarding_headers_reach_the_backend_byte_for_byte() {
     assert_eq!(h["x-forwarded-for"], "198.18.0.9, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["x-forwarded-host"], format!("a.example.com:{port}"));
-    assert_eq!(h["forwarded"], format!("for=127.0.0.1;host=\"a.example.com:{port}\";proto=https"));
+    assert_eq!(
+        h["forwarded"],
+        format!("for=127.0.0.1;host=\"a.example.com:{port}\";proto=https")
+    );
     assert_eq!(h["host"], format!("a.example.com:{port}"));
     assert_eq!(h["x-end-to-end"], "kept");
     for gone in ["x-hop", "keep-alive"] {
-        assert!(!h.contains_key(gone), "{gone} must not be forwarded: {body}");
+        assert!(
+            !h.contains_key(gone),
+            "{gone} must not be forwarded: {body}"
+        );
     }
     server.shutdown().await;
 }
@@ -130,7 +136,11 @@ async fn routes_by_host_wildcard_and_path_prefix() {
     ];
     for (host, path, status, backend) in cases {
         let (s, who, body) = c.get(path, &[("host", host)]).await;
-        assert_eq!((s, who.as_str()), (*status, *backend), "{host}{path}: {body}");
+        assert_eq!(
+            (s, who.as_str()),
+            (*status, *backend),
+            "{host}{path}: {body}"
+        );
     }
     server.shutdown().await;
 
@@ -211,7 +221,11 @@ async fn least_outstanding_spreads_sequential_load_and_avoids_busy_servers() {
     for _ in 0..10 {
         let (s, who, _) = c.get("/", &[]).await;
         assert_eq!(s, 200);
-        assert_eq!(who, format!("b{}", 1 - busy), "quick requests avoid the busier server");
+        assert_eq!(
+            who,
+            format!("b{}", 1 - busy),
+            "quick requests avoid the busier server"
+        );
     }
     for h in slow {
         assert_eq!(h.await.unwrap().0, 200);
@@ -252,7 +266,9 @@ async fn consistent_hash_keeps_a_key_on_one_server() {
     // Cookie keys.
     let (_, first, _) = c.get("/c/x", &[("cookie", "theme=dark; sid=abc123")]).await;
     for _ in 0..5 {
-        let (_, who, _) = c.get("/c/y", &[("cookie", "sid=abc123; theme=light")]).await;
+        let (_, who, _) = c
+            .get("/c/y", &[("cookie", "sid=abc123; theme=light")])
+            .await;
         assert_eq!(who, first);
     }
     server.shutdown().await;
@@ -286,7 +302,10 @@ async fn killed_upstream_is_ejected_and_requests_keep_succeeding() {
     }
     let hits_after: Vec<u64> = bs.iter().map(|b| b.hits()).collect();
     assert_eq!(hits_after[1], hits_before[1]);
-    assert_eq!(hits_after[0] + hits_after[2] - hits_before[0] - hits_before[2], 60);
+    assert_eq!(
+        hits_after[0] + hits_after[2] - hits_before[0] - hits_before[2],
+        60
+    );
     server.shutdown().await;
 }
 
@@ -349,7 +368,10 @@ async fn plain_listener_redirects_to_https() {
         ],
     )
     .await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "308 https://www.example.com/a/b?c=d");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "308 https://www.example.com/a/b?c=d"
+    );
     let out = run(
         "curl",
         vec![
@@ -364,7 +386,10 @@ async fn plain_listener_redirects_to_https() {
         ],
     )
     .await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "301 https://www.example.com:8443/");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "301 https://www.example.com:8443/"
+    );
     server.shutdown().await;
 }
 
@@ -381,7 +406,12 @@ async fn access_log_line_per_request() {
     );
     let (server, addrs) = start_proxy(&cfg).await;
     let mut c = H1Client::connect(&pki, addrs[0], "a.example.com").await;
-    assert_eq!(c.get("/bytes/1234?x=1", &[("user-agent", "test agent")]).await.0, 200);
+    assert_eq!(
+        c.get("/bytes/1234?x=1", &[("user-agent", "test agent")])
+            .await
+            .0,
+        200
+    );
     assert_eq!(c.get("/missing", &[("host", "nowhere.test")]).await.0, 404);
     server.shutdown().await;
     let mut text = String::new();
@@ -406,5 +436,9 @@ async fn access_log_line_per_request() {
     assert!(f[12].starts_with("dur_ms=") && f[13].starts_with("up_ms="));
     assert_eq!(f[14], "ua=\"test\\x20agent\"");
     assert_eq!(f[15], "reason=-");
-    assert!(lines[1].contains("\"GET /missing HTTP/1.1\" 404 14 host=nowhere.test upstream=-"), "{}", lines[1]);
+    assert!(
+        lines[1].contains("\"GET /missing HTTP/1.1\" 404 14 host=nowhere.test upstream=-"),
+        "{}",
+        lines[1]
+    );
 }

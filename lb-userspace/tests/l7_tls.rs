@@ -37,8 +37,14 @@ async fn curl_gets_the_certificate_for_each_sni_name() {
     let (code, body, err) = curl_https(&pki, proxy, "a.example.com", "/hello", &[]).await;
     assert_eq!(code, 0, "curl failed: {err}");
     assert!(seen_subject(&err).contains("CN=a.example.com"), "{err}");
-    assert!(body.starts_with("GET /hello HTTP/1.1\n"), "backend answer: {body}");
-    assert_eq!(echoed_headers(&body)["host"], format!("a.example.com:{}", proxy.port()));
+    assert!(
+        body.starts_with("GET /hello HTTP/1.1\n"),
+        "backend answer: {body}"
+    );
+    assert_eq!(
+        echoed_headers(&body)["host"],
+        format!("a.example.com:{}", proxy.port())
+    );
 
     // The wildcard certificate covers one label below b.example.com.
     let (code, body, err) = curl_https(&pki, proxy, "www.b.example.com", "/w", &[]).await;
@@ -62,8 +68,11 @@ async fn unknown_sni_gets_the_default_certificate_when_configured() {
     }
     let pki = Pki::new();
     let backend = Backend::start("b1").await;
-    let cfg = tls_config(&pki, &backend, "unknown_sni = \"default\"")
-        .replacen("[[l7.cert]]\ncert", "[[l7.cert]]\ndefault = true\ncert", 1);
+    let cfg = tls_config(&pki, &backend, "unknown_sni = \"default\"").replacen(
+        "[[l7.cert]]\ncert",
+        "[[l7.cert]]\ndefault = true\ncert",
+        1,
+    );
     let (server, addrs) = start_proxy(&cfg).await;
     // curl checks the name, so it must refuse the default (a.example.com) certificate
     // for another name: but it does get it (error 60, not a handshake failure 35).
@@ -95,10 +104,16 @@ async fn curl_http2_negotiates_h2() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("\nhttp_version=2"), "{out}");
-    assert!(err.contains("ALPN: server accepted h2") || err.contains("ALPN, server accepted to use h2"), "{err}");
+    assert!(
+        err.contains("ALPN: server accepted h2") || err.contains("ALPN, server accepted to use h2"),
+        "{err}"
+    );
     // The upstream hop is HTTP/1.1 with the client's authority as Host.
     assert!(out.starts_with("GET /h2?x=1 HTTP/1.1\n"), "{out}");
-    assert_eq!(echoed_headers(&out)["host"], format!("a.example.com:{}", addrs[0].port()));
+    assert_eq!(
+        echoed_headers(&out)["host"],
+        format!("a.example.com:{}", addrs[0].port())
+    );
     server.shutdown().await;
 }
 
@@ -123,7 +138,11 @@ async fn openssl_sees_leaf_and_intermediate_and_lb_cert_chains_verify() {
         )
         .await;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && stdout.contains(": OK"), "openssl verify {stem}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && stdout.contains(": OK"),
+            "openssl verify {stem}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     let backend = Backend::start("b1").await;
@@ -141,8 +160,15 @@ async fn openssl_sees_leaf_and_intermediate_and_lb_cert_chains_verify() {
     )
     .await;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.matches("-----BEGIN CERTIFICATE-----").count(), 2, "leaf + intermediate expected:\n{text}");
-    assert!(text.contains("CN = a.example.com") || text.contains("CN=a.example.com"), "{text}");
+    assert_eq!(
+        text.matches("-----BEGIN CERTIFICATE-----").count(),
+        2,
+        "leaf + intermediate expected:\n{text}"
+    );
+    assert!(
+        text.contains("CN = a.example.com") || text.contains("CN=a.example.com"),
+        "{text}"
+    );
     assert!(text.contains("lb test root CA intermediate"), "{text}");
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
     server.shutdown().await;
@@ -183,7 +209,10 @@ async fn reload_swaps_certificates_without_dropping_requests() {
 
     // A broken file: reload is refused, the old certificate stays.
     std::fs::write(&live_key, "not a key").unwrap();
-    let err = server.reload(&parsed.l7).await.expect_err("a broken key must be refused");
+    let err = server
+        .reload(&parsed.l7)
+        .await
+        .expect_err("a broken key must be refused");
     assert!(err.to_string().contains("l7[0].cert[0].key"), "{err}");
     let (code, _, e) = curl_https(&pki, proxy, "a.example.com", "/", &[]).await;
     assert_eq!(code, 0, "old certificate still served: {e}");
@@ -196,7 +225,10 @@ async fn reload_swaps_certificates_without_dropping_requests() {
     server.reload(&parsed.l7).await.expect("reload");
     let (code, _, e) = curl_https(&pki, proxy, "a.example.com", "/", &["-k"]).await;
     assert_eq!(code, 0, "{e}");
-    assert!(seen_subject(&e).contains("CN=other.example.net"), "new certificate expected: {e}");
+    assert!(
+        seen_subject(&e).contains("CN=other.example.net"),
+        "new certificate expected: {e}"
+    );
 
     // The request that was in flight completed normally.
     let (status, backend_name, body) = long.await.unwrap();

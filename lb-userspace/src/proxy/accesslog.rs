@@ -42,7 +42,9 @@ impl AccessLog {
             }
             AccessLogTarget::Stdout => Box::new(std::io::stdout()),
             AccessLogTarget::Stderr => Box::new(std::io::stderr()),
-            AccessLogTarget::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+            AccessLogTarget::File(p) => {
+                Box::new(OpenOptions::new().create(true).append(true).open(p)?)
+            }
         };
         let (tx, rx) = sync_channel::<String>(64 * 1024);
         std::thread::Builder::new()
@@ -167,7 +169,10 @@ impl Entry {
         dash_or(&mut l, self.tls);
         l.push_str(" sni=");
         dash_or(&mut l, self.sni.as_deref());
-        l.push_str(&format!(" dur_ms={:.3} up_ms=", self.duration.as_secs_f64() * 1000.0));
+        l.push_str(&format!(
+            " dur_ms={:.3} up_ms=",
+            self.duration.as_secs_f64() * 1000.0
+        ));
         match self.upstream_duration {
             Some(d) => l.push_str(&format!("{:.3}", d.as_secs_f64() * 1000.0)),
             None => l.push('-'),

@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber, SignatureAlgorithm,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, SignatureAlgorithm,
 };
 use time::{Duration as TimeDuration, OffsetDateTime};
 
@@ -102,7 +102,9 @@ fn write_file(path: &Path, data: &str, secret: bool) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(data.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
@@ -112,7 +114,13 @@ fn write_file(path: &Path, data: &str, secret: bool) -> Result<()> {
 pub fn leaf_stem(first_name: &str) -> String {
     let s = first_name.replacen("*.", "wildcard.", 1);
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -144,9 +152,12 @@ fn load_issuer(dir: &Path, stem: &str) -> Result<Option<(Issuer<'static, KeyPair
     if !cert.exists() || !key.exists() {
         return Ok(None);
     }
-    let cert_pem = fs::read_to_string(&cert).with_context(|| format!("cannot read {}", cert.display()))?;
-    let key_pem = fs::read_to_string(&key).with_context(|| format!("cannot read {}", key.display()))?;
-    let kp = KeyPair::from_pem(&key_pem).with_context(|| format!("{}: not a usable private key", key.display()))?;
+    let cert_pem =
+        fs::read_to_string(&cert).with_context(|| format!("cannot read {}", cert.display()))?;
+    let key_pem =
+        fs::read_to_string(&key).with_context(|| format!("cannot read {}", key.display()))?;
+    let kp = KeyPair::from_pem(&key_pem)
+        .with_context(|| format!("{}: not a usable private key", key.display()))?;
     let issuer = Issuer::from_ca_cert_pem(&cert_pem, kp)
         .with_context(|| format!("{}: not a usable CA certificate", cert.display()))?;
     Ok(Some((issuer, cert_pem)))
@@ -158,7 +169,8 @@ pub fn generate(args: &CertArgs) -> Result<Written> {
     if args.days == 0 || args.ca_days < 2 {
         bail!("--days must be at least 1 and --ca-days at least 2");
     }
-    fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = args.dir.as_path();
 
     let reuse = !args.new_ca;
@@ -179,7 +191,11 @@ pub fn generate(args: &CertArgs) -> Result<Written> {
         Some(v) => v,
         None => {
             let kp = KeyPair::generate_for(alg)?;
-            let params = ca_params(&format!("{} intermediate", args.ca_name), args.ca_days / 2, Some(0));
+            let params = ca_params(
+                &format!("{} intermediate", args.ca_name),
+                args.ca_days / 2,
+                Some(0),
+            );
             let cert = params.signed_by(&kp, &root)?;
             let pem = cert.pem();
             write_file(&dir.join("intermediate.pem"), &pem, false)?;
@@ -206,7 +222,8 @@ pub fn generate(args: &CertArgs) -> Result<Written> {
             match n.parse::<IpAddr>() {
                 Ok(ip) => p.subject_alt_names.push(SanType::IpAddress(ip)),
                 Err(_) => {
-                    super::config::normalize_host_pattern(n).map_err(|e| anyhow::anyhow!("--leaf: {e}"))?;
+                    super::config::normalize_host_pattern(n)
+                        .map_err(|e| anyhow::anyhow!("--leaf: {e}"))?;
                     p.subject_alt_names
                         .push(SanType::DnsName(n.to_ascii_lowercase().try_into()?));
                 }
@@ -240,7 +257,10 @@ pub fn generate(args: &CertArgs) -> Result<Written> {
 /// `lb cert ...`: writes a test PKI and prints what it wrote.
 pub fn cert_main(args: CertArgs) -> Result<()> {
     let w = generate(&args)?;
-    println!("root CA:      {} (give clients this one: curl --cacert)", w.root.display());
+    println!(
+        "root CA:      {} (give clients this one: curl --cacert)",
+        w.root.display()
+    );
     println!("intermediate: {}", w.intermediate.display());
     for (names, _, chain, key) in &w.leaves {
         println!("leaf {}:", names.join(", "));

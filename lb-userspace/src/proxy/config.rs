@@ -87,11 +87,11 @@ impl Size {
                     Some('g') => (&t[..t.len() - 1], 1024 * 1024 * 1024),
                     _ => (t.as_str(), 1),
                 };
-                let n: u64 = num
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("`{s}` is not a size (use e.g. 16384, \"16k\", \"10m\")"))?;
-                n.checked_mul(mul).ok_or_else(|| format!("`{s}` is too large"))
+                let n: u64 = num.trim().parse().map_err(|_| {
+                    format!("`{s}` is not a size (use e.g. 16384, \"16k\", \"10m\")")
+                })?;
+                n.checked_mul(mul)
+                    .ok_or_else(|| format!("`{s}` is too large"))
             }
         }
     }
@@ -278,7 +278,12 @@ pub const DEFAULT_MAX_HEADER_SIZE: usize = 16 * 1024;
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 1024 * 1024;
 pub const DEFAULT_MAX_H2_STREAMS: u32 = 128;
 
-fn dur(field: String, v: &Option<String>, default: Duration, errors: &mut Vec<ConfigError>) -> Duration {
+fn dur(
+    field: String,
+    v: &Option<String>,
+    default: Duration,
+    errors: &mut Vec<ConfigError>,
+) -> Duration {
     match v {
         None => default,
         Some(s) => match parse_duration(s) {
@@ -355,8 +360,14 @@ impl L7Config {
         let f = |name: &str| format!("{path}.{name}");
 
         let name = match &self.name {
-            Some(n) if n.trim().is_empty() || n.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                errors.push(ConfigError::new(f("name"), format!("`{n}` must be non-empty without spaces")));
+            Some(n)
+                if n.trim().is_empty()
+                    || n.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                errors.push(ConfigError::new(
+                    f("name"),
+                    format!("`{n}` must be non-empty without spaces"),
+                ));
                 path.to_string()
             }
             Some(n) => n.clone(),
@@ -369,7 +380,10 @@ impl L7Config {
             Err(_) => {
                 errors.push(ConfigError::new(
                     f("listen"),
-                    format!("`{}` is not address:port (e.g. 127.0.0.1:443 or [2001:db8::1]:443)", self.listen),
+                    format!(
+                        "`{}` is not address:port (e.g. 127.0.0.1:443 or [2001:db8::1]:443)",
+                        self.listen
+                    ),
                 ));
                 None
             }
@@ -378,10 +392,16 @@ impl L7Config {
         let tls_on = self.tls.unwrap_or(!self.cert.is_empty());
         let redirect_on = self.redirect_to_https.unwrap_or(false);
         if tls_on && self.cert.is_empty() {
-            errors.push(ConfigError::new(f("cert"), "tls = true needs at least one [[l7.cert]]"));
+            errors.push(ConfigError::new(
+                f("cert"),
+                "tls = true needs at least one [[l7.cert]]",
+            ));
         }
         if !tls_on && !self.cert.is_empty() {
-            errors.push(ConfigError::new(f("cert"), "certificates are given but tls = false"));
+            errors.push(ConfigError::new(
+                f("cert"),
+                "certificates are given but tls = false",
+            ));
         }
         if tls_on && redirect_on {
             errors.push(ConfigError::new(
@@ -425,17 +445,32 @@ impl L7Config {
             }
         }
         if defaults > 1 {
-            errors.push(ConfigError::new(f("cert"), "more than one certificate has default = true"));
+            errors.push(ConfigError::new(
+                f("cert"),
+                "more than one certificate has default = true",
+            ));
         }
 
-        let redirect_status = int_in(f("redirect_status"), self.redirect_status, 308, 301..=308, &mut errors) as u16;
+        let redirect_status = int_in(
+            f("redirect_status"),
+            self.redirect_status,
+            308,
+            301..=308,
+            &mut errors,
+        ) as u16;
         if ![301, 302, 307, 308].contains(&redirect_status) {
             errors.push(ConfigError::new(
                 f("redirect_status"),
                 format!("{redirect_status} is not one of 301, 302, 307, 308"),
             ));
         }
-        let https_port = int_in(f("https_port"), self.https_port, 443, 1..=65535, &mut errors) as u16;
+        let https_port = int_in(
+            f("https_port"),
+            self.https_port,
+            443,
+            1..=65535,
+            &mut errors,
+        ) as u16;
 
         let limits = Limits {
             max_connections: int_in(
@@ -449,7 +484,10 @@ impl L7Config {
                 None => DEFAULT_MAX_HEADER_SIZE,
                 Some(Ok(n)) if (1024..=1024 * 1024).contains(&n) => n as usize,
                 Some(Ok(n)) => {
-                    errors.push(ConfigError::new(f("max_header_size"), format!("{n} is outside 1024..=1048576")));
+                    errors.push(ConfigError::new(
+                        f("max_header_size"),
+                        format!("{n} is outside 1024..=1048576"),
+                    ));
                     DEFAULT_MAX_HEADER_SIZE
                 }
                 Some(Err(e)) => {
@@ -476,16 +514,36 @@ impl L7Config {
 
         let t = self.timeouts.clone().unwrap_or_default();
         let timeouts = Timeouts {
-            connect: dur(f("timeouts.connect"), &t.connect, Duration::from_secs(3), &mut errors),
-            header: dur(f("timeouts.header"), &t.header, Duration::from_secs(10), &mut errors),
+            connect: dur(
+                f("timeouts.connect"),
+                &t.connect,
+                Duration::from_secs(3),
+                &mut errors,
+            ),
+            header: dur(
+                f("timeouts.header"),
+                &t.header,
+                Duration::from_secs(10),
+                &mut errors,
+            ),
             upstream_response: dur(
                 f("timeouts.upstream_response"),
                 &t.upstream_response,
                 Duration::from_secs(60),
                 &mut errors,
             ),
-            idle: dur(f("timeouts.idle"), &t.idle, Duration::from_secs(60), &mut errors),
-            shutdown: dur(f("timeouts.shutdown"), &t.shutdown, Duration::from_secs(10), &mut errors),
+            idle: dur(
+                f("timeouts.idle"),
+                &t.idle,
+                Duration::from_secs(60),
+                &mut errors,
+            ),
+            shutdown: dur(
+                f("timeouts.shutdown"),
+                &t.shutdown,
+                Duration::from_secs(10),
+                &mut errors,
+            ),
         };
 
         let access_log = match self.access_log.as_deref() {
@@ -493,7 +551,10 @@ impl L7Config {
             Some("stderr") => AccessLogTarget::Stderr,
             Some("off") => AccessLogTarget::Off,
             Some("") => {
-                errors.push(ConfigError::new(f("access_log"), "empty; use stdout, stderr, off or a file path"));
+                errors.push(ConfigError::new(
+                    f("access_log"),
+                    "empty; use stdout, stderr, off or a file path",
+                ));
                 AccessLogTarget::Off
             }
             Some(p) => {
@@ -640,11 +701,18 @@ impl L7Config {
     }
 }
 
-fn compile_upstream(up: &str, u: &UpstreamConfig, errors: &mut Vec<ConfigError>) -> Option<UpstreamSpec> {
+fn compile_upstream(
+    up: &str,
+    u: &UpstreamConfig,
+    errors: &mut Vec<ConfigError>,
+) -> Option<UpstreamSpec> {
     let before = errors.len();
     let f = |name: &str| format!("{up}.{name}");
     if u.servers.is_empty() {
-        errors.push(ConfigError::new(f("servers"), "an upstream needs at least one server"));
+        errors.push(ConfigError::new(
+            f("servers"),
+            "an upstream needs at least one server",
+        ));
     }
     let mut servers = Vec::new();
     for (i, s) in u.servers.iter().enumerate() {
@@ -690,7 +758,10 @@ fn compile_upstream(up: &str, u: &UpstreamConfig, errors: &mut Vec<ConfigError>)
         }
         (None, _) => None,
         (Some(_), p) if p != Policy::ConsistentHash => {
-            errors.push(ConfigError::new(f("hash_key"), "only used with policy = \"consistent_hash\""));
+            errors.push(ConfigError::new(
+                f("hash_key"),
+                "only used with policy = \"consistent_hash\"",
+            ));
             None
         }
         (Some(k), _) => {
@@ -698,14 +769,20 @@ fn compile_upstream(up: &str, u: &UpstreamConfig, errors: &mut Vec<ConfigError>)
                 match http::HeaderName::from_bytes(h.trim().as_bytes()) {
                     Ok(name) => Some(HashKey::Header(name)),
                     Err(_) => {
-                        errors.push(ConfigError::new(f("hash_key"), format!("`{h}` is not a header name")));
+                        errors.push(ConfigError::new(
+                            f("hash_key"),
+                            format!("`{h}` is not a header name"),
+                        ));
                         None
                     }
                 }
             } else if let Some(c) = k.strip_prefix("cookie:") {
                 let c = c.trim();
                 if c.is_empty() || c.contains([';', '=', ' ', ',']) {
-                    errors.push(ConfigError::new(f("hash_key"), format!("`{c}` is not a cookie name")));
+                    errors.push(ConfigError::new(
+                        f("hash_key"),
+                        format!("`{c}` is not a cookie name"),
+                    ));
                     None
                 } else {
                     Some(HashKey::Cookie(c.to_string()))
@@ -723,7 +800,9 @@ fn compile_upstream(up: &str, u: &UpstreamConfig, errors: &mut Vec<ConfigError>)
         None | Some("preserve") => HostHeader::Preserve,
         Some("server") => HostHeader::Server,
         Some(h) => match normalize_host_pattern(h) {
-            Ok(n) if !n.starts_with('*') => HostHeader::Fixed(http::HeaderValue::from_str(&n).expect("checked")),
+            Ok(n) if !n.starts_with('*') => {
+                HostHeader::Fixed(http::HeaderValue::from_str(&n).expect("checked"))
+            }
             _ => {
                 errors.push(ConfigError::new(
                     f("host_header"),
@@ -733,11 +812,27 @@ fn compile_upstream(up: &str, u: &UpstreamConfig, errors: &mut Vec<ConfigError>)
             }
         },
     };
-    let max_idle_per_server = int_in(f("max_idle_per_server"), u.max_idle_per_server, 32, 0..=100_000, errors) as usize;
-    let idle_timeout = dur(f("idle_timeout"), &u.idle_timeout, Duration::from_secs(60), errors);
+    let max_idle_per_server = int_in(
+        f("max_idle_per_server"),
+        u.max_idle_per_server,
+        32,
+        0..=100_000,
+        errors,
+    ) as usize;
+    let idle_timeout = dur(
+        f("idle_timeout"),
+        &u.idle_timeout,
+        Duration::from_secs(60),
+        errors,
+    );
     let retries = int_in(f("retries"), u.retries, 2, 0..=16, errors) as u32;
     let eject_after = int_in(f("eject_after"), u.eject_after, 3, 0..=1000, errors) as u32;
-    let eject_for = dur(f("eject_for"), &u.eject_for, Duration::from_secs(10), errors);
+    let eject_for = dur(
+        f("eject_for"),
+        &u.eject_for,
+        Duration::from_secs(10),
+        errors,
+    );
     let health = u.health.as_ref().and_then(|h| {
         let mut h = h.clone();
         h.kind.get_or_insert_with(|| "http".to_string());
@@ -820,14 +915,20 @@ policy = "random"
             "l7[0].route[0].path_prefix:",
         ];
         for w in want {
-            assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w} in {errs:#?}");
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w} in {errs:#?}"
+            );
         }
     }
 
     #[test]
     fn unknown_upstream_in_route() {
         let errs = errors_of(&BASE.replace("upstream = \"app\"", "upstream = \"web\""));
-        assert_eq!(errs, vec!["l7[0].route[0].upstream: no [[l7.upstream]] is named `web`"]);
+        assert_eq!(
+            errs,
+            vec!["l7[0].route[0].upstream: no [[l7.upstream]] is named `web`"]
+        );
     }
 
     #[test]
@@ -835,10 +936,15 @@ policy = "random"
         let errs = errors_of(&format!("{BASE}policy = \"consistent_hash\"\n"));
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].starts_with("l7[0].upstream[0].hash_key:"));
-        let ok = parse(&format!("{BASE}policy = \"consistent_hash\"\nhash_key = \"cookie:sid\"\n"))
-            .compile("l7[0]")
-            .unwrap();
-        assert_eq!(ok.upstreams[0].hash_key, Some(HashKey::Cookie("sid".into())));
+        let ok = parse(&format!(
+            "{BASE}policy = \"consistent_hash\"\nhash_key = \"cookie:sid\"\n"
+        ))
+        .compile("l7[0]")
+        .unwrap();
+        assert_eq!(
+            ok.upstreams[0].hash_key,
+            Some(HashKey::Cookie("sid".into()))
+        );
     }
 
     #[test]
@@ -850,8 +956,16 @@ policy = "random"
             BASE
         );
         let errs = errors_of(&text);
-        assert!(errs.iter().any(|e| e.starts_with("l7[0].cert[0].cert: cannot read /nonexistent/a.pem")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("l7[0].cert[0].key: cannot read /nonexistent/a.key")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("l7[0].cert[0].cert: cannot read /nonexistent/a.pem")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("l7[0].cert[0].key: cannot read /nonexistent/a.key")),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -865,8 +979,14 @@ policy = "random"
 
     #[test]
     fn host_patterns() {
-        assert_eq!(normalize_host_pattern("WWW.Example.com."), Ok("www.example.com".into()));
-        assert_eq!(normalize_host_pattern("*.example.com"), Ok("*.example.com".into()));
+        assert_eq!(
+            normalize_host_pattern("WWW.Example.com."),
+            Ok("www.example.com".into())
+        );
+        assert_eq!(
+            normalize_host_pattern("*.example.com"),
+            Ok("*.example.com".into())
+        );
         assert!(normalize_host_pattern("a.*.com").is_err());
         assert!(normalize_host_pattern("*").is_err());
         assert!(normalize_host_pattern("a b").is_err());

@@ -47,10 +47,16 @@ fn compile_all(cfg: &[L7Config]) -> Result<Vec<ListenerSpec>> {
         match c.compile(&path) {
             Ok(s) => {
                 if s.listen.port() != 0 && !seen.insert(s.listen) {
-                    errors.push(format!("{path}.listen: {} is used by another [[l7]]", s.listen));
+                    errors.push(format!(
+                        "{path}.listen: {} is used by another [[l7]]",
+                        s.listen
+                    ));
                 }
                 if !names.insert(s.name.clone()) {
-                    errors.push(format!("{path}.name: `{}` is used by another [[l7]]", s.name));
+                    errors.push(format!(
+                        "{path}.name: `{}` is used by another [[l7]]",
+                        s.name
+                    ));
                 }
                 specs.push(s);
             }
@@ -91,7 +97,12 @@ impl L7Server {
 
     /// The bound address of each listener, in config order (useful with port 0).
     pub async fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.lock().await.iter().map(|l| l.local).collect()
+        self.listeners
+            .lock()
+            .await
+            .iter()
+            .map(|l| l.local)
+            .collect()
     }
 
     /// Applies a new (already validated) configuration: certificates, routes,
@@ -100,7 +111,8 @@ impl L7Server {
     /// Open connections are kept; listeners that left the config stop
     /// accepting and drain in the background.
     pub async fn reload(&self, cfg: &[L7Config]) -> Result<()> {
-        let specs = compile_all(cfg).map_err(|e| anyhow::anyhow!("reload rejected, old configuration kept:\n{e}"))?;
+        let specs = compile_all(cfg)
+            .map_err(|e| anyhow::anyhow!("reload rejected, old configuration kept:\n{e}"))?;
         let mut listeners = self.listeners.lock().await;
 
         // Build every new state first; only then swap.
@@ -115,7 +127,8 @@ impl L7Server {
                     if let Some(t) = &spec.tls {
                         tls::warn_expiry(&spec.name, &t.certs);
                     }
-                    let (state, store) = ListenerState::build(spec, l.resolver.as_ref(), &self.monitor)?;
+                    let (state, store) =
+                        ListenerState::build(spec, l.resolver.as_ref(), &self.monitor)?;
                     keep.push((l.clone(), state, store));
                 }
                 None => fresh.push(spec),
@@ -129,7 +142,9 @@ impl L7Server {
                     for l in &started {
                         l.stop(Duration::from_millis(100)).await;
                     }
-                    return Err(anyhow::anyhow!("reload rejected, old configuration kept: {e}"));
+                    return Err(anyhow::anyhow!(
+                        "reload rejected, old configuration kept: {e}"
+                    ));
                 }
             }
         }
@@ -143,7 +158,10 @@ impl L7Server {
             .partition(|l| kept.iter().any(|k| Arc::ptr_eq(k, l)));
         for l in gone {
             let grace = l.state.load().spec.timeouts.shutdown;
-            log::info!("l7 {}: removed from the configuration; draining", l.state.load().name);
+            log::info!(
+                "l7 {}: removed from the configuration; draining",
+                l.state.load().name
+            );
             tokio::spawn(async move { l.stop(grace).await });
         }
         *listeners = stay;

@@ -18,7 +18,8 @@ struct Group {
 impl Group {
     fn add(&mut self, prefix: &str, upstream: usize) {
         self.routes.push((prefix.to_string(), upstream));
-        self.routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        self.routes
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
     }
 
     fn lookup(&self, path: &str) -> Option<usize> {
@@ -41,7 +42,10 @@ impl RouteTable {
     /// `host` is a normalised pattern (lower case, `*.` for a wildcard) or None for any host.
     pub fn add(&mut self, host: Option<&str>, prefix: &str, upstream: usize) {
         match host {
-            None => self.any.get_or_insert_with(Group::default).add(prefix, upstream),
+            None => self
+                .any
+                .get_or_insert_with(Group::default)
+                .add(prefix, upstream),
             Some(h) => match h.strip_prefix('*') {
                 Some(suffix) => {
                     if let Some((_, g)) = self.wildcard.iter_mut().find(|(s, _)| s == suffix) {
@@ -50,10 +54,14 @@ impl RouteTable {
                         let mut g = Group::default();
                         g.add(prefix, upstream);
                         self.wildcard.push((suffix.to_string(), g));
-                        self.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                        self.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
                     }
                 }
-                None => self.exact.entry(h.to_string()).or_default().add(prefix, upstream),
+                None => self
+                    .exact
+                    .entry(h.to_string())
+                    .or_default()
+                    .add(prefix, upstream),
             },
         }
     }
@@ -66,7 +74,9 @@ impl RouteTable {
             .or_else(|| {
                 self.wildcard
                     .iter()
-                    .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                    .find(|(suffix, _)| {
+                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                    })
                     .map(|(_, g)| g)
             })
             .or(self.any.as_ref())?;
@@ -140,7 +150,10 @@ mod tests {
 
     #[test]
     fn request_host_normalisation() {
-        assert_eq!(normalize_request_host("WWW.Example.COM:8443"), "www.example.com");
+        assert_eq!(
+            normalize_request_host("WWW.Example.COM:8443"),
+            "www.example.com"
+        );
         assert_eq!(normalize_request_host("example.com."), "example.com");
         assert_eq!(normalize_request_host("[2001:db8::1]:443"), "2001:db8::1");
         assert_eq!(normalize_request_host("127.0.0.1"), "127.0.0.1");

@@ -114,7 +114,8 @@ impl Listener {
         if let (Some(r), Some(s)) = (&resolver, store) {
             r.store.store(Arc::new(s));
         }
-        let sock = bind(configured).map_err(|e| anyhow::anyhow!("l7 {name}: cannot listen on {configured}: {e}"))?;
+        let sock = bind(configured)
+            .map_err(|e| anyhow::anyhow!("l7 {name}: cannot listen on {configured}: {e}"))?;
         let local = sock.local_addr()?;
         let l = Arc::new(Listener {
             configured,
@@ -128,7 +129,11 @@ impl Listener {
         });
         log::info!(
             "l7 {name}: listening on {local} ({})",
-            if l.resolver.is_some() { "TLS" } else { "plain HTTP" }
+            if l.resolver.is_some() {
+                "TLS"
+            } else {
+                "plain HTTP"
+            }
         );
         tokio::spawn(accept_loop(l.clone(), sock));
         Ok(l)
@@ -154,7 +159,10 @@ impl Listener {
     pub async fn stop(&self, grace: Duration) {
         self.cancel.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             log::warn!(
                 "l7 {}: {} connections still open after {grace:?}; closing them",
                 self.state.load().name,
@@ -332,7 +340,16 @@ async fn serve<I>(
             .keep_alive_timeout(timeouts.header);
         let conn = b.serve_connection(io, service);
         tokio::pin!(conn);
-        drive(conn, &ctx, idle, timeouts.shutdown, |c| c.graceful_shutdown(), &name, peer).await;
+        drive(
+            conn,
+            &ctx,
+            idle,
+            timeouts.shutdown,
+            |c| c.graceful_shutdown(),
+            &name,
+            peer,
+        )
+        .await;
     } else {
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -341,7 +358,16 @@ async fn serve<I>(
             .max_buf_size(limits.max_header_size.max(8192) + 8192);
         let conn = b.serve_connection(io, service);
         tokio::pin!(conn);
-        drive(conn, &ctx, idle, timeouts.shutdown, |c| c.graceful_shutdown(), &name, peer).await;
+        drive(
+            conn,
+            &ctx,
+            idle,
+            timeouts.shutdown,
+            |c| c.graceful_shutdown(),
+            &name,
+            peer,
+        )
+        .await;
     }
 }
 
@@ -412,7 +438,11 @@ impl<T> ActivityIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -423,7 +453,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
@@ -475,7 +509,9 @@ impl Drop for RequestGuard {
             self.ctx.completed.fetch_add(1, Ordering::Relaxed);
         } else {
             let c = self.ctx.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
-            if c >= RESET_FLOOD_MIN && c > RESET_FLOOD_RATIO * self.ctx.completed.load(Ordering::Relaxed) {
+            if c >= RESET_FLOOD_MIN
+                && c > RESET_FLOOD_RATIO * self.ctx.completed.load(Ordering::Relaxed)
+            {
                 self.ctx.abusive.cancel();
             }
         }
@@ -498,7 +534,10 @@ impl Body for LoggedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
@@ -565,7 +604,10 @@ impl Body for LimitedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
@@ -594,7 +636,9 @@ impl Body for LimitedBody {
 }
 
 fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Full::new(body.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -619,9 +663,9 @@ fn is_idempotent(m: &Method) -> bool {
 fn sane_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 255
-        && h
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']'))
+        && h.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
+        })
 }
 
 fn hash_key_of(req: &Request<Incoming>, key: &HashKey) -> Option<Vec<u8>> {
@@ -703,8 +747,10 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<LoggedBod
             entry.reason = l.reason;
             let mut r = Response::new(full(l.body));
             *r.status_mut() = l.status;
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             for (k, v) in l.headers {
                 // HTTP/2 has no connection-specific headers.
                 if !(h2 && k == header::CONNECTION) {
@@ -733,7 +779,12 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<LoggedBod
 
 type ProxyResult = (Result<Response<ProxyBody>, Local>, Option<OutstandingGuard>);
 
-async fn proxy(ctx: &ConnCtx, st: &ListenerState, req: Request<Incoming>, entry: &mut Entry) -> ProxyResult {
+async fn proxy(
+    ctx: &ConnCtx,
+    st: &ListenerState,
+    req: Request<Incoming>,
+    entry: &mut Entry,
+) -> ProxyResult {
     let spec = &st.spec;
     // The host the client asked for, as sent (for X-Forwarded-Host and Host).
     let raw_host: Option<String> = match req.uri().authority() {
@@ -745,30 +796,77 @@ async fn proxy(ctx: &ConnCtx, st: &ListenerState, req: Request<Incoming>, entry:
             .map(str::to_string),
     };
     if req.headers().get_all(header::HOST).iter().count() > 1 {
-        return (Err(local(StatusCode::BAD_REQUEST, Some("more than one Host header".into()))), None);
+        return (
+            Err(local(
+                StatusCode::BAD_REQUEST,
+                Some("more than one Host header".into()),
+            )),
+            None,
+        );
     }
-    let host = raw_host.as_deref().map(normalize_request_host).unwrap_or_default();
+    let host = raw_host
+        .as_deref()
+        .map(normalize_request_host)
+        .unwrap_or_default();
     entry.host = host.clone();
     if req.version() == Version::HTTP_11 && raw_host.is_none() {
-        return (Err(local(StatusCode::BAD_REQUEST, Some("HTTP/1.1 request without Host".into()))), None);
+        return (
+            Err(local(
+                StatusCode::BAD_REQUEST,
+                Some("HTTP/1.1 request without Host".into()),
+            )),
+            None,
+        );
     }
     if !host.is_empty() && !sane_host(&host) {
-        return (Err(local(StatusCode::BAD_REQUEST, Some("malformed Host".into()))), None);
+        return (
+            Err(local(
+                StatusCode::BAD_REQUEST,
+                Some("malformed Host".into()),
+            )),
+            None,
+        );
     }
 
     if let Some(r) = spec.redirect {
         if host.is_empty() {
-            return (Err(local(StatusCode::BAD_REQUEST, Some("no Host to redirect to".into()))), None);
+            return (
+                Err(local(
+                    StatusCode::BAD_REQUEST,
+                    Some("no Host to redirect to".into()),
+                )),
+                None,
+            );
         }
-        let host_part = if host.contains(':') { format!("[{host}]") } else { host.clone() };
-        let port = if r.https_port == 443 { String::new() } else { format!(":{}", r.https_port) };
-        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let host_part = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let port = if r.https_port == 443 {
+            String::new()
+        } else {
+            format!(":{}", r.https_port)
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let location = format!("https://{host_part}{port}{path}");
         let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::PERMANENT_REDIRECT);
         let mut l = local(status, None);
         match HeaderValue::from_str(&location) {
             Ok(v) => l.headers.push((header::LOCATION, v)),
-            Err(_) => return (Err(local(StatusCode::BAD_REQUEST, Some("cannot build Location".into()))), None),
+            Err(_) => {
+                return (
+                    Err(local(
+                        StatusCode::BAD_REQUEST,
+                        Some("cannot build Location".into()),
+                    )),
+                    None,
+                )
+            }
         }
         return (Err(l), None);
     }
@@ -786,7 +884,8 @@ async fn proxy(ctx: &ConnCtx, st: &ListenerState, req: Request<Incoming>, entry:
                     StatusCode::PAYLOAD_TOO_LARGE,
                     Some(format!("Content-Length {cl} exceeds max_body_size {limit}")),
                 );
-                l.headers.push((header::CONNECTION, HeaderValue::from_static("close")));
+                l.headers
+                    .push((header::CONNECTION, HeaderValue::from_static("close")));
                 return (Err(l), None);
             }
         }
@@ -797,7 +896,11 @@ async fn proxy(ctx: &ConnCtx, st: &ListenerState, req: Request<Incoming>, entry:
         return (Err(local(StatusCode::NOT_FOUND, None)), None);
     };
     let pool = st.pools[ui].clone();
-    let key = pool.spec.hash_key.as_ref().and_then(|k| hash_key_of(&req, k));
+    let key = pool
+        .spec
+        .hash_key
+        .as_ref()
+        .and_then(|k| hash_key_of(&req, k));
 
     // Build the upstream request.
     let (parts, body) = req.into_parts();
@@ -838,25 +941,38 @@ async fn proxy(ctx: &ConnCtx, st: &ListenerState, req: Request<Incoming>, entry:
     *up_req.version_mut() = Version::HTTP_11;
     *up_req.headers_mut() = headers;
 
-    let attempts = if is_idempotent(&method) { 1 + pool.spec.retries as usize } else { 1 };
+    let attempts = if is_idempotent(&method) {
+        1 + pool.spec.retries as usize
+    } else {
+        1
+    };
     let mut tried: Vec<usize> = Vec::new();
     let mut last_reason = String::new();
     let up_start = Instant::now();
     loop {
         let Some(i) = pool.pick(key.as_deref(), &tried) else {
             let reason = if tried.is_empty() {
-                format!("upstream {}: no server available (all down or ejected)", pool.spec.name)
+                format!(
+                    "upstream {}: no server available (all down or ejected)",
+                    pool.spec.name
+                )
             } else {
                 format!("upstream {}: {last_reason}", pool.spec.name)
             };
-            let status = if tried.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
+            let status = if tried.is_empty() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
             return (Err(local(status, Some(reason))), None);
         };
         tried.push(i);
         let addr = pool.servers[i].addr;
         entry.upstream = Some(addr);
         let host_value = match &pool.spec.host_header {
-            HostHeader::Preserve => raw_host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+            HostHeader::Preserve => raw_host
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok()),
             HostHeader::Server => HeaderValue::from_str(&addr.to_string()).ok(),
             HostHeader::Fixed(v) => Some(v.clone()),
         };
@@ -865,7 +981,12 @@ async fn proxy(ctx: &ConnCtx, st: &ListenerState, req: Request<Incoming>, entry:
             None => up_req.headers_mut().remove(header::HOST),
         };
         match pool
-            .send(i, up_req, spec.timeouts.connect, spec.timeouts.upstream_response)
+            .send(
+                i,
+                up_req,
+                spec.timeouts.connect,
+                spec.timeouts.upstream_response,
+            )
             .await
         {
             Ok((resp, og)) => {
@@ -877,7 +998,11 @@ async fn proxy(ctx: &ConnCtx, st: &ListenerState, req: Request<Incoming>, entry:
                 return (Ok(Response::from_parts(parts, body)), Some(og));
             }
             Err(SendError::NotSent(back, reason)) => {
-                log::warn!("l7 {}: upstream {} server {addr}: {reason}", st.name, pool.spec.name);
+                log::warn!(
+                    "l7 {}: upstream {} server {addr}: {reason}",
+                    st.name,
+                    pool.spec.name
+                );
                 last_reason = reason;
                 if tried.len() >= attempts {
                     return (
@@ -888,7 +1013,7 @@ async fn proxy(ctx: &ConnCtx, st: &ListenerState, req: Request<Incoming>, entry:
                         None,
                     );
                 }
-                up_req = back;
+                up_req = *back;
             }
             Err(SendError::Failed(reason)) => {
                 entry.upstream_duration = Some(up_start.elapsed());
@@ -897,13 +1022,17 @@ async fn proxy(ctx: &ConnCtx, st: &ListenerState, req: Request<Incoming>, entry:
                         StatusCode::PAYLOAD_TOO_LARGE,
                         Some(format!("request body exceeds max_body_size {limit}")),
                     );
-                    l.headers.push((header::CONNECTION, HeaderValue::from_static("close")));
+                    l.headers
+                        .push((header::CONNECTION, HeaderValue::from_static("close")));
                     return (Err(l), None);
                 }
                 return (
                     Err(local(
                         StatusCode::BAD_GATEWAY,
-                        Some(format!("upstream {} server {addr}: {reason}", pool.spec.name)),
+                        Some(format!(
+                            "upstream {} server {addr}: {reason}",
+                            pool.spec.name
+                        )),
                     )),
                     None,
                 );

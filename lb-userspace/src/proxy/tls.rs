@@ -50,11 +50,15 @@ pub fn load_cert(path: &str, c: &CertConfig) -> Result<LoadedCert, Vec<ConfigErr
     let mut errors = Vec::new();
     let chain = match std::fs::read(&c.cert) {
         Err(e) => {
-            errors.push(ConfigError::new(format!("{path}.cert"), format!("cannot read {}: {e}", c.cert)));
+            errors.push(ConfigError::new(
+                format!("{path}.cert"),
+                format!("cannot read {}: {e}", c.cert),
+            ));
             None
         }
         Ok(bytes) => {
-            let parsed: Result<Vec<CertificateDer<'static>>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+            let parsed: Result<Vec<CertificateDer<'static>>, _> =
+                CertificateDer::pem_slice_iter(&bytes).collect();
             match parsed {
                 Ok(v) if v.is_empty() => {
                     errors.push(ConfigError::new(
@@ -76,7 +80,10 @@ pub fn load_cert(path: &str, c: &CertConfig) -> Result<LoadedCert, Vec<ConfigErr
     };
     let key = match std::fs::read(&c.key) {
         Err(e) => {
-            errors.push(ConfigError::new(format!("{path}.key"), format!("cannot read {}: {e}", c.key)));
+            errors.push(ConfigError::new(
+                format!("{path}.key"),
+                format!("cannot read {}: {e}", c.key),
+            ));
             None
         }
         Ok(bytes) => match PrivateKeyDer::from_pem_slice(&bytes) {
@@ -117,7 +124,10 @@ pub fn load_cert(path: &str, c: &CertConfig) -> Result<LoadedCert, Vec<ConfigErr
     if let Err(e) = certified.keys_match() {
         errors.push(ConfigError::new(
             format!("{path}.key"),
-            format!("{} does not belong to the certificate in {}: {e}", c.key, c.cert),
+            format!(
+                "{} does not belong to the certificate in {}: {e}",
+                c.key, c.cert
+            ),
         ));
         return Err(errors);
     }
@@ -250,7 +260,10 @@ impl ResolvesServerCert for SniResolver {
 
 /// Builds the rustls config of a listener: TLS 1.3 and 1.2, the provider's
 /// default (AEAD, ECDHE) suites, ALPN h2 and http/1.1, session resumption.
-pub fn server_config(resolver: Arc<SniResolver>, spec: &TlsSpec) -> anyhow::Result<Arc<ServerConfig>> {
+pub fn server_config(
+    resolver: Arc<SniResolver>,
+    spec: &TlsSpec,
+) -> anyhow::Result<Arc<ServerConfig>> {
     let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()

@@ -61,7 +61,7 @@ impl Drop for OutstandingGuard {
 pub enum SendError {
     /// Nothing reached the server (connect failed, or a pooled connection was
     /// found closed before the request was written): safe to retry.
-    NotSent(Request<ProxyBody>, String),
+    NotSent(Box<Request<ProxyBody>>, String),
     /// The request may have reached the server.
     Failed(String),
     /// No response head within the upstream response timeout.
@@ -260,10 +260,13 @@ impl Pool {
             {
                 continue;
             }
-            match self.dispatch(&server, conn.sender, req, response_timeout).await {
+            match self
+                .dispatch(&server, conn.sender, req, response_timeout)
+                .await
+            {
                 Ok(resp) => return Ok((resp, guard)),
                 Err(DispatchError::Unsent(r)) => {
-                    req = r;
+                    req = *r;
                     continue;
                 }
                 Err(DispatchError::Failed(e)) => return Err(SendError::Failed(e)),
@@ -272,24 +275,33 @@ impl Pool {
         }
 
         // A new connection.
-        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(server.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let reason = format!("connect to {}: {e}", server.addr);
-                self.record_connect_failure(i, &reason);
-                return Err(SendError::NotSent(req, reason));
-            }
-            Err(_) => {
-                let reason = format!("connect to {}: timed out after {connect_timeout:?}", server.addr);
-                self.record_connect_failure(i, &reason);
-                return Err(SendError::NotSent(req, reason));
-            }
-        };
+        let stream =
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(server.addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let reason = format!("connect to {}: {e}", server.addr);
+                    self.record_connect_failure(i, &reason);
+                    return Err(SendError::NotSent(Box::new(req), reason));
+                }
+                Err(_) => {
+                    let reason = format!(
+                        "connect to {}: timed out after {connect_timeout:?}",
+                        server.addr
+                    );
+                    self.record_connect_failure(i, &reason);
+                    return Err(SendError::NotSent(Box::new(req), reason));
+                }
+            };
         self.record_connect_success(i);
         let _ = stream.set_nodelay(true);
         let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(v) => v,
-            Err(e) => return Err(SendError::NotSent(req, format!("HTTP handshake with {}: {e}", server.addr))),
+            Err(e) => {
+                return Err(SendError::NotSent(
+                    Box::new(req),
+                    format!("HTTP handshake with {}: {e}", server.addr),
+                ))
+            }
         };
         let addr = server.addr;
         tokio::spawn(async move {
@@ -299,7 +311,10 @@ impl Pool {
         });
         match self.dispatch(&server, sender, req, response_timeout).await {
             Ok(resp) => Ok((resp, guard)),
-            Err(DispatchError::Unsent(r)) => Err(SendError::NotSent(r, format!("connection to {addr} closed before the request was sent"))),
+            Err(DispatchError::Unsent(r)) => Err(SendError::NotSent(
+                r,
+                format!("connection to {addr} closed before the request was sent"),
+            )),
             Err(DispatchError::Failed(e)) => Err(SendError::Failed(e)),
             Err(DispatchError::Timeout) => Err(SendError::Timeout),
         }
@@ -339,15 +354,19 @@ impl Pool {
                 Ok(resp)
             }
             Err(mut e) => match e.take_message() {
-                Some(req) => Err(DispatchError::Unsent(req)),
-                None => Err(DispatchError::Failed(format!("{}: {}", server.addr, e.into_error()))),
+                Some(req) => Err(DispatchError::Unsent(Box::new(req))),
+                None => Err(DispatchError::Failed(format!(
+                    "{}: {}",
+                    server.addr,
+                    e.into_error()
+                ))),
             },
         }
     }
 }
 
 enum DispatchError {
-    Unsent(Request<ProxyBody>),
+    Unsent(Box<Request<ProxyBody>>),
     Failed(String),
     Timeout,
 }
@@ -360,7 +379,9 @@ mod tests {
     fn spec(policy: Policy, n: usize) -> UpstreamSpec {
         UpstreamSpec {
             name: "app".into(),
-            servers: (0..n).map(|i| format!("127.0.0.1:{}", 9000 + i).parse().unwrap()).collect(),
+            servers: (0..n)
+                .map(|i| format!("127.0.0.1:{}", 9000 + i).parse().unwrap())
+                .collect(),
             policy,
             hash_key: (policy == Policy::ConsistentHash).then(|| HashKey::Cookie("sid".into())),
             host_header: HostHeader::Preserve,
@@ -399,8 +420,14 @@ mod tests {
     async fn consistent_hash_is_sticky_and_moves_little() {
         let pool = Pool::new("t", spec(Policy::ConsistentHash, 4), &Monitor::new());
         let keys: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
-        let first: Vec<usize> = keys.iter().map(|k| pool.pick(Some(k.as_bytes()), &[]).unwrap()).collect();
-        let again: Vec<usize> = keys.iter().map(|k| pool.pick(Some(k.as_bytes()), &[]).unwrap()).collect();
+        let first: Vec<usize> = keys
+            .iter()
+            .map(|k| pool.pick(Some(k.as_bytes()), &[]).unwrap())
+            .collect();
+        let again: Vec<usize> = keys
+            .iter()
+            .map(|k| pool.pick(Some(k.as_bytes()), &[]).unwrap())
+            .collect();
         assert_eq!(first, again);
         let mut counts = [0; 4];
         for &i in &first {

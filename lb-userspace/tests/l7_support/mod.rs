@@ -72,7 +72,9 @@ impl Pki {
         self.path("root.pem").display().to_string()
     }
     pub fn chain(&self, stem: &str) -> String {
-        self.path(&format!("{stem}.chain.pem")).display().to_string()
+        self.path(&format!("{stem}.chain.pem"))
+            .display()
+            .to_string()
     }
     pub fn key(&self, stem: &str) -> String {
         self.path(&format!("{stem}.key")).display().to_string()
@@ -159,11 +161,18 @@ async fn echo(name: &str, hits: &AtomicU64, req: Request<Incoming>) -> Response<
     let mut text = format!(
         "{} {} {:?}\n",
         req.method(),
-        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
         req.version()
     );
     for (k, v) in req.headers() {
-        text.push_str(&format!("{}: {}\n", k, String::from_utf8_lossy(v.as_bytes())));
+        text.push_str(&format!(
+            "{}: {}\n",
+            k,
+            String::from_utf8_lossy(v.as_bytes())
+        ));
     }
     let mut status = 200;
     if let Some(ms) = path.strip_prefix("/slow/") {
@@ -172,7 +181,12 @@ async fn echo(name: &str, hits: &AtomicU64, req: Request<Incoming>) -> Response<
     if let Some(s) = path.strip_prefix("/status/") {
         status = s.parse().unwrap_or(200);
     }
-    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     text.push_str(&format!("body-length: {body_len}\n"));
     let body = match path.strip_prefix("/bytes/") {
         Some(n) => Bytes::from(vec![b'x'; n.parse().unwrap_or(0)]),
@@ -226,7 +240,13 @@ pub async fn run(cmd: &str, args: Vec<String>) -> Output {
 }
 
 /// `curl` over HTTPS to `host` resolved to the proxy. Returns (exit code, stdout, stderr).
-pub async fn curl_https(pki: &Pki, proxy: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (i32, String, String) {
+pub async fn curl_https(
+    pki: &Pki,
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
     let port = proxy.port();
     let mut args: Vec<String> = vec![
         "-sS".into(),
@@ -254,11 +274,13 @@ pub fn client_tls(root_pem: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> 
     for c in lb_userspace::proxy::tls::read_pem_certs(root_pem).unwrap() {
         roots.add(c).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Arc::new(cfg)
 }
@@ -272,10 +294,13 @@ pub struct H1Client {
 impl H1Client {
     pub async fn connect(pki: &Pki, proxy: SocketAddr, host: &str) -> H1Client {
         let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(client_tls(&pki.path("root.pem"), &[b"http/1.1"]));
+        let connector =
+            tokio_rustls::TlsConnector::from(client_tls(&pki.path("root.pem"), &[b"http/1.1"]));
         let name = rustls_pki_types::ServerName::try_from(host.to_string()).unwrap();
         let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         H1Client {
             sender,
@@ -293,10 +318,13 @@ impl H1Client {
             b = b.header(*k, *v);
         }
         self.sender.ready().await.expect("connection usable");
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.sender.send_request(b.body(Full::default()).unwrap()))
-            .await
-            .expect("response in time")
-            .expect("response");
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.sender.send_request(b.body(Full::default()).unwrap()),
+        )
+        .await
+        .expect("response in time")
+        .expect("response");
         let status = resp.status().as_u16();
         let backend = resp
             .headers()
@@ -319,9 +347,10 @@ pub async fn h2_connect(
     let name = rustls_pki_types::ServerName::try_from(host.to_string()).unwrap();
     let tls = connector.connect(name, tcp).await.expect("TLS handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     sender
 }
