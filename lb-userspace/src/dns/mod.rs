@@ -281,6 +281,36 @@ impl DnsServer {
         &self.monitor
     }
 
+    /// Runs one packet through the query path as if it came from `src`
+    /// (over TCP when `tcp`), without sockets. For tests and fuzzing.
+    pub fn handle_packet(&self, packet: &[u8], src: SocketAddr, tcp: bool) -> Option<Vec<u8>> {
+        let st = self
+            .shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let t = if tcp {
+            server::Transport::Tcp
+        } else {
+            server::Transport::Udp
+        };
+        server::handle(&st, &self.stats, packet, src, t)
+    }
+
+    /// The UDP size limit that applies to a reply to `packet` (512 when it
+    /// does not parse).
+    pub fn udp_limit(&self, packet: &[u8]) -> usize {
+        let st = self
+            .shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match hickory_proto::op::Message::from_vec(packet) {
+            Ok(m) => server::udp_limit(&m, st.max_udp_payload),
+            Err(_) => 512,
+        }
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

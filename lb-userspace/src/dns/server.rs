@@ -101,13 +101,7 @@ pub fn handle(
     let (resp, answer) = respond(state, &req, src);
     let limit = match transport {
         Transport::Tcp => u16::MAX as usize,
-        Transport::Udp => {
-            let offered = req
-                .edns
-                .as_ref()
-                .map_or(MIN_UDP, |e| e.max_payload() as usize);
-            offered.clamp(MIN_UDP, state.max_udp_payload as usize)
-        }
+        Transport::Udp => udp_limit(&req, state.max_udp_payload),
     };
     if transport == Transport::Udp {
         if let Some(rrl) = &state.rrl {
@@ -146,6 +140,16 @@ pub fn handle(
         }
     }
     encode_within(resp, answer.as_ref(), limit, stats)
+}
+
+/// Largest UDP response for this query: the client's EDNS payload size (512
+/// without EDNS, and never below 512), capped by our own maximum.
+pub fn udp_limit(req: &Message, our_max: u16) -> usize {
+    let offered = req
+        .edns
+        .as_ref()
+        .map_or(MIN_UDP, |e| e.max_payload() as usize);
+    offered.clamp(MIN_UDP, (our_max as usize).max(MIN_UDP))
 }
 
 /// Encodes `resp` in at most `limit` bytes: first whole; then without the
