@@ -125,7 +125,7 @@ pub struct Regions {
 
 impl Regions {
     pub fn new(mut entries: Vec<(Prefix, String)>) -> Self {
-        entries.sort_by(|a, b| b.0.len.cmp(&a.0.len));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0.len));
         Regions { entries }
     }
 

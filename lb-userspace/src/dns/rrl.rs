@@ -104,7 +104,7 @@ impl RateLimiter {
         }
         b.milli = b.milli.max(floor);
         b.limited += 1;
-        if self.s.slip > 0 && b.limited % self.s.slip as u64 == 0 {
+        if self.s.slip > 0 && b.limited.is_multiple_of(self.s.slip as u64) {
             Verdict::Slip
         } else {
             Verdict::Drop
