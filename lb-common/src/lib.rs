@@ -144,7 +144,7 @@ pub mod stat {
     pub const DROP_FRAGMENT: u32 = 17;
     pub const DROP_IPV6_EXT: u32 = 18;
     pub const DROP_NO_REAL: u32 = 19;
-    pub const DROP_REDIRECT: u32 = 20;
+    pub const PASS_NO_TX_PORT: u32 = 20;
     pub const PASS_VIP_OTHER_PROTO: u32 = 21;
     pub const DROP_BAD_VERSION: u32 = 22;
     pub const COUNT: u32 = 23;
@@ -171,7 +171,7 @@ pub mod stat {
         "drop_fragment",
         "drop_ipv6_extension",
         "drop_no_real",
-        "drop_redirect_failed",
+        "pass_egress_not_attached",
         "pass_vip_other_protocol",
         "drop_bad_version",
     ];

@@ -1,1 +1,436 @@
-fn main(){}
+//! The XDP fast path of `lb`.
+//!
+//! `lb_xdp`: parse → VIP lookup → conntrack → Maglev ring → NAT rewrite →
+//! FIB → XDP_TX / redirect. Replies from reals are rewritten back to the VIP.
+//! Everything not for a VIP (and not a reply of a balanced flow) passes to the
+//! kernel untouched. Policies (see README, "Data plane policies"):
+//! - IPv4 fragments and IPv4 packets with options addressed to a VIP address
+//!   are dropped and counted (a fragment carries no ports to balance on, and
+//!   options are not forwarded); to any other address they pass.
+//! - IPv6 packets to a VIP address whose next header is not TCP/UDP directly
+//!   (extension headers) are dropped and counted; ICMP/ICMPv6 to a VIP passes.
+//! - TTL / hop limit is decremented like a router does; a packet that would
+//!   leave with TTL 0 is passed to the kernel, which answers with ICMP Time
+//!   Exceeded.
+//! - A FIB miss (no route, no neighbour, MTU) passes the already rewritten
+//!   packet to the kernel and is counted.
+//!
+//! The other programs are measurement and test aids: `floor_tx` (parse +
+//! XDP_TX), `floor_redirect` (redirect only) and `sink` (count + drop).
+#![no_std]
+#![no_main]
+
+mod csum;
+mod forward;
+mod nat;
+mod parse;
+mod stats;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use aya_log_ebpf::debug;
+use lb_common::{
+    flow_hash, stat, Counters, CtValue, FlowKey, RealDef, RevValue, VipKey, VipMeta,
+    CONNTRACK_SIZE, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS,
+    MAX_VIPS, REAL_F_VALID, RING_SLOTS, RING_STRIDE,
+};
+use parse::*;
+use stats::count;
+
+#[map]
+static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 4, 0);
+
+#[map]
+static RINGS: Array<u32> = Array::with_max_entries(RING_SLOTS * RING_STRIDE, 0);
+
+#[map]
+static REALS: Array<RealDef> = Array::with_max_entries(MAX_REALS, 0);
+
+#[map]
+static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::with_max_entries(CONNTRACK_SIZE, 0);
+
+#[map]
+static REVERSE: LruHashMap<FlowKey, RevValue> = LruHashMap::with_max_entries(CONNTRACK_SIZE, 0);
+
+#[map]
+static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+
+#[map]
+static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Egress devices, keyed by ifindex: every interface `lb` is attached to.
+#[map]
+static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+/// `floor_redirect`'s one egress device (slot 0).
+#[map]
+static FLOOR_PORT: DevMap = DevMap::with_max_entries(1, 0);
+
+/// `sink`'s packet counter (slot 0).
+#[map]
+static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    match try_lb(&ctx) {
+        Ok(action) => action,
+        Err(()) => xdp_action::XDP_DROP,
+    }
+}
+
+/// What the parser learnt about a packet.
+struct Packet {
+    l3: usize,
+    l4: usize,
+    family: u8,
+    proto: u8,
+    key: FlowKey,
+}
+
+/// Outcome of parsing.
+enum Parsed {
+    /// A TCP/UDP packet whose headers are all present.
+    Flow(Packet),
+    /// Verdict already decided (and counted).
+    Done(u32),
+}
+
+#[inline(always)]
+fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
+    count(stat::RX);
+    let pkt = match parse(ctx)? {
+        Parsed::Flow(p) => p,
+        Parsed::Done(action) => return Ok(action),
+    };
+
+    // Forward path: a VIP (exact port first, then all-ports).
+    let mut vkey = VipKey {
+        addr: pkt.key.dst,
+        port: pkt.key.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+    };
+    let mut meta = unsafe { VIPS.get(&vkey) };
+    if meta.is_none() {
+        vkey.port = 0;
+        meta = unsafe { VIPS.get(&vkey) };
+    }
+    if let Some(meta) = meta {
+        let meta = *meta;
+        return to_real(ctx, &pkt, &meta);
+    }
+
+    // Reverse path: a reply of a balanced flow.
+    if let Some(rev) = unsafe { REVERSE.get(&pkt.key) } {
+        let rev = *rev;
+        return to_client(ctx, &pkt, &rev);
+    }
+
+    count(stat::PASS_NON_VIP);
+    Ok(xdp_action::XDP_PASS)
+}
+
+/// Is `addr` one of our VIP addresses (any port, any protocol)?
+#[inline(always)]
+fn is_vip_addr(addr: &[u8; 16], family: u8) -> bool {
+    let key = VipKey {
+        addr: *addr,
+        port: 0,
+        proto: 0,
+        family,
+    };
+    unsafe { VIPS.get(&key) }.is_some()
+}
+
+/// Drops (and counts) a malformed packet addressed to a VIP; passes it
+/// untouched otherwise.
+#[inline(always)]
+fn malformed(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) -> Parsed {
+    if is_vip_addr(dst, family) {
+        count(reason);
+        debug!(ctx, "drop: malformed packet to a VIP, reason {}", reason);
+        Parsed::Done(xdp_action::XDP_DROP)
+    } else {
+        count(stat::PASS_NON_VIP);
+        Parsed::Done(xdp_action::XDP_PASS)
+    }
+}
+
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
+    let eth: *const EthHdr = match ptr_at(ctx, 0) {
+        Ok(p) => p,
+        Err(()) => {
+            count(stat::DROP_TRUNC_ETH);
+            return Ok(Parsed::Done(xdp_action::XDP_DROP));
+        }
+    };
+    let mut ether_type = u16::from_be_bytes(unsafe { (*eth).proto });
+    let mut l3 = ETH_HLEN;
+    if ether_type == ETH_P_8021Q {
+        let vlan: *const VlanHdr = match ptr_at(ctx, ETH_HLEN) {
+            Ok(p) => p,
+            Err(()) => {
+                count(stat::DROP_TRUNC_VLAN);
+                return Ok(Parsed::Done(xdp_action::XDP_DROP));
+            }
+        };
+        ether_type = u16::from_be_bytes(unsafe { (*vlan).proto });
+        l3 = ETH_HLEN + VLAN_HLEN;
+    }
+    let mut key = FlowKey::default();
+    let (family, proto, l4) = match ether_type {
+        ETH_P_IP => {
+            let ip: *const Ipv4Hdr = match ptr_at(ctx, l3) {
+                Ok(p) => p,
+                Err(()) => {
+                    count(stat::DROP_TRUNC_IP);
+                    return Ok(Parsed::Done(xdp_action::XDP_DROP));
+                }
+            };
+            let ip = unsafe { &*ip };
+            key.family = FAMILY_V4;
+            key.src[..4].copy_from_slice(&ip.src);
+            key.dst[..4].copy_from_slice(&ip.dst);
+            if ip.version_ihl >> 4 != 4 {
+                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_BAD_VERSION));
+            }
+            let ihl = (ip.version_ihl & 0x0f) as usize;
+            if ihl < 5 {
+                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_BAD_IHL));
+            }
+            let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+            let avail = ctx.data_end() - ctx.data() - l3;
+            if tot_len < ihl * 4 || tot_len > avail {
+                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_BAD_LEN));
+            }
+            let frag = u16::from_be_bytes(ip.frag_off);
+            if frag & 0x3fff != 0 {
+                // MF set or a non-zero offset.
+                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_FRAGMENT));
+            }
+            if ihl != 5 {
+                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_IP_OPTIONS));
+            }
+            (FAMILY_V4, ip.proto, l3 + IPV4_HLEN)
+        }
+        ETH_P_IPV6 => {
+            let ip: *const Ipv6Hdr = match ptr_at(ctx, l3) {
+                Ok(p) => p,
+                Err(()) => {
+                    count(stat::DROP_TRUNC_IP);
+                    return Ok(Parsed::Done(xdp_action::XDP_DROP));
+                }
+            };
+            let ip = unsafe { &*ip };
+            key.family = FAMILY_V6;
+            key.src = ip.src;
+            key.dst = ip.dst;
+            if ip.vtc_flow[0] >> 4 != 6 {
+                return Ok(malformed(ctx, &key.dst, FAMILY_V6, stat::DROP_BAD_VERSION));
+            }
+            let payload = u16::from_be_bytes(ip.payload_len) as usize;
+            let avail = ctx.data_end() - ctx.data() - l3 - IPV6_HLEN;
+            if payload > avail {
+                return Ok(malformed(ctx, &key.dst, FAMILY_V6, stat::DROP_BAD_LEN));
+            }
+            match ip.next_hdr {
+                IPPROTO_TCP | IPPROTO_UDP => {}
+                // Hop-by-hop, routing, fragment, destination options, AH, ESP-less ext.
+                0 | 43 | 44 | 60 | 51 | 135 | 139 | 140 => {
+                    return Ok(malformed(ctx, &key.dst, FAMILY_V6, stat::DROP_IPV6_EXT));
+                }
+                _ => {}
+            }
+            (FAMILY_V6, ip.next_hdr, l3 + IPV6_HLEN)
+        }
+        _ => {
+            count(stat::PASS_NON_VIP);
+            return Ok(Parsed::Done(xdp_action::XDP_PASS));
+        }
+    };
+    key.proto = proto;
+    match proto {
+        IPPROTO_TCP => match ptr_at::<TcpHdr>(ctx, l4) {
+            Ok(t) => {
+                let t = unsafe { &*t };
+                key.sport = u16::from_ne_bytes(t.src);
+                key.dport = u16::from_ne_bytes(t.dst);
+            }
+            Err(()) => return Ok(malformed(ctx, &key.dst, family, stat::DROP_TRUNC_L4)),
+        },
+        IPPROTO_UDP => match ptr_at::<UdpHdr>(ctx, l4) {
+            Ok(u) => {
+                let u = unsafe { &*u };
+                key.sport = u16::from_ne_bytes(u.src);
+                key.dport = u16::from_ne_bytes(u.dst);
+            }
+            Err(()) => return Ok(malformed(ctx, &key.dst, family, stat::DROP_TRUNC_L4)),
+        },
+        _ => {
+            if is_vip_addr(&key.dst, family) {
+                count(stat::PASS_VIP_OTHER_PROTO);
+            } else {
+                count(stat::PASS_NON_VIP);
+            }
+            return Ok(Parsed::Done(xdp_action::XDP_PASS));
+        }
+    }
+    Ok(Parsed::Flow(Packet {
+        l3,
+        l4,
+        family,
+        proto,
+        key,
+    }))
+}
+
+/// Client → VIP: pick the real (conntrack, else ring), rewrite, forward.
+#[inline(always)]
+fn to_real(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u32, ()> {
+    if nat::ttl_expired(ctx, pkt.l3, pkt.family)? {
+        count(stat::PASS_TTL_EXPIRED);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let mut real_id = 0u32;
+    let mut real = RealDef::default();
+    if let Some(ct) = unsafe { CONNTRACK.get(&pkt.key) } {
+        if let Some(r) = REALS.get(ct.real_id) {
+            if r.flags & REAL_F_VALID != 0 {
+                real_id = ct.real_id;
+                real = *r;
+            }
+        }
+    }
+    let new_flow = real_id == 0;
+    if new_flow {
+        if meta.ring_size == 0 {
+            count(stat::DROP_NO_REAL);
+            return Ok(xdp_action::XDP_DROP);
+        }
+        let slot = flow_hash(&pkt.key) % meta.ring_size;
+        let idx = meta.ring_slot.wrapping_mul(RING_STRIDE).wrapping_add(slot);
+        real_id = match RINGS.get(idx) {
+            Some(id) if *id != 0 => *id,
+            _ => {
+                count(stat::DROP_NO_REAL);
+                return Ok(xdp_action::XDP_DROP);
+            }
+        };
+        real = match REALS.get(real_id) {
+            Some(r) if r.flags & REAL_F_VALID != 0 => *r,
+            _ => {
+                count(stat::DROP_NO_REAL);
+                return Ok(xdp_action::XDP_DROP);
+            }
+        };
+        count(stat::CT_MISS);
+        let ct = CtValue {
+            real_id,
+            vip_index: meta.vip_index,
+        };
+        let _ = CONNTRACK.insert(&pkt.key, &ct, 0);
+    } else {
+        count(stat::CT_HIT);
+    }
+    let new_port = if real.port == 0 {
+        pkt.key.dport
+    } else {
+        real.port
+    };
+    // The reply will come from real:port to client:sport; map it back to the VIP.
+    let rkey = FlowKey {
+        src: real.addr,
+        dst: pkt.key.src,
+        sport: new_port,
+        dport: pkt.key.sport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    if new_flow || unsafe { REVERSE.get(&rkey) }.is_none() {
+        let rev = RevValue {
+            vip_addr: pkt.key.dst,
+            vip_port: pkt.key.dport,
+            _pad: [0; 2],
+            vip_index: meta.vip_index,
+            real_id,
+            _pad2: 0,
+        };
+        let _ = REVERSE.insert(&rkey, &rev, 0);
+    }
+
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    stats::add_vip(meta.vip_index, bytes, new_flow, false);
+    stats::add_real(real_id, bytes, new_flow, false);
+
+    nat::rewrite_dst(ctx, pkt.l3, pkt.l4, pkt.family, pkt.proto, &real.addr, new_port)?;
+    forward::forward(ctx, pkt.l3, pkt.family)
+}
+
+/// Real → client reply of a balanced flow: source back to the VIP, forward.
+#[inline(always)]
+fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &RevValue) -> Result<u32, ()> {
+    if nat::ttl_expired(ctx, pkt.l3, pkt.family)? {
+        count(stat::PASS_TTL_EXPIRED);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    count(stat::REPLY_NAT);
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    stats::add_vip(rev.vip_index, bytes, false, true);
+    stats::add_real(rev.real_id, bytes, false, true);
+    nat::rewrite_src(
+        ctx,
+        pkt.l3,
+        pkt.l4,
+        pkt.family,
+        pkt.proto,
+        &rev.vip_addr,
+        rev.vip_port,
+    )?;
+    forward::forward(ctx, pkt.l3, pkt.family)
+}
+
+/// Floor for the per-packet benchmark: the same parse, then XDP_TX.
+#[xdp]
+pub fn floor_tx(ctx: XdpContext) -> u32 {
+    match parse(&ctx) {
+        Ok(Parsed::Flow(_)) => xdp_action::XDP_TX,
+        Ok(Parsed::Done(a)) => a,
+        Err(()) => xdp_action::XDP_DROP,
+    }
+}
+
+/// Floor for the forwarding benchmark: redirect every frame, no lookups.
+#[xdp]
+pub fn floor_redirect(_ctx: XdpContext) -> u32 {
+    FLOOR_PORT
+        .redirect(0, 0)
+        .unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// Receiver side of benchmarks and tests: count and drop.
+#[xdp]
+pub fn sink(_ctx: XdpContext) -> u32 {
+    if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -5,6 +5,11 @@
 //! `health` (probers + rise/fall state machine), `proxy` (L7), `dns`,
 //! `testbed` (netns/veth topologies for tests and the demo).
 pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod demo;
 pub mod dns;
 pub mod health;
+pub mod maglev;
 pub mod proxy;
+pub mod testbed;

@@ -1,1 +1,215 @@
-fn main(){}
+//! Developer and operator commands: `cargo xtask setup|build|run|test|bench`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh machine lacks (idempotent; quick when all is there).
+    Setup,
+    /// Build the `lb` binary (release) with the XDP object embedded.
+    Build,
+    /// Run lb: on a real interface with --iface, else the built-in netns demo.
+    Run {
+        #[arg(long)]
+        iface: Vec<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Requests per address family in the demo.
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+    },
+    /// Set up, build, and run every test (unit, fixtures, netns end-to-end).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks: xdp, fwd, maglev, l7, dns.
+    Bench {
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages the build, tests, demo and benchmarks use.
+const PACKAGES: &[(&str, &str)] = &[
+    // (package, a file it installs, to check presence cheaply)
+    ("llvm-22-dev", "/usr/lib/llvm-22/bin/llvm-config"),
+    ("libpolly-22-dev", "/usr/lib/llvm-22/lib/libPolly.a"),
+    ("libzstd-dev", "/usr/include/zstd.h"),
+    ("zlib1g-dev", "/usr/include/zlib.h"),
+    ("iproute2", "/usr/sbin/ip"),
+    ("nftables", "/usr/sbin/nft"),
+    ("ethtool", "/usr/sbin/ethtool"),
+    ("curl", "/usr/bin/curl"),
+    ("dnsutils", "/usr/bin/dig"),
+    ("openssl", "/usr/bin/openssl"),
+    ("nsd", "/usr/sbin/nsd"),
+    ("knot", "/usr/sbin/knotd"),
+    ("nginx", "/usr/sbin/nginx"),
+    ("wrk", "/usr/bin/wrk"),
+    ("nghttp2-client", "/usr/bin/h2load"),
+    ("dnsperf", "/usr/bin/dnsperf"),
+    ("tcpdump", "/usr/bin/tcpdump"),
+    ("iputils-ping", "/usr/bin/ping"),
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+fn ok(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, f)| !Path::new(f).exists())
+        .map(|(p, _)| *p)
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!(
+                "setup needs root to install Debian packages: {}",
+                missing.join(" ")
+            );
+        }
+        eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+        sh(Command::new("apt-get").arg("update").arg("-q"))?;
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        // Packaged daemons must not hold the ports the tests and benches use.
+        for svc in ["nginx", "nsd", "knot"] {
+            let _ = Command::new("systemctl").args(["stop", svc]).output();
+            let _ = Command::new("systemctl").args(["disable", svc]).output();
+        }
+    }
+    let has_src = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+        .unwrap_or(false);
+    if !has_src {
+        eprintln!("setup: installing rust-src for the nightly toolchain");
+        sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("0.13"))
+        .unwrap_or(false);
+    if !linker_ok {
+        eprintln!("setup: building bpf-linker 0.13 against LLVM 22 (a few minutes)");
+        sh(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "^0.13",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    // bpffs, for pinned maps.
+    if is_root() && !ok(Command::new("mountpoint").args(["-q", "/sys/fs/bpf"])) {
+        let _ = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .output();
+    }
+    eprintln!("setup: ok");
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn build() -> Result<PathBuf> {
+    sh(cargo().args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]))?;
+    Ok(root().join("target/release/lb"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Build => build().map(|p| eprintln!("built {}", p.display())),
+        Cmd::Run {
+            iface,
+            config,
+            requests,
+        } => {
+            setup()?;
+            let lb = build()?;
+            if iface.is_empty() {
+                if config.is_some() {
+                    bail!("--config needs --iface (the demo writes its own config)");
+                }
+                sh(Command::new(lb).args(["demo", "--requests", &requests.to_string()]))
+            } else {
+                let config = config.unwrap_or_else(|| root().join("examples/lb.toml"));
+                let mut c = Command::new(lb);
+                c.arg("run").arg("--config").arg(config);
+                for i in iface {
+                    c.args(["--iface", &i]);
+                }
+                sh(&mut c)
+            }
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            sh(cargo()
+                .args(["test", "--all-targets"])
+                .args(&args))?;
+            Ok(())
+        }
+        Cmd::Bench { args } => {
+            setup()?;
+            sh(cargo()
+                .args(["run", "--release", "-p", "bench", "--"])
+                .args(&args))
+        }
+    }
+}

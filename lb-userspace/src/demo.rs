@@ -1,0 +1,122 @@
+//! `lb demo`: the built-in demo. Builds a client, a load balancer and three
+//! reals in network namespaces, runs `lb run` on the balancer, sends a
+//! bounded burst of HTTP requests to the VIP over IPv4 and IPv6, shows how
+//! they spread and the data plane's counters, and removes everything on exit
+//! or Ctrl-C.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    process::{Child, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::testbed::{self, NameServer, Topology};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+struct LbProcess(Child);
+
+impl Drop for LbProcess {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the demo; `requests` per address family.
+pub fn run(requests: usize) -> Result<()> {
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    println!("building the demo network (client, lb, 3 reals) ...");
+    let topo = Topology::build(3)?;
+    let mut servers = Vec::new();
+    for (i, ns) in topo.reals.iter().enumerate() {
+        servers.push(NameServer::start(ns, &format!("real{}", i + 1), 8080, 8053)?);
+    }
+    topo.block_kernel_forwarding()?;
+    interrupted()?;
+
+    let dir = std::env::temp_dir().join(testbed::unique("lb-demo-"));
+    std::fs::create_dir_all(&dir)?;
+    let cfg_path = dir.join("lb.toml");
+    let cfg = testbed::topology_config(&topo, 8080, 8053);
+    std::fs::write(&cfg_path, &cfg)?;
+    println!("config ({}):\n{cfg}", cfg_path.display());
+
+    let exe = std::env::current_exe()?;
+    let log_path = dir.join("lb.log");
+    let log = std::fs::File::create(&log_path)?;
+    let child = topo
+        .lb
+        .command(exe.to_str().context("non-UTF-8 path")?)
+        .args(["run", "--config", cfg_path.to_str().unwrap_or_default()])
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .context("starting lb run")?;
+    let lb = LbProcess(child);
+    let attached = topo
+        .lb_ifaces
+        .iter()
+        .try_for_each(|i| testbed::wait_for_xdp(&topo.lb, i, Duration::from_secs(20)));
+    if let Err(e) = attached {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        bail!("lb did not come up: {e:#}\n--- lb log ---\n{log}");
+    }
+    println!("lb is running in namespace {}; sending requests ...", topo.lb.name);
+
+    for (label, url) in [
+        ("IPv4", format!("http://{}/", testbed::VIP4)),
+        ("IPv6", format!("http://[{}]/", testbed::VIP6)),
+    ] {
+        interrupted()?;
+        let bodies = testbed::curl_burst(&topo.client, &url, requests)?;
+        let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+        for b in &bodies {
+            *spread
+                .entry(if b.is_empty() { "(failed)".into() } else { b.clone() })
+                .or_default() += 1;
+        }
+        println!("{label}: {requests} requests to {url}");
+        for (name, n) in &spread {
+            println!("  {name:<10} {n:>5}  {}", "#".repeat(n * 40 / requests.max(1)));
+        }
+    }
+    // Let lb print a counter line, then stop it and show its log.
+    std::thread::sleep(Duration::from_millis(1200));
+    drop(lb);
+    println!("--- lb output ---");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    for line in log.lines() {
+        writeln!(out, "{line}")?;
+    }
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("demo network removed.");
+    Ok(())
+}

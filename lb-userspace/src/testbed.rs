@@ -1,0 +1,465 @@
+//! Network namespaces and veth topologies for tests, benchmarks and the demo.
+//!
+//! Everything is created with names unique to the process (`lbt<pid>x<n>…`)
+//! and removed on drop, which also runs on panic (unwinding). Only the
+//! 198.18.0.0/15 and 2001:db8::/32 ranges are used.
+//!
+//! Layout of [`Topology`]:
+//!
+//! ```text
+//!  client ns            lb ns                          real ns i (1..=n)
+//!  c0 198.18.0.2 ── l0 198.18.0.1      l<i> 198.18.(10+i).1 ── r0 198.18.(10+i).2
+//!     2001:db8::2       2001:db8::1          2001:db8:(10+i)::1    2001:db8:(10+i)::2
+//!  VIPs: 198.18.100.1, 2001:db8:100::1 (routed to lb by the client's default route)
+//! ```
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique, short name (interface and namespace names are limited).
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id())
+}
+
+fn check(out: Output, what: &str) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a program, failing with its stderr.
+pub fn run(prog: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {prog}"))?;
+    check(out, &format!("{prog} {}", args.join(" ")))
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Result<Netns> {
+        let name = unique(prefix);
+        run("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n NS args…`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, prog: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, prog]);
+        c
+    }
+
+    /// Runs a program inside the namespace.
+    pub fn exec(&self, prog: &str, args: &[&str]) -> Result<String> {
+        let out = self
+            .command(prog)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {prog} in {}", self.name))?;
+        check(out, &format!("{prog} {} (in {})", args.join(" "), self.name))
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(|_| ())
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace; sockets it
+    /// opens live in the namespace.
+    pub fn spawn<T, F>(&self, f: F) -> std::thread::JoinHandle<Result<T>>
+    where
+        F: FnOnce() -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter(&path)?;
+            f()
+        })
+    }
+
+    /// Like [`Netns::spawn`], waiting for the result.
+    pub fn run_in<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn(f)
+            .join()
+            .map_err(|_| anyhow!("thread in {} panicked", self.name))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Moves the calling thread into the namespace at `path`.
+pub fn enter(path: &str) -> Result<()> {
+    let f = File::open(path).with_context(|| format!("open {path}"))?;
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        bail!("setns {path}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Creates a veth pair between two namespaces, brings both ends up, turns
+/// GRO on (a veth needs NAPI on the receiving end to accept XDP redirects)
+/// and TX checksum offload off: a locally sent veth frame otherwise carries
+/// only a partial (pseudo-header) TCP/UDP checksum, which no real NIC would
+/// hand to XDP and which an incremental NAT update cannot fix.
+pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+    a.ip(&[
+        "link", "add", "name", a_name, "type", "veth", "peer", "name", b_name, "netns", &b.name,
+    ])?;
+    a.ip(&["link", "set", a_name, "up"])?;
+    b.ip(&["link", "set", b_name, "up"])?;
+    for (ns, dev) in [(a, a_name), (b, b_name)] {
+        ns.exec("ethtool", &["-K", dev, "gro", "on", "tx", "off"])
+            .context("ethtool (package ethtool) is needed to enable GRO on veth")?;
+    }
+    Ok(())
+}
+
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+
+/// Address of real `i` (1-based).
+pub fn real4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 10 + i as u8, 2)
+}
+pub fn real6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x10 + i as u16, 0, 0, 0, 0, 2)
+}
+
+/// Client, load balancer and `n` reals, wired as in the module docs.
+#[derive(Debug)]
+pub struct Topology {
+    pub client: Netns,
+    pub lb: Netns,
+    pub reals: Vec<Netns>,
+    /// Interfaces in the lb namespace: `l0` (client side), `l1`…`ln`.
+    pub lb_ifaces: Vec<String>,
+}
+
+impl Topology {
+    pub fn build(n: usize) -> Result<Topology> {
+        let client = Netns::new("lbc")?;
+        let lb = Netns::new("lbl")?;
+        let mut reals = Vec::new();
+        for _ in 0..n {
+            reals.push(Netns::new("lbr")?);
+        }
+        veth(&lb, "l0", &client, "c0")?;
+        lb.ip(&["addr", "add", "198.18.0.1/24", "dev", "l0"])?;
+        lb.ip(&["addr", "add", "2001:db8::1/64", "dev", "l0", "nodad"])?;
+        client.ip(&["addr", "add", "198.18.0.2/24", "dev", "c0"])?;
+        client.ip(&["addr", "add", "2001:db8::2/64", "dev", "c0", "nodad"])?;
+        client.ip(&["route", "add", "default", "via", "198.18.0.1"])?;
+        client.ip(&["-6", "route", "add", "default", "via", "2001:db8::1"])?;
+        let mut lb_ifaces = vec!["l0".to_string()];
+        for (i, r) in reals.iter().enumerate() {
+            let i = i + 1;
+            let l = format!("l{i}");
+            veth(&lb, &l, r, "r0")?;
+            let net4 = 10 + i;
+            let net6 = format!("2001:db8:{:x}::", 0x10 + i);
+            lb.ip(&["addr", "add", &format!("198.18.{net4}.1/24"), "dev", &l])?;
+            lb.ip(&["addr", "add", &format!("{net6}1/64"), "dev", &l, "nodad"])?;
+            r.ip(&["addr", "add", &format!("198.18.{net4}.2/24"), "dev", "r0"])?;
+            r.ip(&["addr", "add", &format!("{net6}2/64"), "dev", "r0", "nodad"])?;
+            r.ip(&["route", "add", "default", "via", &format!("198.18.{net4}.1")])?;
+            r.ip(&["-6", "route", "add", "default", "via", &format!("{net6}1")])?;
+            lb_ifaces.push(l);
+        }
+        lb.sysctl("net.ipv4.ip_forward", "1")?;
+        lb.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        Ok(Topology {
+            client,
+            lb,
+            reals,
+            lb_ifaces,
+        })
+    }
+
+    /// Drops everything the kernel would forward in the lb namespace, so that
+    /// only XDP can move packets between client and reals. IP forwarding
+    /// stays on: `bpf_fib_lookup` refuses to work without it.
+    pub fn block_kernel_forwarding(&self) -> Result<()> {
+        self.lb.exec(
+            "nft",
+            &[
+                "add table inet lbtest; add chain inet lbtest block_forward { type filter hook forward priority 0; policy drop; }",
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn vip(&self, v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(VIP6)
+        } else {
+            IpAddr::V4(VIP4)
+        }
+    }
+}
+
+/// Tiny servers that name themselves, for the reals of tests and the demo:
+/// HTTP on `http_port` (answers `name\n` and closes) and a UDP responder on
+/// `udp_port` (answers `name` to any datagram). They run on a thread inside
+/// the namespace until the returned guard is dropped.
+pub struct NameServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl NameServer {
+    pub fn start(ns: &Netns, name: &str, http_port: u16, udp_port: u16) -> Result<NameServer> {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let name = name.to_string();
+        let thread = ns.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let bound = async {
+                    let tcp = bind_tcp_dual(http_port)?;
+                    let udp = bind_udp_dual(udp_port)?;
+                    Ok::<_, anyhow::Error>((tcp, udp))
+                }
+                .await;
+                let (tcp, udp) = match bound {
+                    Ok(b) => {
+                        let _ = ready_tx.send(Ok(()));
+                        b
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow!("{e:#}")));
+                        return Ok(());
+                    }
+                };
+                let name2 = name.clone();
+                let http = async move {
+                    loop {
+                        let Ok((mut s, _)) = tcp.accept().await else {
+                            continue;
+                        };
+                        let name = name2.clone();
+                        tokio::spawn(async move {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut buf = Vec::new();
+                            let mut chunk = [0u8; 2048];
+                            // Read the request head (bounded).
+                            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16384 {
+                                match tokio::time::timeout(
+                                    std::time::Duration::from_secs(5),
+                                    s.read(&mut chunk),
+                                )
+                                .await
+                                {
+                                    Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                    _ => return,
+                                }
+                            }
+                            let body = format!("{name}\n");
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = s.write_all(resp.as_bytes()).await;
+                            let _ = s.shutdown().await;
+                        });
+                    }
+                };
+                let udp_loop = async move {
+                    let mut buf = [0u8; 2048];
+                    loop {
+                        if let Ok((_, peer)) = udp.recv_from(&mut buf).await {
+                            let _ = udp.send_to(name.as_bytes(), peer).await;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = http => {}
+                    _ = udp_loop => {}
+                    _ = stop_rx => {}
+                }
+                Ok(())
+            })
+        });
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .map_err(|_| anyhow!("name server did not start"))??;
+        Ok(NameServer {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn bind_tcp_dual(port: u16) -> Result<tokio::net::TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+    s.set_only_v6(false)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&std::net::SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    s.listen(1024)?;
+    Ok(tokio::net::TcpListener::from_std(s.into())?)
+}
+
+fn bind_udp_dual(port: u16) -> Result<tokio::net::UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+    s.set_only_v6(false)?;
+    s.set_nonblocking(true)?;
+    s.bind(&std::net::SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    Ok(tokio::net::UdpSocket::from_std(s.into())?)
+}
+
+/// The config `lb` runs with on a [`Topology`]: one TCP and one UDP VIP per
+/// family, all reals behind each.
+pub fn topology_config(t: &Topology, http_port: u16, udp_port: u16) -> String {
+    let mut s = String::new();
+    s.push_str("interfaces = [");
+    s.push_str(
+        &t.lb_ifaces
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    s.push_str("]\nstats_interval = \"1s\"\n");
+    for (vip, v6) in [(VIP4.to_string(), false), (VIP6.to_string(), true)] {
+        for (proto, vport, rport) in [("tcp", 80, http_port), ("udp", udp_port, udp_port)] {
+            s.push_str(&format!(
+                "\n[[vip]]\naddress = \"{vip}\"\nport = {vport}\nprotocol = \"{proto}\"\nmode = \"nat\"\n"
+            ));
+            for i in 1..=t.reals.len() {
+                let a = if v6 {
+                    real6(i).to_string()
+                } else {
+                    real4(i).to_string()
+                };
+                s.push_str(&format!(
+                    "[[vip.real]]\naddress = \"{a}\"\nport = {rport}\nweight = 1\n"
+                ));
+            }
+        }
+    }
+    s
+}
+
+/// Sends `n` HTTP GETs to `url` from `ns` with curl, each on its own
+/// connection, and returns the bodies (one per request; empty on failure).
+pub fn curl_burst(ns: &Netns, url: &str, n: usize) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(n);
+    // Batches keep each curl invocation's argument list short.
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(50);
+        let mut args: Vec<String> = vec![
+            "-s".into(),
+            "-g".into(),
+            "--max-time".into(),
+            "3".into(),
+            "-H".into(),
+            "Connection: close".into(),
+            "-w".into(),
+            "|%{http_code}\\n".into(),
+        ];
+        for _ in 0..batch {
+            args.push(url.to_string());
+        }
+        let o = ns
+            .command("curl")
+            .args(&args)
+            .output()
+            .context("curl (package curl) is needed")?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        // Each response: body "name\n" then "|200\n".
+        let mut got = 0;
+        let mut body = String::new();
+        for line in text.lines() {
+            if let Some(code) = line.strip_prefix('|') {
+                out.push(if code == "200" {
+                    body.trim().to_string()
+                } else {
+                    String::new()
+                });
+                body.clear();
+                got += 1;
+            } else {
+                body.push_str(line);
+            }
+        }
+        for _ in got..batch {
+            out.push(String::new());
+        }
+        left -= batch;
+    }
+    Ok(out)
+}
+
+/// Waits until `iface` in `ns` has an XDP program attached (bounded).
+pub fn wait_for_xdp(ns: &Netns, iface: &str, timeout: std::time::Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(s) = ns.ip(&["link", "show", iface]) {
+            if s.contains("xdp") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bail!("no XDP program on {iface} in {} after {timeout:?}", ns.name)
+}

@@ -1,0 +1,178 @@
+//! End to end through XDP in network namespaces: client → VIP → three reals,
+//! IPv4 and IPv6, TCP (real HTTP with curl) and UDP. Kernel forwarding in the
+//! lb namespace is dropped by nftables, so only XDP can move the traffic.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use lb_common::{flow_hash, FlowKey, IPPROTO_UDP};
+use lb_userspace::{
+    dataplane::{addr_bytes, real_identity},
+    maglev,
+    testbed::{self, NameServer, Topology},
+};
+
+const HTTP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 8053;
+
+fn privileged() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if std::env::var_os("CI").is_some() {
+            panic!("this test needs root (network namespaces and XDP); CI must run as root");
+        }
+        eprintln!("skipped: needs root (network namespaces and XDP)");
+    }
+    root
+}
+
+struct Lb(Child);
+impl Drop for Lb {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real Maglev + flow hash would pick for this flow (1-based).
+fn expected_real(client: SocketAddr, vip: SocketAddr, reals: usize) -> usize {
+    let backends: Vec<maglev::Backend> = (1..=reals)
+        .map(|i| {
+            let a: IpAddr = if vip.is_ipv4() {
+                testbed::real4(i).into()
+            } else {
+                testbed::real6(i).into()
+            };
+            maglev::Backend {
+                id: real_identity(a, vip.port()),
+                weight: 1,
+            }
+        })
+        .collect();
+    let ring = maglev::build(&backends, 65537);
+    let (src, family) = addr_bytes(client.ip());
+    let (dst, _) = addr_bytes(vip.ip());
+    let key = FlowKey {
+        src,
+        dst,
+        sport: client.port().to_be(),
+        dport: vip.port().to_be(),
+        proto: IPPROTO_UDP,
+        family,
+        _pad: [0; 2],
+    };
+    ring[(flow_hash(&key) % 65537) as usize] as usize + 1
+}
+
+#[test]
+fn balances_tcp_and_udp_over_xdp_v4_and_v6() {
+    if !privileged() {
+        return;
+    }
+    let topo = Topology::build(3).expect("topology");
+    let _servers: Vec<NameServer> = topo
+        .reals
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| NameServer::start(ns, &format!("real{}", i + 1), HTTP_PORT, UDP_PORT).unwrap())
+        .collect();
+    topo.block_kernel_forwarding().expect("nft");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lb.toml");
+    std::fs::write(&cfg, testbed::topology_config(&topo, HTTP_PORT, UDP_PORT)).unwrap();
+    let log_path = dir.path().join("lb.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = topo
+        .lb
+        .command(env!("CARGO_BIN_EXE_lb"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn lb");
+    let lb = Lb(child);
+    for i in &topo.lb_ifaces {
+        if let Err(e) = testbed::wait_for_xdp(&topo.lb, i, Duration::from_secs(30)) {
+            panic!(
+                "{e:#}\n--- lb log ---\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+    }
+
+    for (label, url) in [
+        ("IPv4", format!("http://{}/", testbed::VIP4)),
+        ("IPv6", format!("http://[{}]/", testbed::VIP6)),
+    ] {
+        let n = 300;
+        let bodies = testbed::curl_burst(&topo.client, &url, n).unwrap();
+        let failed = bodies.iter().filter(|b| b.is_empty()).count();
+        let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+        for b in &bodies {
+            *spread.entry(b.clone()).or_default() += 1;
+        }
+        assert_eq!(
+            failed,
+            0,
+            "{label}: {failed} of {n} requests failed; spread {spread:?}\n--- lb log ---\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        for r in ["real1", "real2", "real3"] {
+            let got = spread.get(r).copied().unwrap_or(0);
+            assert!(
+                (80..=120).contains(&got),
+                "{label}: {r} got {got} of {n} requests, outside ±20% of an equal share; {spread:?}"
+            );
+        }
+    }
+
+    // UDP: the same 5-tuple always reaches the same real, the one the Maglev
+    // ring says, and every reply comes from the VIP.
+    for (vip, client_ip) in [
+        (IpAddr::from(testbed::VIP4), IpAddr::from(testbed::CLIENT4)),
+        (IpAddr::from(testbed::VIP6), IpAddr::from(testbed::CLIENT6)),
+    ] {
+        for sport in [40001u16, 40002, 40003, 40004] {
+            let vip_sa = SocketAddr::new(vip, UDP_PORT);
+            let client_sa = SocketAddr::new(client_ip, sport);
+            let names = topo
+                .client
+                .run_in(move || {
+                    let s = UdpSocket::bind(client_sa)?;
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    let mut names = Vec::new();
+                    for i in 0..5 {
+                        s.send_to(format!("ping {i}").as_bytes(), vip_sa)?;
+                        let mut buf = [0u8; 64];
+                        let (n, from) = s.recv_from(&mut buf)?;
+                        anyhow::ensure!(from == vip_sa, "reply came from {from}, not the VIP {vip_sa}");
+                        names.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    }
+                    Ok(names)
+                })
+                .unwrap_or_else(|e| panic!("UDP via {vip_sa} from port {sport}: {e:#}"));
+            let want = format!("real{}", expected_real(client_sa, vip_sa, 3));
+            assert!(
+                names.iter().all(|n| *n == want),
+                "UDP {client_sa} → {vip_sa}: replies from {names:?}, the ring says {want}"
+            );
+        }
+    }
+
+    // With lb stopped, nothing reaches the reals: the kernel path is closed.
+    drop(lb);
+    let bodies = testbed::curl_burst(&topo.client, &format!("http://{}/", testbed::VIP4), 1).unwrap();
+    assert_eq!(bodies, vec![String::new()], "traffic passed without XDP");
+}
