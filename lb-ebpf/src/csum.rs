@@ -33,8 +33,14 @@ impl Update {
 
     #[inline(always)]
     pub fn bytes4(&mut self, old: &[u8; 4], new: &[u8; 4]) {
-        self.word(u16::from_be_bytes([old[0], old[1]]), u16::from_be_bytes([new[0], new[1]]));
-        self.word(u16::from_be_bytes([old[2], old[3]]), u16::from_be_bytes([new[2], new[3]]));
+        self.word(
+            u16::from_be_bytes([old[0], old[1]]),
+            u16::from_be_bytes([new[0], new[1]]),
+        );
+        self.word(
+            u16::from_be_bytes([old[2], old[3]]),
+            u16::from_be_bytes([new[2], new[3]]),
+        );
     }
 
     #[inline(always)]

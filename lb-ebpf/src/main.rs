@@ -371,7 +371,9 @@ fn to_real(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u32, ()> {
     stats::add_vip(meta.vip_index, bytes, new_flow, false);
     stats::add_real(real_id, bytes, new_flow, false);
 
-    nat::rewrite_dst(ctx, pkt.l3, pkt.l4, pkt.family, pkt.proto, &real.addr, new_port)?;
+    nat::rewrite_dst(
+        ctx, pkt.l3, pkt.l4, pkt.family, pkt.proto, &real.addr, new_port,
+    )?;
     forward::forward(ctx, pkt.l3, pkt.family)
 }
 
@@ -411,9 +413,7 @@ pub fn floor_tx(ctx: XdpContext) -> u32 {
 /// Floor for the forwarding benchmark: redirect every frame, no lookups.
 #[xdp]
 pub fn floor_redirect(_ctx: XdpContext) -> u32 {
-    FLOOR_PORT
-        .redirect(0, 0)
-        .unwrap_or(xdp_action::XDP_DROP)
+    FLOOR_PORT.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
 }
 
 /// Receiver side of benchmarks and tests: count and drop.

@@ -79,7 +79,11 @@ fn rewrite(
         let ip = unsafe { &mut *ip };
         let mut new_addr = [0u8; 4];
         new_addr.copy_from_slice(&addr[..4]);
-        let field = if side == Side::Dst { &mut ip.dst } else { &mut ip.src };
+        let field = if side == Side::Dst {
+            &mut ip.dst
+        } else {
+            &mut ip.src
+        };
         let old_addr = *field;
         *field = new_addr;
         l4sum_delta_old[..4].copy_from_slice(&old_addr);
@@ -92,7 +96,11 @@ fn rewrite(
     } else {
         let ip: *mut Ipv6Hdr = ptr_at(ctx, l3)?;
         let ip = unsafe { &mut *ip };
-        let field = if side == Side::Dst { &mut ip.dst } else { &mut ip.src };
+        let field = if side == Side::Dst {
+            &mut ip.dst
+        } else {
+            &mut ip.src
+        };
         l4sum_delta_old = *field;
         *field = *addr;
         ip.hop_limit -= 1;
@@ -102,7 +110,11 @@ fn rewrite(
         IPPROTO_TCP => {
             let t: *mut TcpHdr = ptr_at(ctx, l4)?;
             let t = unsafe { &mut *t };
-            let pf = if side == Side::Dst { &mut t.dst } else { &mut t.src };
+            let pf = if side == Side::Dst {
+                &mut t.dst
+            } else {
+                &mut t.src
+            };
             old_port.copy_from_slice(pf);
             *pf = new_port;
             let mut c = Update::new(t.check);
@@ -112,7 +124,11 @@ fn rewrite(
         IPPROTO_UDP => {
             let u: *mut UdpHdr = ptr_at(ctx, l4)?;
             let u = unsafe { &mut *u };
-            let pf = if side == Side::Dst { &mut u.dst } else { &mut u.src };
+            let pf = if side == Side::Dst {
+                &mut u.dst
+            } else {
+                &mut u.src
+            };
             old_port.copy_from_slice(pf);
             *pf = new_port;
             // IPv4 UDP may carry no checksum (0); it stays absent.

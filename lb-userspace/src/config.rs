@@ -274,7 +274,9 @@ fn valid_ifname(name: &str) -> Result<(), String> {
         .chars()
         .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
     {
-        return Err(format!("`{name}` contains a character not allowed in an interface name"));
+        return Err(format!(
+            "`{name}` contains a character not allowed in an interface name"
+        ));
     }
     Ok(())
 }
@@ -282,15 +284,24 @@ fn valid_ifname(name: &str) -> Result<(), String> {
 fn parse_ip(field: &str, s: &str, errors: &mut Vec<ConfigError>) -> Option<IpAddr> {
     match s.parse::<IpAddr>() {
         Ok(a) if a.is_unspecified() => {
-            errors.push(ConfigError::new(field, format!("{a} is the unspecified address")));
+            errors.push(ConfigError::new(
+                field,
+                format!("{a} is the unspecified address"),
+            ));
             None
         }
         Ok(a) if a.is_multicast() => {
-            errors.push(ConfigError::new(field, format!("{a} is a multicast address")));
+            errors.push(ConfigError::new(
+                field,
+                format!("{a} is a multicast address"),
+            ));
             None
         }
         Ok(IpAddr::V4(a)) if a.is_broadcast() => {
-            errors.push(ConfigError::new(field, format!("{a} is the broadcast address")));
+            errors.push(ConfigError::new(
+                field,
+                format!("{a} is the broadcast address"),
+            ));
             None
         }
         Ok(a) => Some(a),
@@ -403,10 +414,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             if !seen_vip.insert((a, port, proto)) {
                 errors.push(ConfigError::new(
                     p.clone(),
-                    format!(
-                        "{} is defined twice",
-                        vip_key_string(a, port, proto)
-                    ),
+                    format!("{} is defined twice", vip_key_string(a, port, proto)),
                 ));
             }
         }

@@ -45,10 +45,7 @@ pub fn format_stats(prev: &Snapshot, now: &Snapshot, elapsed: Duration) -> Vec<S
             t.reply_packets
         );
         for (r, rt) in reals {
-            line.push_str(&format!(
-                " | {r}: {} pkts {} new",
-                rt.packets, rt.new_flows
-            ));
+            line.push_str(&format!(" | {r}: {} pkts {} new", rt.packets, rt.new_flows));
         }
         lines.push(line);
     }

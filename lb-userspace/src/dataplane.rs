@@ -173,8 +173,9 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
                 .try_into()?;
-            prog.load()
-                .map_err(|e| anyhow!("the kernel rejected XDP program `{name}`: {}", explain(&e)))?;
+            prog.load().map_err(|e| {
+                anyhow!("the kernel rejected XDP program `{name}`: {}", explain(&e))
+            })?;
         }
         Ok(Dataplane {
             ebpf,
@@ -294,7 +295,8 @@ impl Dataplane {
             }
         }
         {
-            let mut reals: Array<&mut MapData, RealDef> = map(&mut self.ebpf, "REALS")?.try_into()?;
+            let mut reals: Array<&mut MapData, RealDef> =
+                map(&mut self.ebpf, "REALS")?.try_into()?;
             for ((address, port), id) in &new_reals {
                 let (addr, family) = addr_bytes(*address);
                 let def = RealDef {
@@ -312,8 +314,10 @@ impl Dataplane {
         }
 
         // VIP indexes.
-        let wanted_vips: HashSet<(IpAddr, u16, Protocol)> =
-            vips.iter().map(|v| (v.address, v.port, v.protocol)).collect();
+        let wanted_vips: HashSet<(IpAddr, u16, Protocol)> = vips
+            .iter()
+            .map(|v| (v.address, v.port, v.protocol))
+            .collect();
         let removed_vips: Vec<(IpAddr, u16, Protocol)> = self
             .vips
             .keys()
@@ -426,7 +430,8 @@ impl Dataplane {
         // Reals no VIP uses any more: invalidate, so their conntrack entries
         // fall back to the ring.
         if !removed_reals.is_empty() {
-            let mut reals: Array<&mut MapData, RealDef> = map(&mut self.ebpf, "REALS")?.try_into()?;
+            let mut reals: Array<&mut MapData, RealDef> =
+                map(&mut self.ebpf, "REALS")?.try_into()?;
             for (k, id) in removed_reals {
                 reals.set(id, RealDef::default(), 0)?;
                 self.reals.remove(&k);
@@ -451,7 +456,10 @@ impl Dataplane {
                 return Ok(id);
             }
         }
-        bail!("no free real id (the data plane holds {} reals)", MAX_REALS - 1)
+        bail!(
+            "no free real id (the data plane holds {} reals)",
+            MAX_REALS - 1
+        )
     }
 
     /// Sums the per-CPU counters.
@@ -564,10 +572,7 @@ fn route_to(addr: IpAddr) -> Result<(String, IpAddr)> {
         .output()
         .context("running `ip route get` (iproute2)")?;
     if !out.status.success() {
-        bail!(
-            "no route: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("no route: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let r = v

@@ -55,7 +55,12 @@ pub fn run(requests: usize) -> Result<()> {
     let topo = Topology::build(3)?;
     let mut servers = Vec::new();
     for (i, ns) in topo.reals.iter().enumerate() {
-        servers.push(NameServer::start(ns, &format!("real{}", i + 1), 8080, 8053)?);
+        servers.push(NameServer::start(
+            ns,
+            &format!("real{}", i + 1),
+            8080,
+            8053,
+        )?);
     }
     topo.block_kernel_forwarding()?;
     interrupted()?;
@@ -87,7 +92,10 @@ pub fn run(requests: usize) -> Result<()> {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         bail!("lb did not come up: {e:#}\n--- lb log ---\n{log}");
     }
-    println!("lb is running in namespace {}; sending requests ...", topo.lb.name);
+    println!(
+        "lb is running in namespace {}; sending requests ...",
+        topo.lb.name
+    );
 
     for (label, url) in [
         ("IPv4", format!("http://{}/", testbed::VIP4)),
@@ -98,12 +106,19 @@ pub fn run(requests: usize) -> Result<()> {
         let mut spread: BTreeMap<String, usize> = BTreeMap::new();
         for b in &bodies {
             *spread
-                .entry(if b.is_empty() { "(failed)".into() } else { b.clone() })
+                .entry(if b.is_empty() {
+                    "(failed)".into()
+                } else {
+                    b.clone()
+                })
                 .or_default() += 1;
         }
         println!("{label}: {requests} requests to {url}");
         for (name, n) in &spread {
-            println!("  {name:<10} {n:>5}  {}", "#".repeat(n * 40 / requests.max(1)));
+            println!(
+                "  {name:<10} {n:>5}  {}",
+                "#".repeat(n * 40 / requests.max(1))
+            );
         }
     }
     // Let lb print a counter line, then stop it and show its log.

@@ -175,7 +175,11 @@ mod tests {
             a.remove(removed);
             let after = build(&a, 65537);
             let f = moved(&before, &b, &after, &a);
-            assert!(f <= 0.015, "removing real {removed} moved {:.2}%", f * 100.0);
+            assert!(
+                f <= 0.015,
+                "removing real {removed} moved {:.2}%",
+                f * 100.0
+            );
         }
     }
 

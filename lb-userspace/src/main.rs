@@ -77,7 +77,10 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
-            Err(errs) => Err(anyhow::anyhow!("{}: invalid config:\n{errs}", config.display())),
+            Err(errs) => Err(anyhow::anyhow!(
+                "{}: invalid config:\n{errs}",
+                config.display()
+            )),
         },
         Command::Run {
             config,

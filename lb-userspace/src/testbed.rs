@@ -88,7 +88,10 @@ impl Netns {
             .args(args)
             .output()
             .with_context(|| format!("cannot run {prog} in {}", self.name))?;
-        check(out, &format!("{prog} {} (in {})", args.join(" "), self.name))
+        check(
+            out,
+            &format!("{prog} {} (in {})", args.join(" "), self.name),
+        )
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
@@ -207,7 +210,13 @@ impl Topology {
             lb.ip(&["addr", "add", &format!("{net6}1/64"), "dev", &l, "nodad"])?;
             r.ip(&["addr", "add", &format!("198.18.{net4}.2/24"), "dev", "r0"])?;
             r.ip(&["addr", "add", &format!("{net6}2/64"), "dev", "r0", "nodad"])?;
-            r.ip(&["route", "add", "default", "via", &format!("198.18.{net4}.1")])?;
+            r.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.18.{net4}.1"),
+            ])?;
             r.ip(&["-6", "route", "add", "default", "via", &format!("{net6}1")])?;
             lb_ifaces.push(l);
         }

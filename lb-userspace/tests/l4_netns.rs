@@ -85,7 +85,9 @@ fn balances_tcp_and_udp_over_xdp_v4_and_v6() {
         .reals
         .iter()
         .enumerate()
-        .map(|(i, ns)| NameServer::start(ns, &format!("real{}", i + 1), HTTP_PORT, UDP_PORT).unwrap())
+        .map(|(i, ns)| {
+            NameServer::start(ns, &format!("real{}", i + 1), HTTP_PORT, UDP_PORT).unwrap()
+        })
         .collect();
     topo.block_kernel_forwarding().expect("nft");
 
@@ -157,7 +159,10 @@ fn balances_tcp_and_udp_over_xdp_v4_and_v6() {
                         s.send_to(format!("ping {i}").as_bytes(), vip_sa)?;
                         let mut buf = [0u8; 64];
                         let (n, from) = s.recv_from(&mut buf)?;
-                        anyhow::ensure!(from == vip_sa, "reply came from {from}, not the VIP {vip_sa}");
+                        anyhow::ensure!(
+                            from == vip_sa,
+                            "reply came from {from}, not the VIP {vip_sa}"
+                        );
                         names.push(String::from_utf8_lossy(&buf[..n]).into_owned());
                     }
                     Ok(names)
@@ -173,6 +178,7 @@ fn balances_tcp_and_udp_over_xdp_v4_and_v6() {
 
     // With lb stopped, nothing reaches the reals: the kernel path is closed.
     drop(lb);
-    let bodies = testbed::curl_burst(&topo.client, &format!("http://{}/", testbed::VIP4), 1).unwrap();
+    let bodies =
+        testbed::curl_burst(&topo.client, &format!("http://{}/", testbed::VIP4), 1).unwrap();
     assert_eq!(bodies, vec![String::new()], "traffic passed without XDP");
 }

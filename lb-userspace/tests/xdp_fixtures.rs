@@ -105,8 +105,16 @@ fn fold(mut s: u32) -> u16 {
 
 #[derive(Clone)]
 enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16, no_csum: bool },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+        no_csum: bool,
+    },
     Icmp,
 }
 
@@ -138,7 +146,11 @@ impl Pkt {
             ip_options: vec![],
             frag: 0x4000, // DF
             ext_hdr: false,
-            l4: L4::Tcp { sport, dport, flags },
+            l4: L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
             payload: b"hello".to_vec(),
         }
     }
@@ -152,7 +164,15 @@ impl Pkt {
         p
     }
     /// As forwarded: new addresses/ports, TTL - 1, MACs of the next hop.
-    fn nat(&self, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, smac: [u8; 6], dmac: [u8; 6]) -> Pkt {
+    fn nat(
+        &self,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    ) -> Pkt {
         let mut p = self.clone();
         p.src = src;
         p.dst = dst;
@@ -160,8 +180,16 @@ impl Pkt {
         p.src_mac = smac;
         p.dst_mac = dmac;
         p.l4 = match p.l4 {
-            L4::Tcp { flags, .. } => L4::Tcp { sport, dport, flags },
-            L4::Udp { no_csum, .. } => L4::Udp { sport, dport, no_csum },
+            L4::Tcp { flags, .. } => L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+            L4::Udp { no_csum, .. } => L4::Udp {
+                sport,
+                dport,
+                no_csum,
+            },
             L4::Icmp => L4::Icmp,
         };
         p
@@ -169,7 +197,11 @@ impl Pkt {
 
     fn l4_bytes(&self, pseudo: u32) -> Vec<u8> {
         let mut b = match self.l4 {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut t = vec![0u8; 20];
                 t[0..2].copy_from_slice(&sport.to_be_bytes());
                 t[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -246,7 +278,8 @@ impl Pkt {
                 let c = fold(sum16(&ip));
                 ip[10..12].copy_from_slice(&c.to_be_bytes());
                 out.extend_from_slice(&ip);
-                let pseudo = sum16(&s.octets()) + sum16(&d.octets()) + self.proto() as u32 + l4_len as u32;
+                let pseudo =
+                    sum16(&s.octets()) + sum16(&d.octets()) + self.proto() as u32 + l4_len as u32;
                 out.extend_from_slice(&self.l4_bytes(pseudo));
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -263,7 +296,8 @@ impl Pkt {
                 if self.ext_hdr {
                     out.extend_from_slice(&[self.proto(), 0, 1, 4, 0, 0, 0, 0]);
                 }
-                let pseudo = sum16(&s.octets()) + sum16(&d.octets()) + self.proto() as u32 + l4_len as u32;
+                let pseudo =
+                    sum16(&s.octets()) + sum16(&d.octets()) + self.proto() as u32 + l4_len as u32;
                 out.extend_from_slice(&self.l4_bytes(pseudo));
             }
             _ => panic!("mixed families"),
@@ -281,7 +315,13 @@ struct Fixture {
     output: Option<Vec<u8>>,
 }
 
-fn fx(desc: &'static str, ingress: &'static str, input: Vec<u8>, verdict: u32, output: Option<Vec<u8>>) -> Fixture {
+fn fx(
+    desc: &'static str,
+    ingress: &'static str,
+    input: Vec<u8>,
+    verdict: u32,
+    output: Option<Vec<u8>>,
+) -> Fixture {
     Fixture {
         desc,
         ingress,
@@ -304,87 +344,229 @@ fn fixtures() -> Vec<Fixture> {
 
     // --- IPv4 TCP
     let syn = Pkt::tcp(c4, 40000, v4, 80, SYN);
-    f.push(fx("v4 tcp SYN of a new flow → real, redirected", "in0", syn.bytes(), XDP_REDIRECT,
-        Some(syn.nat(c4, 40000, r4, 8080, OUT_MAC, REAL_MAC).bytes())));
+    f.push(fx(
+        "v4 tcp SYN of a new flow → real, redirected",
+        "in0",
+        syn.bytes(),
+        XDP_REDIRECT,
+        Some(syn.nat(c4, 40000, r4, 8080, OUT_MAC, REAL_MAC).bytes()),
+    ));
     let ack = Pkt::tcp(c4, 40000, v4, 80, ACK);
-    f.push(fx("v4 tcp packet of the existing flow → same real", "in0", ack.bytes(), XDP_REDIRECT,
-        Some(ack.nat(c4, 40000, r4, 8080, OUT_MAC, REAL_MAC).bytes())));
+    f.push(fx(
+        "v4 tcp packet of the existing flow → same real",
+        "in0",
+        ack.bytes(),
+        XDP_REDIRECT,
+        Some(ack.nat(c4, 40000, r4, 8080, OUT_MAC, REAL_MAC).bytes()),
+    ));
     let mut reply = Pkt::tcp(r4, 8080, c4, 40000, SYN | ACK);
     reply.src_mac = REAL_MAC;
     reply.dst_mac = OUT_MAC;
-    f.push(fx("v4 tcp reply from the real → source rewritten to the VIP", "out1", reply.bytes(), XDP_REDIRECT,
-        Some(reply.nat(v4, 80, c4, 40000, IN_MAC, CLIENT_MAC).bytes())));
+    f.push(fx(
+        "v4 tcp reply from the real → source rewritten to the VIP",
+        "out1",
+        reply.bytes(),
+        XDP_REDIRECT,
+        Some(reply.nat(v4, 80, c4, 40000, IN_MAC, CLIENT_MAC).bytes()),
+    ));
     let miss = Pkt::tcp(c4, 40010, v4, 80, ACK);
-    f.push(fx("v4 tcp non-SYN conntrack miss → ring", "in0", miss.bytes(), XDP_REDIRECT,
-        Some(miss.nat(c4, 40010, r4, 8080, OUT_MAC, REAL_MAC).bytes())));
+    f.push(fx(
+        "v4 tcp non-SYN conntrack miss → ring",
+        "in0",
+        miss.bytes(),
+        XDP_REDIRECT,
+        Some(miss.nat(c4, 40010, r4, 8080, OUT_MAC, REAL_MAC).bytes()),
+    ));
     let mut unknown = Pkt::tcp(r4, 8080, c4, 49999, ACK);
     unknown.src_mac = REAL_MAC;
     unknown.dst_mac = OUT_MAC;
-    f.push(fx("v4 tcp from a real, not a balanced flow → pass untouched", "out1", unknown.bytes(), XDP_PASS, None));
-    f.push(fx("v4 tcp not for a VIP → pass untouched", "in0", Pkt::tcp(c4, 40001, r4, 8080, SYN).bytes(), XDP_PASS, None));
-    f.push(fx("v4 tcp VIP address, other port → pass untouched", "in0", Pkt::tcp(c4, 40002, v4, 81, SYN).bytes(), XDP_PASS, None));
+    f.push(fx(
+        "v4 tcp from a real, not a balanced flow → pass untouched",
+        "out1",
+        unknown.bytes(),
+        XDP_PASS,
+        None,
+    ));
+    f.push(fx(
+        "v4 tcp not for a VIP → pass untouched",
+        "in0",
+        Pkt::tcp(c4, 40001, r4, 8080, SYN).bytes(),
+        XDP_PASS,
+        None,
+    ));
+    f.push(fx(
+        "v4 tcp VIP address, other port → pass untouched",
+        "in0",
+        Pkt::tcp(c4, 40002, v4, 81, SYN).bytes(),
+        XDP_PASS,
+        None,
+    ));
     let all = Pkt::tcp(c4, 40003, IpAddr::V4(VIP4_ALL), 443, SYN);
-    f.push(fx("v4 tcp all-ports VIP keeps the port", "in0", all.bytes(), XDP_REDIRECT,
-        Some(all.nat(c4, 40003, r4, 443, OUT_MAC, REAL_MAC).bytes())));
+    f.push(fx(
+        "v4 tcp all-ports VIP keeps the port",
+        "in0",
+        all.bytes(),
+        XDP_REDIRECT,
+        Some(all.nat(c4, 40003, r4, 443, OUT_MAC, REAL_MAC).bytes()),
+    ));
     let noneigh = Pkt::tcp(c4, 40004, IpAddr::V4(VIP4_NONEIGH), 80, SYN);
-    let mut nn_out = noneigh.nat(c4, 40004, IpAddr::V4(REAL4_NONEIGH), 8080, CLIENT_MAC, IN_MAC);
+    let mut nn_out = noneigh.nat(
+        c4,
+        40004,
+        IpAddr::V4(REAL4_NONEIGH),
+        8080,
+        CLIENT_MAC,
+        IN_MAC,
+    );
     nn_out.src_mac = CLIENT_MAC;
     nn_out.dst_mac = IN_MAC;
-    f.push(fx("v4 FIB miss (no neighbour) → pass the rewritten packet to the kernel", "in0", noneigh.bytes(), XDP_PASS,
-        Some(nn_out.bytes())));
+    f.push(fx(
+        "v4 FIB miss (no neighbour) → pass the rewritten packet to the kernel",
+        "in0",
+        noneigh.bytes(),
+        XDP_PASS,
+        Some(nn_out.bytes()),
+    ));
     let mut vlan = Pkt::tcp(c4, 40005, v4, 80, SYN);
     vlan.vlan = Some(100);
-    f.push(fx("v4 tcp VLAN-tagged → balanced, tag kept", "in0", vlan.bytes(), XDP_REDIRECT,
-        Some(vlan.nat(c4, 40005, r4, 8080, OUT_MAC, REAL_MAC).bytes())));
+    f.push(fx(
+        "v4 tcp VLAN-tagged → balanced, tag kept",
+        "in0",
+        vlan.bytes(),
+        XDP_REDIRECT,
+        Some(vlan.nat(c4, 40005, r4, 8080, OUT_MAC, REAL_MAC).bytes()),
+    ));
     let mut ttl1 = Pkt::tcp(c4, 40006, v4, 80, SYN);
     ttl1.ttl = 1;
-    f.push(fx("v4 TTL 1 to a VIP → pass (kernel sends Time Exceeded)", "in0", ttl1.bytes(), XDP_PASS, None));
+    f.push(fx(
+        "v4 TTL 1 to a VIP → pass (kernel sends Time Exceeded)",
+        "in0",
+        ttl1.bytes(),
+        XDP_PASS,
+        None,
+    ));
 
     // --- IPv4 UDP
     let u = Pkt::udp(c4, 41000, v4, 53);
-    f.push(fx("v4 udp new flow → real", "in0", u.bytes(), XDP_REDIRECT,
-        Some(u.nat(c4, 41000, r4, 5353, OUT_MAC, REAL_MAC).bytes())));
+    f.push(fx(
+        "v4 udp new flow → real",
+        "in0",
+        u.bytes(),
+        XDP_REDIRECT,
+        Some(u.nat(c4, 41000, r4, 5353, OUT_MAC, REAL_MAC).bytes()),
+    ));
     let mut ur = Pkt::udp(r4, 5353, c4, 41000);
     ur.src_mac = REAL_MAC;
     ur.dst_mac = OUT_MAC;
-    f.push(fx("v4 udp reply → source is the VIP", "out1", ur.bytes(), XDP_REDIRECT,
-        Some(ur.nat(v4, 53, c4, 41000, IN_MAC, CLIENT_MAC).bytes())));
+    f.push(fx(
+        "v4 udp reply → source is the VIP",
+        "out1",
+        ur.bytes(),
+        XDP_REDIRECT,
+        Some(ur.nat(v4, 53, c4, 41000, IN_MAC, CLIENT_MAC).bytes()),
+    ));
     let mut u0 = Pkt::udp(c4, 41001, v4, 53);
-    u0.l4 = L4::Udp { sport: 41001, dport: 53, no_csum: true };
-    f.push(fx("v4 udp without checksum → stays without", "in0", u0.bytes(), XDP_REDIRECT,
-        Some(u0.nat(c4, 41001, r4, 5353, OUT_MAC, REAL_MAC).bytes())));
+    u0.l4 = L4::Udp {
+        sport: 41001,
+        dport: 53,
+        no_csum: true,
+    };
+    f.push(fx(
+        "v4 udp without checksum → stays without",
+        "in0",
+        u0.bytes(),
+        XDP_REDIRECT,
+        Some(u0.nat(c4, 41001, r4, 5353, OUT_MAC, REAL_MAC).bytes()),
+    ));
 
     // --- IPv6
     let s6 = Pkt::tcp(c6, 42000, v6, 80, SYN);
-    f.push(fx("v6 tcp SYN → real", "in0", s6.bytes(), XDP_REDIRECT,
-        Some(s6.nat(c6, 42000, r6, 8080, OUT_MAC, REAL_MAC).bytes())));
+    f.push(fx(
+        "v6 tcp SYN → real",
+        "in0",
+        s6.bytes(),
+        XDP_REDIRECT,
+        Some(s6.nat(c6, 42000, r6, 8080, OUT_MAC, REAL_MAC).bytes()),
+    ));
     let mut r6p = Pkt::tcp(r6, 8080, c6, 42000, SYN | ACK);
     r6p.src_mac = REAL_MAC;
     r6p.dst_mac = OUT_MAC;
-    f.push(fx("v6 tcp reply → source is the VIP", "out1", r6p.bytes(), XDP_REDIRECT,
-        Some(r6p.nat(v6, 80, c6, 42000, IN_MAC, CLIENT_MAC).bytes())));
+    f.push(fx(
+        "v6 tcp reply → source is the VIP",
+        "out1",
+        r6p.bytes(),
+        XDP_REDIRECT,
+        Some(r6p.nat(v6, 80, c6, 42000, IN_MAC, CLIENT_MAC).bytes()),
+    ));
     let u6 = Pkt::udp(c6, 42001, v6, 53);
-    f.push(fx("v6 udp → real", "in0", u6.bytes(), XDP_REDIRECT,
-        Some(u6.nat(c6, 42001, r6, 5353, OUT_MAC, REAL_MAC).bytes())));
-    f.push(fx("v6 not for a VIP → pass untouched", "in0", Pkt::tcp(c6, 42002, r6, 8080, SYN).bytes(), XDP_PASS, None));
+    f.push(fx(
+        "v6 udp → real",
+        "in0",
+        u6.bytes(),
+        XDP_REDIRECT,
+        Some(u6.nat(c6, 42001, r6, 5353, OUT_MAC, REAL_MAC).bytes()),
+    ));
+    f.push(fx(
+        "v6 not for a VIP → pass untouched",
+        "in0",
+        Pkt::tcp(c6, 42002, r6, 8080, SYN).bytes(),
+        XDP_PASS,
+        None,
+    ));
     let mut h1 = Pkt::tcp(c6, 42003, v6, 80, SYN);
     h1.ttl = 1;
-    f.push(fx("v6 hop limit 1 → pass", "in0", h1.bytes(), XDP_PASS, None));
+    f.push(fx(
+        "v6 hop limit 1 → pass",
+        "in0",
+        h1.bytes(),
+        XDP_PASS,
+        None,
+    ));
     let mut ext = Pkt::tcp(c6, 42004, v6, 80, SYN);
     ext.ext_hdr = true;
-    f.push(fx("v6 extension header to a VIP → drop", "in0", ext.bytes(), XDP_DROP, None));
+    f.push(fx(
+        "v6 extension header to a VIP → drop",
+        "in0",
+        ext.bytes(),
+        XDP_DROP,
+        None,
+    ));
 
     // --- malformed and special
     let good = Pkt::tcp(c4, 43000, v4, 80, SYN).bytes();
     // (Frames shorter than an Ethernet header cannot be test-run: the kernel
     // refuses them, and no driver delivers them.)
-    f.push(fx("Ethernet header only, IPv4 type → drop", "in0", good[..14].to_vec(), XDP_DROP, None));
-    f.push(fx("truncated IPv4 header → drop", "in0", good[..14 + 12].to_vec(), XDP_DROP, None));
+    f.push(fx(
+        "Ethernet header only, IPv4 type → drop",
+        "in0",
+        good[..14].to_vec(),
+        XDP_DROP,
+        None,
+    ));
+    f.push(fx(
+        "truncated IPv4 header → drop",
+        "in0",
+        good[..14 + 12].to_vec(),
+        XDP_DROP,
+        None,
+    ));
     let g6 = Pkt::tcp(c6, 43001, v6, 80, SYN).bytes();
-    f.push(fx("truncated IPv6 header → drop", "in0", g6[..14 + 30].to_vec(), XDP_DROP, None));
+    f.push(fx(
+        "truncated IPv6 header → drop",
+        "in0",
+        g6[..14 + 30].to_vec(),
+        XDP_DROP,
+        None,
+    ));
     let mut vl = Pkt::tcp(c4, 43002, v4, 80, SYN);
     vl.vlan = Some(7);
-    f.push(fx("truncated VLAN tag → drop", "in0", vl.bytes()[..16].to_vec(), XDP_DROP, None));
+    f.push(fx(
+        "truncated VLAN tag → drop",
+        "in0",
+        vl.bytes()[..16].to_vec(),
+        XDP_DROP,
+        None,
+    ));
     // TCP header cut short but IP total length consistent with the bytes present.
     let mut tt = Pkt::tcp(c4, 43003, v4, 80, SYN);
     tt.payload.clear();
@@ -392,45 +574,111 @@ fn fixtures() -> Vec<Fixture> {
     b.truncate(14 + 20 + 10);
     b[16..18].copy_from_slice(&30u16.to_be_bytes());
     fix_ip4_csum(&mut b, 14);
-    f.push(fx("truncated TCP header to a VIP → drop", "in0", b, XDP_DROP, None));
+    f.push(fx(
+        "truncated TCP header to a VIP → drop",
+        "in0",
+        b,
+        XDP_DROP,
+        None,
+    ));
     let mut tu = Pkt::udp(c4, 43004, v4, 53);
     tu.payload.clear();
     let mut b = tu.bytes();
     b.truncate(14 + 20 + 4);
     b[16..18].copy_from_slice(&24u16.to_be_bytes());
     fix_ip4_csum(&mut b, 14);
-    f.push(fx("truncated UDP header to a VIP → drop", "in0", b, XDP_DROP, None));
+    f.push(fx(
+        "truncated UDP header to a VIP → drop",
+        "in0",
+        b,
+        XDP_DROP,
+        None,
+    ));
     let mut tn = Pkt::tcp(c4, 43005, r4, 8080, SYN);
     tn.payload.clear();
     let mut b = tn.bytes();
     b.truncate(14 + 20 + 10);
     b[16..18].copy_from_slice(&30u16.to_be_bytes());
     fix_ip4_csum(&mut b, 14);
-    f.push(fx("truncated TCP header not for a VIP → pass", "in0", b, XDP_PASS, None));
+    f.push(fx(
+        "truncated TCP header not for a VIP → pass",
+        "in0",
+        b,
+        XDP_PASS,
+        None,
+    ));
     let mut b = good.clone();
     b[14] = 0x44;
-    f.push(fx("IPv4 IHL 4 (bad) to a VIP → drop", "in0", b, XDP_DROP, None));
+    f.push(fx(
+        "IPv4 IHL 4 (bad) to a VIP → drop",
+        "in0",
+        b,
+        XDP_DROP,
+        None,
+    ));
     let mut b = good.clone();
     b[16..18].copy_from_slice(&1500u16.to_be_bytes());
-    f.push(fx("IPv4 total length beyond the frame → drop", "in0", b, XDP_DROP, None));
+    f.push(fx(
+        "IPv4 total length beyond the frame → drop",
+        "in0",
+        b,
+        XDP_DROP,
+        None,
+    ));
     let mut opt = Pkt::tcp(c4, 43006, v4, 80, SYN);
     opt.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
-    f.push(fx("IPv4 options to a VIP → drop (policy)", "in0", opt.bytes(), XDP_DROP, None));
+    f.push(fx(
+        "IPv4 options to a VIP → drop (policy)",
+        "in0",
+        opt.bytes(),
+        XDP_DROP,
+        None,
+    ));
     let mut opt2 = Pkt::tcp(c4, 43007, r4, 8080, SYN);
     opt2.ip_options = vec![1, 1, 1, 0];
-    f.push(fx("IPv4 options not for a VIP → pass", "in0", opt2.bytes(), XDP_PASS, None));
+    f.push(fx(
+        "IPv4 options not for a VIP → pass",
+        "in0",
+        opt2.bytes(),
+        XDP_PASS,
+        None,
+    ));
     let mut fr = Pkt::tcp(c4, 43008, v4, 80, SYN);
     fr.frag = 0x2000; // MF
-    f.push(fx("IPv4 first fragment to a VIP → drop (policy)", "in0", fr.bytes(), XDP_DROP, None));
+    f.push(fx(
+        "IPv4 first fragment to a VIP → drop (policy)",
+        "in0",
+        fr.bytes(),
+        XDP_DROP,
+        None,
+    ));
     let mut fr2 = Pkt::tcp(c4, 43009, v4, 80, SYN);
     fr2.frag = 0x0010; // offset 128 bytes
-    f.push(fx("IPv4 later fragment to a VIP → drop (policy)", "in0", fr2.bytes(), XDP_DROP, None));
+    f.push(fx(
+        "IPv4 later fragment to a VIP → drop (policy)",
+        "in0",
+        fr2.bytes(),
+        XDP_DROP,
+        None,
+    ));
     let mut fr3 = Pkt::tcp(c4, 43010, r4, 8080, SYN);
     fr3.frag = 0x2000;
-    f.push(fx("IPv4 fragment not for a VIP → pass", "in0", fr3.bytes(), XDP_PASS, None));
+    f.push(fx(
+        "IPv4 fragment not for a VIP → pass",
+        "in0",
+        fr3.bytes(),
+        XDP_PASS,
+        None,
+    ));
     let mut icmp = Pkt::tcp(c4, 0, v4, 0, 0);
     icmp.l4 = L4::Icmp;
-    f.push(fx("ICMP echo to a VIP → pass to the kernel", "in0", icmp.bytes(), XDP_PASS, None));
+    f.push(fx(
+        "ICMP echo to a VIP → pass to the kernel",
+        "in0",
+        icmp.bytes(),
+        XDP_PASS,
+        None,
+    ));
     let mut arp = vec![0xffu8; 6];
     arp.extend_from_slice(&CLIENT_MAC);
     arp.extend_from_slice(&[0x08, 0x06]);
@@ -447,7 +695,10 @@ fn fix_ip4_csum(b: &mut [u8], l3: usize) {
 }
 
 fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Namespace with `in0` (client side) and `out1` (real side), fixed MACs and
@@ -455,7 +706,9 @@ fn mac(m: [u8; 6]) -> String {
 fn environment() -> anyhow::Result<Netns> {
     let ns = Netns::new("lbfx")?;
     for (dev, peer, m) in [("in0", "in0p", IN_MAC), ("out1", "out1p", OUT_MAC)] {
-        ns.ip(&["link", "add", "name", dev, "type", "veth", "peer", "name", peer])?;
+        ns.ip(&[
+            "link", "add", "name", dev, "type", "veth", "peer", "name", peer,
+        ])?;
         ns.ip(&["link", "set", dev, "address", &mac(m)])?;
         ns.ip(&["link", "set", dev, "up"])?;
         ns.ip(&["link", "set", peer, "up"])?;
@@ -471,7 +724,17 @@ fn environment() -> anyhow::Result<Netns> {
         ("198.18.11.2", "out1", REAL_MAC),
         ("2001:db8:11::2", "out1", REAL_MAC),
     ] {
-        ns.ip(&["neigh", "replace", addr, "lladdr", &mac(m), "dev", dev, "nud", "permanent"])?;
+        ns.ip(&[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac(m),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])?;
     }
     ns.sysctl("net.ipv4.ip_forward", "1")?;
     ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
@@ -479,7 +742,10 @@ fn environment() -> anyhow::Result<Netns> {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join("")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join("")
 }
 
 #[test]
@@ -564,5 +830,10 @@ fn xdp_fixtures() {
     .join()
     .expect("fixture thread")
     .expect("fixture run");
-    assert!(failures.is_empty(), "{} fixture failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} fixture failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -128,7 +128,13 @@ fn setup() -> Result<()> {
         .unwrap_or(false);
     if !has_src {
         eprintln!("setup: installing rust-src for the nightly toolchain");
-        sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        sh(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")
@@ -200,9 +206,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             setup()?;
-            sh(cargo()
-                .args(["test", "--all-targets"])
-                .args(&args))?;
+            sh(cargo().args(["test", "--all-targets"]).args(&args))?;
             Ok(())
         }
         Cmd::Bench { args } => {
