@@ -70,6 +70,7 @@ impl Nsd {
   logfile: "{d}/nsd.log"
   server-count: 1
   verbosity: 1
+  rrl-ratelimit: 0
 remote-control:
   control-enable: no
 zone:
