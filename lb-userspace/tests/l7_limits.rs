@@ -356,7 +356,12 @@ async fn h2_streams_are_limited_per_connection() {
     let pki = Pki::new();
     let b = Backend::start("b1").await;
     let (server, addrs) = start_proxy(&config(&pki, &b, "max_h2_streams = 4")).await;
-    let sender = h2_connect(&pki, addrs[0], "a.example.com").await;
+    let mut sender = h2_connect(&pki, addrs[0], "a.example.com").await;
+    // One request first, so the client has the server's SETTINGS (stream limit).
+    let req = http::Request::get(format!("https://a.example.com:{}/", addrs[0].port()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
     let t = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..12 {

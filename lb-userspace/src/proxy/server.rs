@@ -635,6 +635,20 @@ impl Body for LimitedBody {
     }
 }
 
+/// Discards a request body, up to `cap` bytes and 5 seconds.
+async fn drain(mut body: Incoming, cap: u64) {
+    let mut seen = 0u64;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > cap {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 fn full(body: impl Into<Bytes>) -> ProxyBody {
     Full::new(body.into())
         .map_err(|never| match never {})
@@ -886,6 +900,12 @@ async fn proxy(
                 );
                 l.headers
                     .push((header::CONNECTION, HeaderValue::from_static("close")));
+                if req.version() == Version::HTTP_2 {
+                    // Read and discard what the client is still sending (bounded),
+                    // so the stream ends cleanly instead of being reset while
+                    // the client may not have read the 413 yet.
+                    tokio::spawn(drain(req.into_body(), 4 * limit.max(1 << 20)));
+                }
                 return (Err(l), None);
             }
         }
