@@ -11,5 +11,6 @@ pub mod demo;
 pub mod dns;
 pub mod health;
 pub mod maglev;
+pub mod packet;
 pub mod proxy;
 pub mod testbed;

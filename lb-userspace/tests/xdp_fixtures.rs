@@ -6,305 +6,18 @@
 //! every time. Expected packets are built from scratch with full checksums,
 //! which checks the program's incremental checksum updates byte for byte.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_userspace::{
     config::Config,
     dataplane::{self, Dataplane, LoadOptions},
-    testbed::{self, Netns},
+    packet::*,
+    testbed,
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
-
-const IN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const OUT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
-const REAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
-
-const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
-const VIP4_ALL: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 2);
-const VIP4_NONEIGH: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 3);
-const REAL4: Ipv4Addr = Ipv4Addr::new(198, 18, 11, 2);
-const REAL4_NONEIGH: Ipv4Addr = Ipv4Addr::new(198, 18, 12, 2);
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
-const REAL6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x11, 0, 0, 0, 0, 2);
-
-const CONFIG: &str = r#"
-[[vip]]
-address = "198.18.100.1"
-port = 80
-protocol = "tcp"
-[[vip.real]]
-address = "198.18.11.2"
-port = 8080
-
-[[vip]]
-address = "198.18.100.1"
-port = 53
-protocol = "udp"
-[[vip.real]]
-address = "198.18.11.2"
-port = 5353
-
-[[vip]]
-address = "198.18.100.2"
-port = 0
-protocol = "tcp"
-[[vip.real]]
-address = "198.18.11.2"
-
-[[vip]]
-address = "198.18.100.3"
-port = 80
-protocol = "tcp"
-[[vip.real]]
-address = "198.18.12.2"
-port = 8080
-
-[[vip]]
-address = "2001:db8:100::1"
-port = 80
-protocol = "tcp"
-[[vip.real]]
-address = "2001:db8:11::2"
-port = 8080
-
-[[vip]]
-address = "2001:db8:100::1"
-port = 53
-protocol = "udp"
-[[vip.real]]
-address = "2001:db8:11::2"
-port = 5353
-"#;
-
-fn sum16(data: &[u8]) -> u32 {
-    let mut s = 0u32;
-    for c in data.chunks(2) {
-        let w = if c.len() == 2 {
-            u16::from_be_bytes([c[0], c[1]])
-        } else {
-            u16::from_be_bytes([c[0], 0])
-        };
-        s += w as u32;
-    }
-    s
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
-
-#[derive(Clone)]
-enum L4 {
-    Tcp {
-        sport: u16,
-        dport: u16,
-        flags: u8,
-    },
-    Udp {
-        sport: u16,
-        dport: u16,
-        no_csum: bool,
-    },
-    Icmp,
-}
-
-/// A packet description that serialises with correct checksums.
-#[derive(Clone)]
-struct Pkt {
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    vlan: Option<u16>,
-    src: IpAddr,
-    dst: IpAddr,
-    ttl: u8,
-    ip_options: Vec<u8>,
-    frag: u16,
-    ext_hdr: bool,
-    l4: L4,
-    payload: Vec<u8>,
-}
-
-impl Pkt {
-    fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) -> Pkt {
-        Pkt {
-            src_mac: CLIENT_MAC,
-            dst_mac: IN_MAC,
-            vlan: None,
-            src,
-            dst,
-            ttl: 64,
-            ip_options: vec![],
-            frag: 0x4000, // DF
-            ext_hdr: false,
-            l4: L4::Tcp {
-                sport,
-                dport,
-                flags,
-            },
-            payload: b"hello".to_vec(),
-        }
-    }
-    fn udp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Pkt {
-        let mut p = Pkt::tcp(src, sport, dst, dport, 0);
-        p.l4 = L4::Udp {
-            sport,
-            dport,
-            no_csum: false,
-        };
-        p
-    }
-    /// As forwarded: new addresses/ports, TTL - 1, MACs of the next hop.
-    fn nat(
-        &self,
-        src: IpAddr,
-        sport: u16,
-        dst: IpAddr,
-        dport: u16,
-        smac: [u8; 6],
-        dmac: [u8; 6],
-    ) -> Pkt {
-        let mut p = self.clone();
-        p.src = src;
-        p.dst = dst;
-        p.ttl -= 1;
-        p.src_mac = smac;
-        p.dst_mac = dmac;
-        p.l4 = match p.l4 {
-            L4::Tcp { flags, .. } => L4::Tcp {
-                sport,
-                dport,
-                flags,
-            },
-            L4::Udp { no_csum, .. } => L4::Udp {
-                sport,
-                dport,
-                no_csum,
-            },
-            L4::Icmp => L4::Icmp,
-        };
-        p
-    }
-
-    fn l4_bytes(&self, pseudo: u32) -> Vec<u8> {
-        let mut b = match self.l4 {
-            L4::Tcp {
-                sport,
-                dport,
-                flags,
-            } => {
-                let mut t = vec![0u8; 20];
-                t[0..2].copy_from_slice(&sport.to_be_bytes());
-                t[2..4].copy_from_slice(&dport.to_be_bytes());
-                t[4..8].copy_from_slice(&1000u32.to_be_bytes());
-                t[12] = 5 << 4;
-                t[13] = flags;
-                t[14..16].copy_from_slice(&64240u16.to_be_bytes());
-                t
-            }
-            L4::Udp { sport, dport, .. } => {
-                let mut u = vec![0u8; 8];
-                u[0..2].copy_from_slice(&sport.to_be_bytes());
-                u[2..4].copy_from_slice(&dport.to_be_bytes());
-                u[4..6].copy_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
-                u
-            }
-            L4::Icmp => vec![8, 0, 0, 0, 0, 1, 0, 1],
-        };
-        b.extend_from_slice(&self.payload);
-        match self.l4 {
-            L4::Tcp { .. } => {
-                let c = fold(pseudo + sum16(&b));
-                b[16..18].copy_from_slice(&c.to_be_bytes());
-            }
-            L4::Udp { no_csum, .. } => {
-                if !no_csum {
-                    let mut c = fold(pseudo + sum16(&b));
-                    if c == 0 {
-                        c = 0xffff;
-                    }
-                    b[6..8].copy_from_slice(&c.to_be_bytes());
-                }
-            }
-            L4::Icmp => {
-                let c = fold(sum16(&b));
-                b[2..4].copy_from_slice(&c.to_be_bytes());
-            }
-        }
-        b
-    }
-
-    fn proto(&self) -> u8 {
-        match self.l4 {
-            L4::Tcp { .. } => 6,
-            L4::Udp { .. } => 17,
-            L4::Icmp => 1,
-        }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&self.dst_mac);
-        out.extend_from_slice(&self.src_mac);
-        if let Some(tci) = self.vlan {
-            out.extend_from_slice(&[0x81, 0x00]);
-            out.extend_from_slice(&tci.to_be_bytes());
-        }
-        let l4_len = self.l4_bytes(0).len();
-        match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                out.extend_from_slice(&[0x08, 0x00]);
-                let hl = 20 + self.ip_options.len();
-                let total = hl + l4_len;
-                let mut ip = vec![0u8; 20];
-                ip[0] = 0x40 | (hl / 4) as u8;
-                ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-                ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-                ip[6..8].copy_from_slice(&self.frag.to_be_bytes());
-                ip[8] = self.ttl;
-                ip[9] = self.proto();
-                ip[12..16].copy_from_slice(&s.octets());
-                ip[16..20].copy_from_slice(&d.octets());
-                ip.extend_from_slice(&self.ip_options);
-                let c = fold(sum16(&ip));
-                ip[10..12].copy_from_slice(&c.to_be_bytes());
-                out.extend_from_slice(&ip);
-                let pseudo =
-                    sum16(&s.octets()) + sum16(&d.octets()) + self.proto() as u32 + l4_len as u32;
-                out.extend_from_slice(&self.l4_bytes(pseudo));
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                out.extend_from_slice(&[0x86, 0xdd]);
-                let ext = if self.ext_hdr { 8 } else { 0 };
-                let mut ip = vec![0u8; 40];
-                ip[0] = 0x60;
-                ip[4..6].copy_from_slice(&((l4_len + ext) as u16).to_be_bytes());
-                ip[6] = if self.ext_hdr { 0 } else { self.proto() };
-                ip[7] = self.ttl;
-                ip[8..24].copy_from_slice(&s.octets());
-                ip[24..40].copy_from_slice(&d.octets());
-                out.extend_from_slice(&ip);
-                if self.ext_hdr {
-                    out.extend_from_slice(&[self.proto(), 0, 1, 4, 0, 0, 0, 0]);
-                }
-                let pseudo =
-                    sum16(&s.octets()) + sum16(&d.octets()) + self.proto() as u32 + l4_len as u32;
-                out.extend_from_slice(&self.l4_bytes(pseudo));
-            }
-            _ => panic!("mixed families"),
-        }
-        out
-    }
-}
 
 struct Fixture {
     desc: &'static str,
@@ -687,60 +400,6 @@ fn fixtures() -> Vec<Fixture> {
     f
 }
 
-fn fix_ip4_csum(b: &mut [u8], l3: usize) {
-    b[l3 + 10] = 0;
-    b[l3 + 11] = 0;
-    let c = fold(sum16(&b[l3..l3 + 20]));
-    b[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
-}
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Namespace with `in0` (client side) and `out1` (real side), fixed MACs and
-/// permanent neighbours; `198.18.12.0/24` is routed but has no neighbour.
-fn environment() -> anyhow::Result<Netns> {
-    let ns = Netns::new("lbfx")?;
-    for (dev, peer, m) in [("in0", "in0p", IN_MAC), ("out1", "out1p", OUT_MAC)] {
-        ns.ip(&[
-            "link", "add", "name", dev, "type", "veth", "peer", "name", peer,
-        ])?;
-        ns.ip(&["link", "set", dev, "address", &mac(m)])?;
-        ns.ip(&["link", "set", dev, "up"])?;
-        ns.ip(&["link", "set", peer, "up"])?;
-    }
-    ns.ip(&["addr", "add", "198.18.0.1/24", "dev", "in0"])?;
-    ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "in0", "nodad"])?;
-    ns.ip(&["addr", "add", "198.18.11.1/24", "dev", "out1"])?;
-    ns.ip(&["addr", "add", "2001:db8:11::1/64", "dev", "out1", "nodad"])?;
-    ns.ip(&["route", "add", "198.18.12.0/24", "dev", "out1"])?;
-    for (addr, dev, m) in [
-        ("198.18.0.2", "in0", CLIENT_MAC),
-        ("2001:db8::2", "in0", CLIENT_MAC),
-        ("198.18.11.2", "out1", REAL_MAC),
-        ("2001:db8:11::2", "out1", REAL_MAC),
-    ] {
-        ns.ip(&[
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            &mac(m),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ])?;
-    }
-    ns.sysctl("net.ipv4.ip_forward", "1")?;
-    ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-    Ok(ns)
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter()
         .map(|x| format!("{x:02x}"))
@@ -757,8 +416,8 @@ fn xdp_fixtures() {
         eprintln!("skipped: the XDP fixtures need root");
         return;
     }
-    let ns = environment().expect("fixture namespace");
-    let cfg = Config::parse(CONFIG).expect("fixture config");
+    let ns = fixture_net().expect("fixture namespace");
+    let cfg = Config::parse(FIXTURE_CONFIG).expect("fixture config");
     let path = format!("/run/netns/{}", ns.name);
     let failures = std::thread::spawn(move || -> anyhow::Result<Vec<String>> {
         testbed::enter(&path)?;
@@ -774,33 +433,24 @@ fn xdp_fixtures() {
         assert!(all.len() >= 25, "at least 25 fixtures");
         for f in &all {
             let ifindex = if f.ingress == "in0" { in0 } else { out1 };
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(f.input.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-            let mut out = vec![0u8; f.input.len() + 256];
-            let mut opts = TestRunOptions::new();
-            opts.data_in = Some(&f.input);
-            opts.data_out = Some(&mut out);
-            opts.ctx_in = Some(&ctx);
-            let r = match prog.test_run(opts) {
+            let (verdict, got, _) = match test_run(prog, ifindex, &f.input) {
                 Ok(r) => r,
                 Err(e) => {
                     failures.push(format!("{}: test run failed: {e}", f.desc));
                     continue;
                 }
             };
-            let got = &out[..r.data_size_out as usize];
             let want = f.output.as_deref().unwrap_or(&f.input);
-            if r.return_value != f.verdict {
+            if verdict != f.verdict {
                 failures.push(format!(
                     "{}: verdict {} (want {})",
-                    f.desc, r.return_value, f.verdict
+                    f.desc, verdict, f.verdict
                 ));
             } else if got != want {
                 failures.push(format!(
                     "{}: output differs\n   got  {}\n   want {}",
                     f.desc,
-                    hex(got),
+                    hex(&got),
                     hex(want)
                 ));
             }
