@@ -122,6 +122,16 @@ pub struct Counters {
     pub reply_packets: u64,
 }
 
+/// Frame the benchmark generator (`gen`) writes before each send: live-frames
+/// pages are recycled with whatever the data plane wrote into them.
+pub const GEN_FRAME_LEN: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenTemplate {
+    pub bytes: [u8; GEN_FRAME_LEN],
+}
+
 /// Global counter indexes (per-CPU u64 array `GLOBAL_STATS`).
 pub mod stat {
     pub const RX: u32 = 0;
@@ -231,6 +241,7 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for RevValue {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for GenTemplate {}
 }
 
 #[cfg(test)]

@@ -29,12 +29,12 @@ mod stats;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    flow_hash, stat, Counters, CtValue, FlowKey, RealDef, RevValue, VipKey, VipMeta,
+    flow_hash, stat, Counters, CtValue, FlowKey, GenTemplate, RealDef, RevValue, VipKey, VipMeta,
     CONNTRACK_SIZE, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS,
     MAX_VIPS, REAL_F_VALID, RING_SLOTS, RING_STRIDE,
 };
@@ -72,6 +72,23 @@ static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 /// `floor_redirect`'s one egress device (slot 0).
 #[map]
 static FLOOR_PORT: DevMap = DevMap::with_max_entries(1, 0);
+
+/// `gen`'s per-CPU state: slot 0 counts frames, slot 1 is the number of
+/// distinct source ports to cycle through (0 = 16384).
+#[map]
+static GEN_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// What `gen` does with a frame: 0 XDP_TX, 1 XDP_PASS (into the kernel
+/// stack), 2 tail call to `GEN_NEXT[0]` (the program under test).
+#[map]
+static GEN_MODE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+static GEN_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// `gen`'s frame template (slot 0).
+#[map]
+static GEN_TEMPLATE: Array<GenTemplate> = Array::with_max_entries(1, 0);
 
 /// `sink`'s packet counter (slot 0).
 #[map]
@@ -416,13 +433,66 @@ pub fn floor_redirect(_ctx: XdpContext) -> u32 {
     FLOOR_PORT.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
 }
 
-/// Receiver side of benchmarks and tests: count and drop.
+/// Traffic generator for the forwarding benchmark, run with test-run in
+/// live-frames mode on the balancer's client-side interface: restores the
+/// frame from `GEN_TEMPLATE`, gives it the next source port (checksum
+/// updated), then, by `GEN_MODE`, sends it out again (XDP_TX), hands it to
+/// the kernel stack (XDP_PASS) or tail-calls the program under test.
 #[xdp]
-pub fn sink(_ctx: XdpContext) -> u32 {
-    if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
-        unsafe { *c += 1 };
+pub fn gen(ctx: XdpContext) -> u32 {
+    match try_gen(&ctx) {
+        Ok(a) => a,
+        Err(()) => xdp_action::XDP_DROP,
     }
-    xdp_action::XDP_DROP
+}
+
+#[inline(always)]
+fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
+    let (n, flows) = match (GEN_STATE.get_ptr_mut(0), GEN_STATE.get(1)) {
+        (Some(c), Some(f)) => {
+            let n = unsafe { *c };
+            unsafe { *c = n + 1 };
+            (n, if *f == 0 { 16384 } else { *f })
+        }
+        _ => return Ok(xdp_action::XDP_DROP),
+    };
+    let port = (1024 + n % flows) as u16;
+    // Restore the frame: the page may come back rewritten by the receiver.
+    let template = match GEN_TEMPLATE.get(0) {
+        Some(t) => t,
+        None => return Ok(xdp_action::XDP_DROP),
+    };
+    let frame: *mut GenTemplate = ptr_at(ctx, 0)?;
+    unsafe { *frame = *template };
+    match parse(ctx)? {
+        Parsed::Flow(p) => {
+            nat::set_sport(ctx, p.l4, p.family, p.proto, port)?;
+            match GEN_MODE.get(0).copied().unwrap_or(0) {
+                1 => Ok(xdp_action::XDP_PASS),
+                2 => {
+                    let _ = unsafe { GEN_NEXT.tail_call(ctx, 0) };
+                    Ok(xdp_action::XDP_DROP)
+                }
+                _ => Ok(xdp_action::XDP_TX),
+            }
+        }
+        Parsed::Done(_) => Ok(xdp_action::XDP_DROP),
+    }
+}
+
+/// Receiver side of benchmarks: counts and drops TCP/UDP frames; everything
+/// else (ARP, neighbour discovery) passes so the receiver stays reachable.
+#[xdp]
+pub fn sink(ctx: XdpContext) -> u32 {
+    match parse(&ctx) {
+        Ok(Parsed::Flow(_)) => {
+            if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
+                unsafe { *c += 1 };
+            }
+            xdp_action::XDP_DROP
+        }
+        _ => xdp_action::XDP_PASS,
+    }
 }
 
 #[cfg(not(test))]
