@@ -4,12 +4,16 @@
 //! `maglev` (pure ring builder), `dataplane` (aya load/attach, map sync),
 //! `health` (probers + rise/fall state machine), `proxy` (L7), `dns`,
 //! `testbed` (netns/veth topologies for tests and the demo).
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod demo;
 pub mod dns;
 pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod proxy;
 pub mod testbed;
