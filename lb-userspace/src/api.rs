@@ -515,6 +515,7 @@ where
     tokio::spawn(async move {
         let svc = service_fn(move |req| serve_request(state.clone(), token.clone(), req));
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(std::time::Duration::from_secs(10))
             .serve_connection(io, svc);
         tokio::select! {

@@ -165,6 +165,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         None
     };
     let monitor = Monitor::new();
+    // Subscribed before the first target exists, so no change is missed.
+    let mut changes = monitor.subscribe();
     let mut control = Control::new(cfg.clone(), dp, monitor.clone())
         .map_err(|e| anyhow!("filling the XDP maps: {e:#}"))?;
     if let Some(dp) = control.dp.as_mut() {
@@ -211,7 +213,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let mut changes = monitor.subscribe();
     let mut stats_tick = tokio::time::interval(cfg.stats_interval);
     let mut log_tick = tokio::time::interval(Duration::from_millis(200));
     let mut neigh_tick = tokio::time::interval(Duration::from_secs(30));
