@@ -143,13 +143,18 @@ impl Drop for Lb {
     }
 }
 
-/// A bpffs directory unique to this run, removed (with whatever `lb`
-/// pinned there, which detaches it) on drop.
-pub struct PinDir(pub PathBuf);
+/// A bpffs instance of its own, mounted at a directory unique to this run
+/// (`ip netns exec` remounts /sys, so the host's /sys/fs/bpf is not seen
+/// from inside the lb namespace); `.0` is the pin path inside it. On drop,
+/// whatever `lb` pinned is removed (which detaches it) and it is unmounted.
+pub struct PinDir(pub PathBuf, PathBuf);
 
 impl PinDir {
     pub fn new() -> PinDir {
-        PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", testbed::unique("lbtpin"))))
+        let mnt = PathBuf::from(format!("/tmp/{}", testbed::unique("lbtbpf")));
+        std::fs::create_dir_all(&mnt).unwrap();
+        testbed::run("mount", &["-t", "bpf", "bpf", mnt.to_str().unwrap()]).expect("mount bpffs");
+        PinDir(mnt.join("lb"), mnt)
     }
 }
 
@@ -157,6 +162,8 @@ impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = lb_userspace::dataplane::cleanup_pinned(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
+        let _ = testbed::run("umount", &[self.1.to_str().unwrap()]);
+        let _ = std::fs::remove_dir(&self.1);
     }
 }
 
