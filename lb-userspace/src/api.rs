@@ -82,10 +82,7 @@ fn error_response(e: &ApiError) -> Resp {
 /// Deserializes a JSON body into `T`, naming the field at fault. serde
 /// names unknown and missing fields itself; for a wrong type or value the
 /// culprit is found by leaving one key out at a time.
-pub fn from_json<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-    prefix: &str,
-) -> Result<T, ApiError> {
+pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8], prefix: &str) -> Result<T, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad(prefix, format!("the body is not JSON: {e}")))?;
     value_to::<T>(v, prefix)
@@ -128,7 +125,10 @@ fn value_to<T: serde::de::DeserializeOwned>(v: Value, prefix: &str) -> Result<T,
             }
         }
     }
-    Err(ApiError::bad(if prefix.is_empty() { "body" } else { prefix }, err))
+    Err(ApiError::bad(
+        if prefix.is_empty() { "body" } else { prefix },
+        err,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,7 +192,13 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Serves one request.
-pub async fn handle(state: &ApiState, method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Resp {
+pub async fn handle(
+    state: &ApiState,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Resp {
     match route(state, method, path, query, body).await {
         Ok((status, v)) => json_response(status, &v),
         Err(e) => error_response(&e),
@@ -223,7 +229,11 @@ async fn route(
         "/v1/reload",
     ];
     if !known.contains(&path) {
-        return Err(ApiError::new(404, Some("path"), format!("no endpoint {path}")));
+        return Err(ApiError::new(
+            404,
+            Some("path"),
+            format!("no endpoint {path}"),
+        ));
     }
     let want_get = matches!(
         path,
@@ -309,10 +319,7 @@ async fn route(
                         }
                     }
                     other => {
-                        return Err(ApiError::bad(
-                            other,
-                            "unknown query parameter (vip, limit)",
-                        ))
+                        return Err(ApiError::bad(other, "unknown query parameter (vip, limit)"))
                     }
                 }
             }
@@ -327,7 +334,10 @@ async fn route(
                 }
             }
             let conns = dp.conns(vip, limit).map_err(ApiError::internal)?;
-            Ok((200, json!({ "limit": limit, "count": conns.len(), "conns": conns })))
+            Ok((
+                200,
+                json!({ "limit": limit, "count": conns.len(), "conns": conns }),
+            ))
         }
         "/v1/vips/add" => {
             let raw: RawVip = from_json(body, "")?;
@@ -353,7 +363,11 @@ async fn route(
         }
         "/v1/reals/weight" => {
             let r: RealWeight = from_json(body, "")?;
-            let v = state.ctl.lock().await.real_weight(&r.vip, &r.real, r.weight)?;
+            let v = state
+                .ctl
+                .lock()
+                .await
+                .real_weight(&r.vip, &r.real, r.weight)?;
             Ok((200, value(&v)))
         }
         "/v1/reals/drain" => {
@@ -366,7 +380,10 @@ async fn route(
                 let v: Value = serde_json::from_slice(body)
                     .map_err(|e| ApiError::bad("body", format!("not JSON: {e}")))?;
                 if v.as_object().is_none_or(|o| !o.is_empty()) {
-                    return Err(ApiError::bad("body", "reload takes no parameters (send {} or nothing)"));
+                    return Err(ApiError::bad(
+                        "body",
+                        "reload takes no parameters (send {} or nothing)",
+                    ));
                 }
             }
             let (tx, rx) = oneshot::channel();
@@ -376,12 +393,19 @@ async fn route(
                 .await
                 .map_err(|_| ApiError::new(503, None, "the daemon is shutting down"))?;
             match rx.await {
-                Ok(Ok(())) => Ok((200, json!({ "reloaded": state.config_path.display().to_string() }))),
+                Ok(Ok(())) => Ok((
+                    200,
+                    json!({ "reloaded": state.config_path.display().to_string() }),
+                )),
                 Ok(Err(e)) => Err(ApiError::new(422, Some("config"), e)),
                 Err(_) => Err(ApiError::new(503, None, "the daemon is shutting down")),
             }
         }
-        _ => Err(ApiError::new(404, Some("path"), format!("no endpoint {path}"))),
+        _ => Err(ApiError::new(
+            404,
+            Some("path"),
+            format!("no endpoint {path}"),
+        )),
     }
 }
 
@@ -399,7 +423,11 @@ mod erased {
 }
 
 fn token_ok(req: &Request<Incoming>, token: &str) -> bool {
-    let Some(h) = req.headers().get("authorization").and_then(|h| h.to_str().ok()) else {
+    let Some(h) = req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+    else {
         return false;
     };
     let Some(given) = h.strip_prefix("Bearer ") else {
@@ -408,8 +436,8 @@ fn token_ok(req: &Request<Incoming>, token: &str) -> bool {
     // Constant time in the token's length.
     let (a, b) = (given.trim().as_bytes(), token.as_bytes());
     let mut diff = a.len() ^ b.len();
-    for i in 0..b.len() {
-        diff |= (a.get(i).copied().unwrap_or(0) ^ b[i]) as usize;
+    for (i, tb) in b.iter().enumerate() {
+        diff |= (a.get(i).copied().unwrap_or(0) ^ tb) as usize;
     }
     diff == 0
 }
@@ -448,8 +476,7 @@ async fn serve_request(
 /// replaced; a live one is an error.
 pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -535,7 +562,11 @@ pub fn start(
     if let Some(path) = &cfg.socket {
         match bind_unix(path, cfg.socket_mode) {
             Ok(l) => {
-                info!("admin API on {} (mode {:o})", path.display(), cfg.socket_mode);
+                info!(
+                    "admin API on {} (mode {:o})",
+                    path.display(),
+                    cfg.socket_mode
+                );
                 tokio::spawn(serve_unix(l, state.clone(), stop.clone()));
                 socket = Some(path.clone());
             }
@@ -546,8 +577,8 @@ pub fn start(
         }
     }
     if let (Some(addr), Some(token)) = (cfg.listen, cfg.token.clone()) {
-        let std = std::net::TcpListener::bind(addr)
-            .map_err(|e| anyhow!("api.listen {addr}: {e}"))?;
+        let std =
+            std::net::TcpListener::bind(addr).map_err(|e| anyhow!("api.listen {addr}: {e}"))?;
         std.set_nonblocking(true)?;
         let l = TcpListener::from_std(std)?;
         info!("admin API on http://{addr} (bearer token)");
@@ -620,8 +651,8 @@ mod tests {
         let e = from_json::<RealWeight>(br#"{"vip":"a","real":"b","weight":1,"wieght":2}"#, "")
             .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("wieght"), "{e}");
-        let e = from_json::<RawReal>(br#"{"address":"198.18.11.2","port":"80"}"#, "real")
-            .unwrap_err();
+        let e =
+            from_json::<RawReal>(br#"{"address":"198.18.11.2","port":"80"}"#, "real").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("real.port"), "{e}");
         let e = from_json::<VipRef>(b"{not json", "").unwrap_err();
         assert_eq!(e.status, 400);

@@ -35,13 +35,23 @@ impl Client {
     }
 
     /// Sends one request; returns the status and the JSON body.
-    pub async fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
         tokio::time::timeout(self.timeout, self.request_inner(method, path, body))
             .await
             .map_err(|_| anyhow!("the API did not answer within {:?}", self.timeout))?
     }
 
-    async fn request_inner(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+    async fn request_inner(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
         let bytes = match body {
             Some(v) => Bytes::from(serde_json::to_vec(v)?),
             None => Bytes::new(),
@@ -72,8 +82,9 @@ impl Client {
         let v: Value = if body.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&body)
-                .with_context(|| format!("the API answered {status} with a body that is not JSON"))?
+            serde_json::from_slice(&body).with_context(|| {
+                format!("the API answered {status} with a body that is not JSON")
+            })?
         };
         Ok((status, v))
     }
@@ -115,12 +126,31 @@ pub enum Verb {
     VipList,
     VipAdd(Value),
     VipDel(String),
-    RealAdd { vip: String, real: Value },
-    RealDel { vip: String, real: String },
-    RealWeight { vip: String, real: String, weight: i64 },
-    RealDrain { vip: String, real: String },
-    Stats { watch: Option<Duration>, count: Option<u64> },
-    Conns { vip: Option<String>, limit: usize },
+    RealAdd {
+        vip: String,
+        real: Value,
+    },
+    RealDel {
+        vip: String,
+        real: String,
+    },
+    RealWeight {
+        vip: String,
+        real: String,
+        weight: i64,
+    },
+    RealDrain {
+        vip: String,
+        real: String,
+    },
+    Stats {
+        watch: Option<Duration>,
+        count: Option<u64>,
+    },
+    Conns {
+        vip: Option<String>,
+        limit: usize,
+    },
     Health,
     Reload,
 }
@@ -157,21 +187,35 @@ pub async fn run(client: &Client, verb: Verb, as_json: bool) -> Result<()> {
         }
         Verb::VipAdd(body) => {
             let v = client.call("POST", "/v1/vips/add", Some(&body)).await?;
-            print(&v, &|v| format!("added {}\n", v["vip"].as_str().unwrap_or("?")));
+            print(&v, &|v| {
+                format!("added {}\n", v["vip"].as_str().unwrap_or("?"))
+            });
         }
         Verb::VipDel(vip) => {
-            let v = client.call("POST", "/v1/vips/del", Some(&json!({ "vip": vip }))).await?;
+            let v = client
+                .call("POST", "/v1/vips/del", Some(&json!({ "vip": vip })))
+                .await?;
             print(&v, &|_| format!("deleted {vip}\n"));
         }
         Verb::RealAdd { vip, real } => {
             let v = client
-                .call("POST", "/v1/reals/add", Some(&json!({ "vip": vip, "real": real })))
+                .call(
+                    "POST",
+                    "/v1/reals/add",
+                    Some(&json!({ "vip": vip, "real": real })),
+                )
                 .await?;
-            print(&v, &|v| format!("{vip}: added {}\n", v["real"].as_str().unwrap_or("?")));
+            print(&v, &|v| {
+                format!("{vip}: added {}\n", v["real"].as_str().unwrap_or("?"))
+            });
         }
         Verb::RealDel { vip, real } => {
             let v = client
-                .call("POST", "/v1/reals/del", Some(&json!({ "vip": vip, "real": real })))
+                .call(
+                    "POST",
+                    "/v1/reals/del",
+                    Some(&json!({ "vip": vip, "real": real })),
+                )
                 .await?;
             print(&v, &|_| format!("{vip}: removed {real}\n"));
         }
@@ -187,7 +231,11 @@ pub async fn run(client: &Client, verb: Verb, as_json: bool) -> Result<()> {
         }
         Verb::RealDrain { vip, real } => {
             let v = client
-                .call("POST", "/v1/reals/drain", Some(&json!({ "vip": vip, "real": real })))
+                .call(
+                    "POST",
+                    "/v1/reals/drain",
+                    Some(&json!({ "vip": vip, "real": real })),
+                )
                 .await?;
             print(&v, &|_| format!("{vip}: draining {real} (no new flows)\n"));
         }
@@ -229,7 +277,9 @@ pub async fn run(client: &Client, verb: Verb, as_json: bool) -> Result<()> {
         }
         Verb::Reload => {
             let v = client.call("POST", "/v1/reload", Some(&json!({}))).await?;
-            print(&v, &|v| format!("reloaded {}\n", v["reloaded"].as_str().unwrap_or("")));
+            print(&v, &|v| {
+                format!("reloaded {}\n", v["reloaded"].as_str().unwrap_or(""))
+            });
         }
     }
     Ok(())
@@ -293,7 +343,11 @@ fn human_status(v: &Value) -> String {
     out.push_str(&format!(
         "L7 listeners: {}, DNS: {}, reloads: {} ok, {} failed\n",
         v["l7_listeners"],
-        if v["dns"].as_bool() == Some(true) { "on" } else { "off" },
+        if v["dns"].as_bool() == Some(true) {
+            "on"
+        } else {
+            "off"
+        },
         v["reloads_ok"],
         v["reloads_failed"]
     ));
@@ -361,9 +415,15 @@ fn human_stats(v: &Value) -> String {
             s(&x["totals"]["packets"]),
             s(&x["totals"]["bytes"]),
             s(&x["totals"]["new_flows"]),
-            format!("{:.1}", x["rates"]["packets_per_sec"].as_f64().unwrap_or(0.0)),
+            format!(
+                "{:.1}",
+                x["rates"]["packets_per_sec"].as_f64().unwrap_or(0.0)
+            ),
             format!("{:.0}", x["rates"]["bytes_per_sec"].as_f64().unwrap_or(0.0)),
-            format!("{:.1}", x["rates"]["new_flows_per_sec"].as_f64().unwrap_or(0.0)),
+            format!(
+                "{:.1}",
+                x["rates"]["new_flows_per_sec"].as_f64().unwrap_or(0.0)
+            ),
         ]
     };
     for vip in v["vips"].as_array().into_iter().flatten() {
@@ -384,15 +444,29 @@ fn human_stats(v: &Value) -> String {
         .unwrap_or_default();
     out.push_str(&format!(
         "drops: {}\n",
-        if drops.is_empty() { "none".into() } else { drops.join(" ") }
+        if drops.is_empty() {
+            "none".into()
+        } else {
+            drops.join(" ")
+        }
     ));
     out
 }
 
 fn human_conns(v: &Value) -> String {
-    let mut rows = vec![vec!["PROTO".into(), "CLIENT".into(), "VIP".into(), "REAL".into()]];
+    let mut rows = vec![vec![
+        "PROTO".into(),
+        "CLIENT".into(),
+        "VIP".into(),
+        "REAL".into(),
+    ]];
     for c in v["conns"].as_array().into_iter().flatten() {
-        rows.push(vec![s(&c["protocol"]), s(&c["client"]), s(&c["vip"]), s(&c["real"])]);
+        rows.push(vec![
+            s(&c["protocol"]),
+            s(&c["client"]),
+            s(&c["vip"]),
+            s(&c["real"]),
+        ]);
     }
     let mut out = table(rows);
     out.push_str(&format!("{} entries (limit {})\n", v["count"], v["limit"]));
@@ -418,7 +492,12 @@ fn human_health(v: &Value) -> String {
                 .as_f64()
                 .map(|x| format!("{x:.0}s"))
                 .unwrap_or_else(|| "-".into()),
-            if r["in_ring"].as_bool() == Some(true) { "yes" } else { "no" }.into(),
+            if r["in_ring"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+            .into(),
             s(&r["last_failure"]),
             s(&r["check"]),
         ]);

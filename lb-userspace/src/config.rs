@@ -93,7 +93,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("`{s}` is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -353,12 +353,12 @@ pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3u32;
     while (d as u64) * (d as u64) <= n as u64 {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -483,7 +483,12 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
             }
         },
     };
-    let all_down = match rv.all_down.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let all_down = match rv
+        .all_down
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("keep") => Some(AllDown::Keep),
         Some("open") => Some(AllDown::Open),
         Some("drop") => Some(AllDown::Drop),
@@ -548,22 +553,31 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
         reals,
         drain_timeout: drain_timeout?,
         all_down: all_down?,
-        health: if vip_health_ok { rv.health.clone() } else { None },
+        health: if vip_health_ok {
+            rv.health.clone()
+        } else {
+            None
+        },
     })
 }
 
 /// The VIP's health table with the real's keys on top. Keys that belong
 /// to one kind are only inherited when the real keeps the VIP's kind.
-pub fn merge_health(vip: &Option<HealthConfig>, real: &Option<HealthConfig>) -> Option<HealthConfig> {
+pub fn merge_health(
+    vip: &Option<HealthConfig>,
+    real: &Option<HealthConfig>,
+) -> Option<HealthConfig> {
     match (vip, real) {
         (None, None) => None,
         (Some(v), None) => Some(v.clone()),
         (None, Some(r)) => Some(r.clone()),
         (Some(v), Some(r)) => {
-            let kind_of = |h: &HealthConfig| h.kind.as_deref().unwrap_or("tcp").to_ascii_lowercase();
+            let kind_of =
+                |h: &HealthConfig| h.kind.as_deref().unwrap_or("tcp").to_ascii_lowercase();
             let same_kind = r.kind.is_none() || kind_of(r) == kind_of(v);
             let inherit = |rk: &Option<String>, vk: &Option<String>| {
-                rk.clone().or_else(|| if same_kind { vk.clone() } else { None })
+                rk.clone()
+                    .or_else(|| if same_kind { vk.clone() } else { None })
             };
             Some(HealthConfig {
                 kind: r.kind.clone().or_else(|| v.kind.clone()),
@@ -623,7 +637,10 @@ pub fn validate_real(
             None
         }
         (_, Ok(0)) => {
-            errors.push(ConfigError::new(format!("{rp}.port"), "0 is not a valid port"));
+            errors.push(ConfigError::new(
+                format!("{rp}.port"),
+                "0 is not a valid port",
+            ));
             None
         }
         (_, Ok(n)) => Some(n),
@@ -748,7 +765,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         Some(s) if !s.starts_with('/') => {
             errors.push(ConfigError::new(
                 "pin_path",
-                format!("`{s}` is not an absolute path (use a directory on bpffs, e.g. /sys/fs/bpf/lb)"),
+                format!(
+                    "`{s}` is not an absolute path (use a directory on bpffs, e.g. /sys/fs/bpf/lb)"
+                ),
             ));
             None
         }

@@ -481,8 +481,13 @@ impl Control {
                 "no L4 data plane is running (start lb with interfaces and VIPs)",
             ));
         }
-        self.set_vips(vips)
-            .map_err(|e| ApiError::new(500, None, format!("data plane update failed, nothing changed: {e:#}")))
+        self.set_vips(vips).map_err(|e| {
+            ApiError::new(
+                500,
+                None,
+                format!("data plane update failed, nothing changed: {e:#}"),
+            )
+        })
     }
 
     /// `vip add`.
@@ -525,17 +530,30 @@ impl Control {
         let mut errors = Vec::new();
         // The real inherits the VIP's health table as configured.
         let vip_health = v.health.clone();
-        let real =
-            crate::config::validate_real("real", raw, Some(v.address), Some(v.port), &vip_health, &mut errors);
+        let real = crate::config::validate_real(
+            "real",
+            raw,
+            Some(v.address),
+            Some(v.port),
+            &vip_health,
+            &mut errors,
+        );
         if let Some(e) = errors.into_iter().next() {
             return Err(ApiError::bad(&e.field, e.reason));
         }
         let real = real.ok_or_else(|| ApiError::bad("real", "invalid"))?;
-        if v.reals.iter().any(|r| (r.address, r.port) == (real.address, real.port)) {
+        if v.reals
+            .iter()
+            .any(|r| (r.address, r.port) == (real.address, real.port))
+        {
             return Err(ApiError::new(
                 409,
                 Some("real"),
-                format!("{} is already a real of {}", real_string(real.address, real.port), v.key_string()),
+                format!(
+                    "{} is already a real of {}",
+                    real_string(real.address, real.port),
+                    v.key_string()
+                ),
             ));
         }
         let rk = (real.address, real.port);
@@ -544,7 +562,8 @@ impl Control {
         vips[vi].reals.push(real);
         self.commit(vips)?;
         info!("api: vip {}: real {} added", vip, real_string(rk.0, rk.1));
-        self.real_view_of(k, rk).ok_or_else(|| ApiError::internal("real vanished"))
+        self.real_view_of(k, rk)
+            .ok_or_else(|| ApiError::internal("real vanished"))
     }
 
     /// `real del`.
@@ -573,7 +592,12 @@ impl Control {
     }
 
     /// `real weight` (0 = drain).
-    pub fn real_weight(&mut self, vip: &str, real: &str, weight: i64) -> Result<RealView, ApiError> {
+    pub fn real_weight(
+        &mut self,
+        vip: &str,
+        real: &str,
+        weight: i64,
+    ) -> Result<RealView, ApiError> {
         let vi = self.find_vip(vip, "vip")?;
         let ri = self.find_real(vi, real, "real")?;
         let w = match u32::try_from(weight) {
@@ -598,12 +622,16 @@ impl Control {
         let rk = (vips[vi].reals[ri].address, vips[vi].reals[ri].port);
         self.commit(vips)?;
         info!("api: vip {vip}: real {real} weight {w}");
-        self.real_view_of(k, rk).ok_or_else(|| ApiError::internal("real vanished"))
+        self.real_view_of(k, rk)
+            .ok_or_else(|| ApiError::internal("real vanished"))
     }
 
     /// All VIPs as the API shows them.
     pub fn views(&self) -> Vec<VipView> {
-        self.vips.iter().filter_map(|v| self.view_of(vkey(v))).collect()
+        self.vips
+            .iter()
+            .filter_map(|v| self.view_of(vkey(v)))
+            .collect()
     }
 
     fn view_of(&self, k: VipK) -> Option<VipView> {
@@ -764,7 +792,11 @@ impl Control {
             vips: self.vips.len(),
             reals: reals_total,
             reals_up,
-            vips_all_down: self.all_down.iter().map(|k| vip_key_string(k.0, k.1, k.2)).collect(),
+            vips_all_down: self
+                .all_down
+                .iter()
+                .map(|k| vip_key_string(k.0, k.1, k.2))
+                .collect(),
             l7_listeners: self.config.l7.len(),
             dns: self.config.dns.is_some(),
             reloads_ok: self.reloads_ok,
@@ -778,19 +810,25 @@ impl Control {
     }
 
     /// Per (VIP, real): up, effective weight, check latency, probes.
-    pub fn health_rows(&self) -> Vec<(String, String, bool, bool, u32, Option<Duration>, u64)> {
+    pub fn health_rows(&self) -> Vec<HealthRow> {
         let mut out = Vec::new();
         for v in &self.vips {
             let k = vkey(v);
             for r in &v.reals {
                 let rk = (r.address, r.port);
-                let st = self.targets.get(&(k, rk)).and_then(|id| self.monitor.status(*id));
+                let st = self
+                    .targets
+                    .get(&(k, rk))
+                    .and_then(|id| self.monitor.status(*id));
                 out.push((
                     v.key_string(),
                     real_string(r.address, r.port),
                     self.is_up(&(k, rk)),
                     r.check.kind != CheckKind::None,
-                    self.published.get(&k).and_then(|m| m.get(&rk).copied()).unwrap_or(0),
+                    self.published
+                        .get(&k)
+                        .and_then(|m| m.get(&rk).copied())
+                        .unwrap_or(0),
                     st.as_ref().and_then(|s| s.last_latency),
                     st.map(|s| s.probes).unwrap_or(0),
                 ));
@@ -799,6 +837,9 @@ impl Control {
         out
     }
 }
+
+/// (VIP, real, up, checked, effective weight, last probe latency, probes).
+pub type HealthRow = (String, String, bool, bool, u32, Option<Duration>, u64);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct InterfaceView {
@@ -877,7 +918,10 @@ mod tests {
             parse_real_key("[2001:db8::2]:8080"),
             Some(("2001:db8::2".parse().unwrap(), 8080))
         );
-        assert_eq!(parse_real_key("198.18.11.2"), Some(("198.18.11.2".parse().unwrap(), 0)));
+        assert_eq!(
+            parse_real_key("198.18.11.2"),
+            Some(("198.18.11.2".parse().unwrap(), 0))
+        );
         assert_eq!(parse_real_key("nope"), None);
     }
 }

@@ -97,7 +97,9 @@ async fn reload(
     let mut ctl = ctl.lock().await;
     if ctl.dp.is_none() && !new.vips.is_empty() {
         ctl.reloads_failed += 1;
-        let msg = "the new config has VIPs but no L4 data plane is running (restart lb to start one)".to_string();
+        let msg =
+            "the new config has VIPs but no L4 data plane is running (restart lb to start one)"
+                .to_string();
         error!("reload refused: {msg}");
         return Err(msg);
     }
@@ -321,7 +323,9 @@ fn detach_stale_links(dir: &Path, interfaces: &[String]) {
         if let Some(iface) = name.strip_prefix("link_") {
             if !interfaces.iter().any(|i| i == iface) {
                 match std::fs::remove_file(e.path()) {
-                    Ok(()) => info!("{iface}: no longer configured; pinned XDP link removed (detached)"),
+                    Ok(()) => {
+                        info!("{iface}: no longer configured; pinned XDP link removed (detached)")
+                    }
                     Err(err) => warn!("{}: {err}", e.path().display()),
                 }
             }

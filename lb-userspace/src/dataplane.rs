@@ -354,7 +354,10 @@ impl Dataplane {
     /// link is pinned so it outlives this process.
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode> {
         let ifindex = ifindex(iface)?;
-        let link_pin = self.pin_path.as_ref().map(|d| d.join(format!("link_{iface}")));
+        let link_pin = self
+            .pin_path
+            .as_ref()
+            .map(|d| d.join(format!("link_{iface}")));
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(PROGRAM)
@@ -367,7 +370,11 @@ impl Dataplane {
                     let link = XdpLink::try_from(fd)
                         .map_err(|e| anyhow!("{}: not an XDP link: {e}", path.display()))?;
                     prog.attach_to_link(link).map_err(|e| {
-                        anyhow!("cannot swap the program into {}: {}", path.display(), explain(&e))
+                        anyhow!(
+                            "cannot swap the program into {}: {}",
+                            path.display(),
+                            explain(&e)
+                        )
                     })?;
                     let mut tx: DevMapHash<&mut MapData> =
                         map(&mut self.ebpf, "TX_PORTS")?.try_into()?;
@@ -675,8 +682,7 @@ impl Dataplane {
             .map("CONNTRACK")
             .ok_or_else(|| anyhow!("no CONNTRACK"))?
             .try_into()?;
-        let by_id: HashMap<u32, (IpAddr, u16)> =
-            self.reals.iter().map(|(k, v)| (*v, *k)).collect();
+        let by_id: HashMap<u32, (IpAddr, u16)> = self.reals.iter().map(|(k, v)| (*v, *k)).collect();
         let want_index = match vip {
             Some(k) => Some(
                 self.vips
@@ -834,7 +840,11 @@ fn prepare_pin_dir(dir: &Path) -> Result<()> {
         .context("pin path has a NUL byte")?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        bail!("statfs {}: {}", dir.display(), std::io::Error::last_os_error());
+        bail!(
+            "statfs {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
     }
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     if st.f_type as i64 != BPF_FS_MAGIC {
@@ -868,8 +878,7 @@ pub fn cleanup_pinned(dir: &Path) -> Result<Vec<String>> {
             continue;
         }
         let path = dir.join(&name);
-        std::fs::remove_file(&path)
-            .with_context(|| format!("cannot remove {}", path.display()))?;
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         removed.push(name);
     }
     if let Err(e) = std::fs::remove_dir(dir) {

@@ -100,7 +100,11 @@ enum RealCmd {
     /// Remove a real from a VIP (its flows move to other reals).
     Del { vip: String, real: String },
     /// Set a real's weight (0 drains).
-    Weight { vip: String, real: String, weight: i64 },
+    Weight {
+        vip: String,
+        real: String,
+        weight: i64,
+    },
     /// Drain a real: no new flows; established flows continue until the
     /// VIP's drain_timeout.
     Drain { vip: String, real: String },

@@ -36,14 +36,28 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Renders every metric.
 pub fn render(ctl: &Control) -> String {
     let mut out = String::new();
-    head(&mut out, "lb_build_info", "gauge", "Build of the running lb.");
+    head(
+        &mut out,
+        "lb_build_info",
+        "gauge",
+        "Build of the running lb.",
+    );
     let _ = writeln!(
         out,
         "lb_build_info{{version=\"{}\"}} 1",
         esc(env!("CARGO_PKG_VERSION"))
     );
-    head(&mut out, "lb_uptime_seconds", "gauge", "Seconds since this lb started.");
-    let _ = writeln!(out, "lb_uptime_seconds {:.3}", ctl.started.elapsed().as_secs_f64());
+    head(
+        &mut out,
+        "lb_uptime_seconds",
+        "gauge",
+        "Seconds since this lb started.",
+    );
+    let _ = writeln!(
+        out,
+        "lb_uptime_seconds {:.3}",
+        ctl.started.elapsed().as_secs_f64()
+    );
 
     head(
         &mut out,
@@ -51,7 +65,11 @@ pub fn render(ctl: &Control) -> String {
         "counter",
         "Config reloads (SIGHUP or API) by result.",
     );
-    let _ = writeln!(out, "lb_config_reloads_total{{result=\"ok\"}} {}", ctl.reloads_ok);
+    let _ = writeln!(
+        out,
+        "lb_config_reloads_total{{result=\"ok\"}} {}",
+        ctl.reloads_ok
+    );
     let _ = writeln!(
         out,
         "lb_config_reloads_total{{result=\"error\"}} {}",
@@ -67,7 +85,12 @@ pub fn render(ctl: &Control) -> String {
 
     // Health and weights, per (VIP, real).
     let rows = ctl.health_rows();
-    head(&mut out, "lb_real_up", "gauge", "1 when the real passes its health check (or has none).");
+    head(
+        &mut out,
+        "lb_real_up",
+        "gauge",
+        "1 when the real passes its health check (or has none).",
+    );
     for (vip, real, up, _, _, _, _) in &rows {
         let _ = writeln!(
             out,
@@ -77,7 +100,12 @@ pub fn render(ctl: &Control) -> String {
             u8::from(*up)
         );
     }
-    head(&mut out, "lb_real_weight", "gauge", "Configured weight (0: draining).");
+    head(
+        &mut out,
+        "lb_real_weight",
+        "gauge",
+        "Configured weight (0: draining).",
+    );
     for v in ctl.vips() {
         for r in &v.reals {
             let _ = writeln!(
@@ -120,7 +148,12 @@ pub fn render(ctl: &Control) -> String {
             );
         }
     }
-    head(&mut out, "lb_health_checks_total", "counter", "Health probes run.");
+    head(
+        &mut out,
+        "lb_health_checks_total",
+        "counter",
+        "Health probes run.",
+    );
     for (vip, real, _, checked, _, _, probes) in &rows {
         if *checked {
             let _ = writeln!(
@@ -162,8 +195,14 @@ pub fn render(ctl: &Control) -> String {
     let fields: [(&str, &str, Field); 4] = [
         ("packets", "Client to real packets.", |t| t.packets),
         ("bytes", "Client to real bytes (whole frames).", |t| t.bytes),
-        ("new_flows", "Flows that took a real from the ring.", |t| t.new_flows),
-        ("reply_packets", "Real to client packets rewritten to the VIP.", |t| t.reply_packets),
+        ("new_flows", "Flows that took a real from the ring.", |t| {
+            t.new_flows
+        }),
+        (
+            "reply_packets",
+            "Real to client packets rewritten to the VIP.",
+            |t| t.reply_packets,
+        ),
     ];
     for (name, help, f) in fields {
         let metric = format!("lb_vip_{name}_total");
@@ -186,7 +225,12 @@ pub fn render(ctl: &Control) -> String {
             let _ = writeln!(out, "{metric}{{real=\"{}\"}} {}", esc(r), f(t));
         }
     }
-    head(&mut out, "lb_drops_total", "counter", "Packets dropped by the XDP program, by reason.");
+    head(
+        &mut out,
+        "lb_drops_total",
+        "counter",
+        "Packets dropped by the XDP program, by reason.",
+    );
     for (k, v) in &snap.global {
         if let Some(reason) = k.strip_prefix("drop_") {
             let _ = writeln!(out, "lb_drops_total{{reason=\"{}\"}} {v}", esc(reason));
@@ -200,7 +244,11 @@ pub fn render(ctl: &Control) -> String {
     );
     for (k, v) in &snap.global {
         if !k.starts_with("drop_") {
-            let _ = writeln!(out, "lb_dataplane_packets_total{{counter=\"{}\"}} {v}", esc(k));
+            let _ = writeln!(
+                out,
+                "lb_dataplane_packets_total{{counter=\"{}\"}} {v}",
+                esc(k)
+            );
         }
     }
     out

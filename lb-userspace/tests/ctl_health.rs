@@ -5,7 +5,10 @@
 
 mod ctl_support;
 
-use std::{collections::BTreeMap, time::{Duration, Instant}};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use ctl_support::*;
 use lb_userspace::testbed::{NameServer, Topology};
@@ -37,7 +40,9 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
         .reals
         .iter()
         .enumerate()
-        .map(|(i, ns)| Some(NameServer::start(ns, &format!("real{}", i + 1), HTTP_PORT, 8053).unwrap()))
+        .map(|(i, ns)| {
+            Some(NameServer::start(ns, &format!("real{}", i + 1), HTTP_PORT, 8053).unwrap())
+        })
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let cfg = header(&topo, dir.path())
@@ -53,7 +58,11 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
     let lb = Lb::start(&topo, dir.path(), &cfg, &[]);
 
     let before = spread(&http_names(&topo, 60));
-    assert_eq!(before.get("").copied().unwrap_or(0), 0, "failures before any change: {before:?}");
+    assert_eq!(
+        before.get("").copied().unwrap_or(0),
+        0,
+        "failures before any change: {before:?}"
+    );
     assert!(before.get("real2").copied().unwrap_or(0) > 0, "{before:?}");
 
     // Stop real2's server: probes are refused from now on.
@@ -73,22 +82,37 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
         if r2["health"] == "down" && r2["in_ring"] == false {
             left_after = Some(stopped.elapsed());
             assert!(
-                r2["last_failure"].as_str().unwrap_or("").contains("refused"),
+                r2["last_failure"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("refused"),
                 "last failure should say why: {r2}"
             );
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let left_after = left_after.unwrap_or_else(|| panic!("real2 never left the ring\n{}", lb.log_text()));
+    let left_after =
+        left_after.unwrap_or_else(|| panic!("real2 never left the ring\n{}", lb.log_text()));
     assert!(
         left_after <= out_deadline,
         "real2 left the ring after {left_after:?}, more than fall × interval + interval (+{SLACK:?} slack)"
     );
     let during = spread(&http_names(&topo, 90));
-    assert_eq!(during.get("").copied().unwrap_or(0), 0, "requests failed with real2 out: {during:?}");
-    assert_eq!(during.get("real2"), None, "real2 is out of the ring but got requests: {during:?}");
-    assert!(during.get("real1").is_some() && during.get("real3").is_some(), "{during:?}");
+    assert_eq!(
+        during.get("").copied().unwrap_or(0),
+        0,
+        "requests failed with real2 out: {during:?}"
+    );
+    assert_eq!(
+        during.get("real2"),
+        None,
+        "real2 is out of the ring but got requests: {during:?}"
+    );
+    assert!(
+        during.contains_key("real1") && during.contains_key("real3"),
+        "{during:?}"
+    );
 
     // Start it again.
     servers[1] = Some(NameServer::start(&topo.reals[1], "real2", HTTP_PORT, 8053).unwrap());
@@ -104,7 +128,8 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let back_after = back_after.unwrap_or_else(|| panic!("real2 never came back\n{}", lb.log_text()));
+    let back_after =
+        back_after.unwrap_or_else(|| panic!("real2 never came back\n{}", lb.log_text()));
     assert!(
         back_after <= in_deadline,
         "real2 came back after {back_after:?}, more than rise × interval + interval (+{SLACK:?} slack)"
@@ -112,14 +137,23 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
     let after = spread(&http_names(&topo, 90));
     assert_eq!(after.get("").copied().unwrap_or(0), 0, "{after:?}");
     let r2 = after.get("real2").copied().unwrap_or(0);
-    assert!((15..=45).contains(&r2), "real2 should take about a third again: {after:?}");
+    assert!(
+        (15..=45).contains(&r2),
+        "real2 should take about a third again: {after:?}"
+    );
 
     // One log line per state change of real2, each with its reason.
     let log = lb.log_text();
-    let down: Vec<&str> = log.lines().filter(|l| l.contains("198.18.12.2:8080 is down")).collect();
+    let down: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("198.18.12.2:8080 is down"))
+        .collect();
     assert_eq!(down.len(), 1, "one ring-exit line expected:\n{log}");
     assert!(down[0].contains("refused"), "{}", down[0]);
-    let up = log.lines().filter(|l| l.contains("198.18.12.2:8080 is up, back in the ring")).count();
+    let up = log
+        .lines()
+        .filter(|l| l.contains("198.18.12.2:8080 is up, back in the ring"))
+        .count();
     assert_eq!(up, 1, "one ring-return line expected:\n{log}");
 }
 
@@ -148,11 +182,18 @@ fn every_real_down_keeps_the_last_ring() {
         if s["vips_all_down"].as_array().is_some_and(|a| a.len() == 1) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "never all down: {s}\n{}", lb.log_text());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never all down: {s}\n{}",
+            lb.log_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let names = http_names(&topo, 30);
-    assert!(names.iter().all(|n| !n.is_empty()), "all_down = keep must not black-hole: {names:?}");
+    assert!(
+        names.iter().all(|n| !n.is_empty()),
+        "all_down = keep must not black-hole: {names:?}"
+    );
     let log = lb.log_text();
     assert_eq!(
         log.matches("every real is down; all_down = keep").count(),

@@ -41,15 +41,24 @@ fn add_remove_and_drain_keep_untouched_connections() {
     let mut held = open_conns(&topo.client, vip_sa, 30);
     let spread = count(&held);
     for r in ["real1", "real2", "real3"] {
-        assert!(spread.get(r).copied().unwrap_or(0) >= 3, "uneven start: {spread:?}");
+        assert!(
+            spread.get(r).copied().unwrap_or(0) >= 3,
+            "uneven start: {spread:?}"
+        );
     }
-    assert_eq!(spread.get("real4"), None, "real4 is not configured yet: {spread:?}");
+    assert_eq!(
+        spread.get("real4"),
+        None,
+        "real4 is not configured yet: {spread:?}"
+    );
 
     // Add real4, remove real3.
     let real4 = format!("{}:{ECHO}", testbed::real4(4));
     let real3 = format!("{}:{ECHO}", testbed::real4(3));
-    lb.cli(&["real", "add", VIP, &real4]).unwrap_or_else(|e| panic!("real add: {e}"));
-    lb.cli(&["real", "del", VIP, &real3]).unwrap_or_else(|e| panic!("real del: {e}"));
+    lb.cli(&["real", "add", VIP, &real4])
+        .unwrap_or_else(|e| panic!("real add: {e}"));
+    lb.cli(&["real", "del", VIP, &real3])
+        .unwrap_or_else(|e| panic!("real del: {e}"));
     let list = lb.cli_json(&["vip", "list"]);
     let reals: Vec<&str> = list["vips"][0]["reals"]
         .as_array()
@@ -58,7 +67,10 @@ fn add_remove_and_drain_keep_untouched_connections() {
         .map(|r| r["real"].as_str().unwrap())
         .collect();
     assert_eq!(reals.len(), 3, "{list}");
-    assert!(reals.contains(&real4.as_str()) && !reals.contains(&real3.as_str()), "{reals:?}");
+    assert!(
+        reals.contains(&real4.as_str()) && !reals.contains(&real3.as_str()),
+        "{reals:?}"
+    );
 
     // Every connection to real1/real2 still works, on the same real.
     held = topo
@@ -83,13 +95,21 @@ fn add_remove_and_drain_keep_untouched_connections() {
     // New connections: real4 takes some, real3 none.
     let fresh = open_conns(&topo.client, vip_sa, 30);
     let fs = count(&fresh);
-    assert!(fs.get("real4").copied().unwrap_or(0) > 0, "real4 got no new connection: {fs:?}");
-    assert_eq!(fs.get("real3"), None, "removed real3 got new connections: {fs:?}");
+    assert!(
+        fs.get("real4").copied().unwrap_or(0) > 0,
+        "real4 got no new connection: {fs:?}"
+    );
+    assert_eq!(
+        fs.get("real3"),
+        None,
+        "removed real3 got new connections: {fs:?}"
+    );
     drop(fresh);
 
     // Drain real1: its connections keep working, new ones go elsewhere.
     let real1 = format!("{}:{ECHO}", testbed::real4(1));
-    lb.cli(&["real", "drain", VIP, &real1]).unwrap_or_else(|e| panic!("drain: {e}"));
+    lb.cli(&["real", "drain", VIP, &real1])
+        .unwrap_or_else(|e| panic!("drain: {e}"));
     let on_real1 = held.iter().filter(|c| c.real == "real1").count();
     assert!(on_real1 > 0);
     topo.client
@@ -107,7 +127,11 @@ fn add_remove_and_drain_keep_untouched_connections() {
         .unwrap_or_else(|e| panic!("drained real's connection broke: {e:#}\n{}", lb.log_text()));
     let fresh = open_conns(&topo.client, vip_sa, 30);
     let fs = count(&fresh);
-    assert_eq!(fs.get("real1"), None, "drained real1 got new connections: {fs:?}");
+    assert_eq!(
+        fs.get("real1"),
+        None,
+        "drained real1 got new connections: {fs:?}"
+    );
     let v = lb.cli_json(&["vip", "list"]);
     let r1 = v["vips"][0]["reals"]
         .as_array()
@@ -126,7 +150,10 @@ fn add_remove_and_drain_keep_untouched_connections() {
         .iter()
         .filter(|c| c["real"] == real1.as_str())
         .count();
-    assert!(to_real1 >= on_real1, "conntrack shows {to_real1} flows to real1, {on_real1} held: {conns}");
+    assert!(
+        to_real1 >= on_real1,
+        "conntrack shows {to_real1} flows to real1, {on_real1} held: {conns}"
+    );
 }
 
 #[test]
@@ -147,7 +174,10 @@ fn drain_timeout_ends_remaining_flows() {
     let lb = Lb::start(&topo, dir.path(), &cfg, &[]);
     let vip_sa = SocketAddr::new(testbed::VIP4.into(), ECHO);
     let mut held = open_conns(&topo.client, vip_sa, 12);
-    assert!(held.iter().any(|c| c.real == "real1"), "no connection to real1");
+    assert!(
+        held.iter().any(|c| c.real == "real1"),
+        "no connection to real1"
+    );
     let real1 = format!("{}:{ECHO}", testbed::real4(1));
     lb.cli(&["real", "drain", VIP, &real1]).unwrap();
     std::thread::sleep(std::time::Duration::from_secs(4));
@@ -160,7 +190,10 @@ fn drain_timeout_ends_remaining_flows() {
             for (i, c) in held.iter_mut().enumerate() {
                 let r = c.ping(&format!("late{i}"));
                 if c.real == "real1" {
-                    anyhow::ensure!(r.is_err(), "conn {i} to drained real1 still works after the drain timeout");
+                    anyhow::ensure!(
+                        r.is_err(),
+                        "conn {i} to drained real1 still works after the drain timeout"
+                    );
                 } else {
                     anyhow::ensure!(r.is_ok(), "conn {i} to real2 broke: {r:?}");
                 }

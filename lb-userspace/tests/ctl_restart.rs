@@ -68,7 +68,10 @@ fn a_transfer_survives_an_lb_restart() {
         CHUNK * CHUNKS,
         "the transfer was cut short across the restart\n{log}"
     );
-    assert!(gap < Duration::from_secs(1), "a gap of {gap:?} in the transfer");
+    assert!(
+        gap < Duration::from_secs(1),
+        "a gap of {gap:?} in the transfer"
+    );
     // New connections work with the new lb, counters kept counting.
     let (bytes2, _) = topo
         .client
@@ -86,7 +89,11 @@ fn a_transfer_survives_an_lb_restart() {
         .args(["cleanup", "--pin-path", pins.0.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("XDP detached"));
     assert!(!pins.0.exists(), "pin directory left behind");
     assert!(
@@ -105,7 +112,12 @@ fn run_cleanup_detaches_on_exit() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = header(&topo, dir.path()) + &vip(80, 8080, &[1], "");
     let pin_arg = pins.0.to_str().unwrap().to_string();
-    let mut lb = Lb::start(&topo, dir.path(), &cfg, &["--pin-path", &pin_arg, "--cleanup"]);
+    let mut lb = Lb::start(
+        &topo,
+        dir.path(),
+        &cfg,
+        &["--pin-path", &pin_arg, "--cleanup"],
+    );
     assert!(pins.0.join("link_l1").exists());
     lb.stop();
     assert!(!pins.0.exists(), "{}", lb.log_text());

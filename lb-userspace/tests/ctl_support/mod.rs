@@ -84,7 +84,10 @@ impl Lb {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("lb API did not come up\n--- lb log ---\n{}", self.log_text());
+        panic!(
+            "lb API did not come up\n--- lb log ---\n{}",
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -109,9 +112,12 @@ impl Lb {
     pub fn cli_json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.push("--json");
-        let out = self
-            .cli(&a)
-            .unwrap_or_else(|e| panic!("lb {args:?} failed: {e}\n--- lb log ---\n{}", self.log_text()));
+        let out = self.cli(&a).unwrap_or_else(|e| {
+            panic!(
+                "lb {args:?} failed: {e}\n--- lb log ---\n{}",
+                self.log_text()
+            )
+        });
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("lb {args:?}: not JSON ({e}): {out}"))
     }
 
@@ -294,7 +300,9 @@ impl Conn {
             .split_once(':')
             .ok_or_else(|| std::io::Error::other(format!("bad echo {line:?}")))?;
         if echoed != msg {
-            return Err(std::io::Error::other(format!("echo {echoed:?} for {msg:?}")));
+            return Err(std::io::Error::other(format!(
+                "echo {echoed:?} for {msg:?}"
+            )));
         }
         Ok(name.to_string())
     }
