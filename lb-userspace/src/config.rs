@@ -6,11 +6,21 @@
 //! the field (`vip[1].real[0].address`) and the reason. A config with any
 //! error is rejected whole; nothing from it is applied.
 
-use std::{collections::HashSet, fmt, net::IpAddr, path::Path, time::Duration};
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
-use crate::{dns::config::DnsConfig, proxy::config::L7Config};
+use crate::{
+    dns::config::DnsConfig,
+    health::{CheckKind, HealthCheck, HealthConfig},
+    proxy::config::L7Config,
+};
 
 /// Largest ring a VIP may have; also the stride of one ring in the data
 /// plane's ring array. 65537 is prime, so it is also the default size.
@@ -83,7 +93,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("`{s}` is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -130,6 +140,34 @@ pub struct Real {
     /// 0 for an all-ports VIP: the client's destination port is kept.
     pub port: u16,
     pub weight: u32,
+    /// The health check of this real: the VIP's `health` table with the
+    /// real's own `health` keys on top; kind `none` when neither exists.
+    pub check: HealthCheck,
+}
+
+/// Default time a drained real (weight 0) keeps its established flows.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What a VIP does when every real that should take traffic is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AllDown {
+    /// Keep the ring as it was before the last real went down (default):
+    /// traffic still flows, to the reals that were up last.
+    Keep,
+    /// Spread new flows over every real with a weight, as if all were up.
+    Open,
+    /// Empty ring: new flows are dropped (`drop_no_real`).
+    Drop,
+}
+
+impl AllDown {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllDown::Keep => "keep",
+            AllDown::Open => "open",
+            AllDown::Drop => "drop",
+        }
+    }
 }
 
 /// A validated VIP.
@@ -142,6 +180,11 @@ pub struct Vip {
     pub mode: Mode,
     pub ring_size: u32,
     pub reals: Vec<Real>,
+    /// How long a drained real keeps its established flows.
+    pub drain_timeout: Duration,
+    pub all_down: AllDown,
+    /// The VIP's `health` table as written (reals added later inherit it).
+    pub health: Option<HealthConfig>,
 }
 
 impl Vip {
@@ -171,6 +214,42 @@ pub struct Config {
     pub vips: Vec<Vip>,
     pub l7: Vec<L7Config>,
     pub dns: Option<DnsConfig>,
+    /// bpffs directory for pinned maps and links; `None`: nothing pinned.
+    pub pin_path: Option<PathBuf>,
+    pub api: ApiConfig,
+    /// Prometheus listener; `None`: no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Default path of the admin API socket.
+pub const DEFAULT_API_SOCKET: &str = "/run/lb/lb.sock";
+
+/// The admin API (`[api]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Unix socket path; `None` when disabled (`socket = ""`).
+    pub socket: Option<PathBuf>,
+    /// True when `socket` was set in the file (a busy default socket is
+    /// only a warning, a busy configured one an error).
+    pub socket_configured: bool,
+    /// Permission bits of the socket file (default 0600: root only).
+    pub socket_mode: u32,
+    /// Optional loopback TCP listener.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token the TCP listener requires (from `token_file`).
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            socket: Some(PathBuf::from(DEFAULT_API_SOCKET)),
+            socket_configured: false,
+            socket_mode: 0o600,
+            listen: None,
+            token: None,
+        }
+    }
 }
 
 impl Config {
@@ -213,33 +292,57 @@ struct RawConfig {
     #[serde(default)]
     l7: Vec<L7Config>,
     dns: Option<DnsConfig>,
+    pin_path: Option<String>,
+    api: Option<RawApi>,
+    metrics: Option<RawMetrics>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawVip {
-    address: String,
-    port: i64,
-    protocol: String,
+struct RawApi {
+    socket: Option<String>,
+    socket_mode: Option<String>,
+    listen: Option<String>,
+    token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+/// A `[[vip]]` table as written (also the body of the API's `vip add`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVip {
+    pub address: String,
+    pub port: i64,
+    pub protocol: String,
     #[serde(default = "default_mode")]
-    mode: String,
-    ring_size: Option<i64>,
+    pub mode: String,
+    pub ring_size: Option<i64>,
+    pub drain_timeout: Option<String>,
+    pub all_down: Option<String>,
+    pub health: Option<HealthConfig>,
     #[serde(default)]
-    real: Vec<RawReal>,
+    pub real: Vec<RawReal>,
 }
 
 fn default_mode() -> String {
     "nat".to_string()
 }
 
-#[derive(Debug, Deserialize)]
+/// A `[[vip.real]]` table as written (also the body of `real add`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawReal {
-    address: String,
+pub struct RawReal {
+    pub address: String,
     #[serde(default)]
-    port: i64,
+    pub port: i64,
     #[serde(default = "default_weight")]
-    weight: i64,
+    pub weight: i64,
+    pub health: Option<HealthConfig>,
 }
 
 fn default_weight() -> i64 {
@@ -250,12 +353,12 @@ pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3u32;
     while (d as u64) * (d as u64) <= n as u64 {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -315,6 +418,276 @@ fn parse_ip(field: &str, s: &str, errors: &mut Vec<ConfigError>) -> Option<IpAdd
     }
 }
 
+/// Validates one `[[vip]]` table; `p` is its field path (`vip[2]`).
+/// Cross-VIP checks (duplicates, totals) are the caller's.
+pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Option<Vip> {
+    let address = parse_ip(&format!("{p}.address"), &rv.address, errors);
+    let port = match u16::try_from(rv.port) {
+        Ok(port) => Some(port),
+        Err(_) => {
+            errors.push(ConfigError::new(
+                format!("{p}.port"),
+                format!("{} is not a port (0-65535; 0 = all ports)", rv.port),
+            ));
+            None
+        }
+    };
+    let protocol = match rv.protocol.to_ascii_lowercase().as_str() {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        other => {
+            errors.push(ConfigError::new(
+                format!("{p}.protocol"),
+                format!("`{other}` is not supported (tcp or udp)"),
+            ));
+            None
+        }
+    };
+    let mode = match rv.mode.to_ascii_lowercase().as_str() {
+        "nat" => Some(Mode::Nat),
+        other => {
+            errors.push(ConfigError::new(
+                format!("{p}.mode"),
+                format!("`{other}` is not supported (nat)"),
+            ));
+            None
+        }
+    };
+    let ring_size = match rv.ring_size {
+        None => Some(DEFAULT_RING_SIZE),
+        Some(n) if n < MIN_RING_SIZE as i64 || n > MAX_RING_SIZE as i64 => {
+            errors.push(ConfigError::new(
+                format!("{p}.ring_size"),
+                format!("{n} is outside {MIN_RING_SIZE}..={MAX_RING_SIZE}"),
+            ));
+            None
+        }
+        Some(n) if !is_prime(n as u32) => {
+            errors.push(ConfigError::new(
+                format!("{p}.ring_size"),
+                format!(
+                    "{n} is not prime (Maglev needs a prime ring size, e.g. 65537, 32771, 4099)"
+                ),
+            ));
+            None
+        }
+        Some(n) => Some(n as u32),
+    };
+    let drain_timeout = match &rv.drain_timeout {
+        None => Some(DEFAULT_DRAIN_TIMEOUT),
+        Some(s) => match parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(reason) => {
+                errors.push(ConfigError::new(format!("{p}.drain_timeout"), reason));
+                None
+            }
+        },
+    };
+    let all_down = match rv
+        .all_down
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("keep") => Some(AllDown::Keep),
+        Some("open") => Some(AllDown::Open),
+        Some("drop") => Some(AllDown::Drop),
+        Some(other) => {
+            errors.push(ConfigError::new(
+                format!("{p}.all_down"),
+                format!("`{other}` is not a policy (keep, open or drop)"),
+            ));
+            None
+        }
+    };
+    // The VIP's own health table must be valid on its own.
+    let vip_health_ok = match &rv.health {
+        Some(h) => h.to_check(&format!("{p}.health"), errors).is_some(),
+        None => true,
+    };
+
+    if rv.real.is_empty() {
+        errors.push(ConfigError::new(
+            format!("{p}.real"),
+            "a VIP needs at least one [[vip.real]]",
+        ));
+    }
+    let mut reals = Vec::new();
+    let mut seen_real = HashSet::new();
+    for (ri, rr) in rv.real.iter().enumerate() {
+        let rp = format!("{p}.real[{ri}]");
+        let health = if vip_health_ok { &rv.health } else { &None };
+        if let Some(real) = validate_real(&rp, rr, address, port, health, errors) {
+            if !seen_real.insert((real.address, real.port)) {
+                errors.push(ConfigError::new(
+                    rp.clone(),
+                    format!(
+                        "{} port {} is listed twice in this VIP",
+                        real.address, real.port
+                    ),
+                ));
+            }
+            reals.push(real);
+        }
+    }
+    if !rv.real.is_empty() && rv.real.iter().all(|r| r.weight == 0) {
+        errors.push(ConfigError::new(
+            format!("{p}.real"),
+            "every real has weight 0; at least one must take traffic",
+        ));
+    }
+    if let Some(rs) = ring_size {
+        if rv.real.len() as u64 > rs as u64 {
+            errors.push(ConfigError::new(
+                format!("{p}.ring_size"),
+                format!("{rs} slots cannot hold {} reals", rv.real.len()),
+            ));
+        }
+    }
+    Some(Vip {
+        address: address?,
+        port: port?,
+        protocol: protocol?,
+        mode: mode?,
+        ring_size: ring_size?,
+        reals,
+        drain_timeout: drain_timeout?,
+        all_down: all_down?,
+        health: if vip_health_ok {
+            rv.health.clone()
+        } else {
+            None
+        },
+    })
+}
+
+/// The VIP's health table with the real's keys on top. Keys that belong
+/// to one kind are only inherited when the real keeps the VIP's kind.
+pub fn merge_health(
+    vip: &Option<HealthConfig>,
+    real: &Option<HealthConfig>,
+) -> Option<HealthConfig> {
+    match (vip, real) {
+        (None, None) => None,
+        (Some(v), None) => Some(v.clone()),
+        (None, Some(r)) => Some(r.clone()),
+        (Some(v), Some(r)) => {
+            let kind_of =
+                |h: &HealthConfig| h.kind.as_deref().unwrap_or("tcp").to_ascii_lowercase();
+            let same_kind = r.kind.is_none() || kind_of(r) == kind_of(v);
+            let inherit = |rk: &Option<String>, vk: &Option<String>| {
+                rk.clone()
+                    .or_else(|| if same_kind { vk.clone() } else { None })
+            };
+            Some(HealthConfig {
+                kind: r.kind.clone().or_else(|| v.kind.clone()),
+                interval: r.interval.clone().or_else(|| v.interval.clone()),
+                timeout: r.timeout.clone().or_else(|| v.timeout.clone()),
+                rise: r.rise.or(v.rise),
+                fall: r.fall.or(v.fall),
+                port: r.port.or(v.port),
+                path: inherit(&r.path, &v.path),
+                host: inherit(&r.host, &v.host),
+                expect: inherit(&r.expect, &v.expect),
+                query: inherit(&r.query, &v.query),
+                qtype: inherit(&r.qtype, &v.qtype),
+            })
+        }
+    }
+}
+
+/// Validates one `[[vip.real]]` of a VIP whose address and port are
+/// `vip_addr`/`vip_port` (`None` when those were invalid); `vip_health` is
+/// the VIP's (already validated) health table.
+pub fn validate_real(
+    rp: &str,
+    rr: &RawReal,
+    vip_addr: Option<IpAddr>,
+    vip_port: Option<u16>,
+    vip_health: &Option<HealthConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Real> {
+    let raddr = parse_ip(&format!("{rp}.address"), &rr.address, errors);
+    if let (Some(v), Some(r)) = (vip_addr, raddr) {
+        if v.is_ipv4() != r.is_ipv4() {
+            errors.push(ConfigError::new(
+                format!("{rp}.address"),
+                format!(
+                    "{r} is {} but the VIP {v} is {} (NAT mode keeps the family)",
+                    if r.is_ipv4() { "IPv4" } else { "IPv6" },
+                    if v.is_ipv4() { "IPv4" } else { "IPv6" }
+                ),
+            ));
+        }
+    }
+    let rport = match (vip_port, u16::try_from(rr.port)) {
+        (_, Err(_)) => {
+            errors.push(ConfigError::new(
+                format!("{rp}.port"),
+                format!("{} is not a valid port", rr.port),
+            ));
+            None
+        }
+        (Some(0), Ok(0)) => Some(0),
+        (Some(0), Ok(n)) => {
+            errors.push(ConfigError::new(
+                format!("{rp}.port"),
+                format!("{n}: an all-ports VIP (port = 0) keeps the client's port; leave the real's port at 0"),
+            ));
+            None
+        }
+        (_, Ok(0)) => {
+            errors.push(ConfigError::new(
+                format!("{rp}.port"),
+                "0 is not a valid port",
+            ));
+            None
+        }
+        (_, Ok(n)) => Some(n),
+    };
+    let weight = match u32::try_from(rr.weight) {
+        Ok(w) if w <= lb_common::MAX_WEIGHT => Some(w),
+        _ => {
+            errors.push(ConfigError::new(
+                format!("{rp}.weight"),
+                format!("{} is outside 0..={}", rr.weight, lb_common::MAX_WEIGHT),
+            ));
+            None
+        }
+    };
+    let hp = format!("{rp}.health");
+    let real_health_ok = match &rr.health {
+        Some(h) => h.to_check(&hp, errors).is_some(),
+        None => true,
+    };
+    let check = if !real_health_ok {
+        None
+    } else {
+        match merge_health(vip_health, &rr.health) {
+            None => Some(HealthCheck::none()),
+            Some(h) => match h.to_check(&hp, errors) {
+                Some(c) if c.port.is_none() && rport == Some(0) && c.kind != CheckKind::None => {
+                    errors.push(ConfigError::new(
+                        format!("{hp}.port"),
+                        format!(
+                            "a `{}` check of a real of an all-ports VIP needs a port to probe",
+                            c.kind.name()
+                        ),
+                    ));
+                    None
+                }
+                other => other,
+            },
+        }
+    };
+    Some(Real {
+        address: raddr?,
+        port: rport?,
+        weight: weight?,
+        check: check?,
+    })
+}
+
 fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
 
@@ -359,170 +732,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mut total_reals = 0usize;
     for (vi, rv) in raw.vip.iter().enumerate() {
         let p = format!("vip[{vi}]");
-        let address = parse_ip(&format!("{p}.address"), &rv.address, &mut errors);
-        let port = match u16::try_from(rv.port) {
-            Ok(port) => Some(port),
-            Err(_) => {
-                errors.push(ConfigError::new(
-                    format!("{p}.port"),
-                    format!("{} is not a port (0-65535; 0 = all ports)", rv.port),
-                ));
-                None
-            }
-        };
-        let protocol = match rv.protocol.to_ascii_lowercase().as_str() {
-            "tcp" => Some(Protocol::Tcp),
-            "udp" => Some(Protocol::Udp),
-            other => {
-                errors.push(ConfigError::new(
-                    format!("{p}.protocol"),
-                    format!("`{other}` is not supported (tcp or udp)"),
-                ));
-                None
-            }
-        };
-        let mode = match rv.mode.to_ascii_lowercase().as_str() {
-            "nat" => Some(Mode::Nat),
-            other => {
-                errors.push(ConfigError::new(
-                    format!("{p}.mode"),
-                    format!("`{other}` is not supported (nat)"),
-                ));
-                None
-            }
-        };
-        let ring_size = match rv.ring_size {
-            None => Some(DEFAULT_RING_SIZE),
-            Some(n) if n < MIN_RING_SIZE as i64 || n > MAX_RING_SIZE as i64 => {
-                errors.push(ConfigError::new(
-                    format!("{p}.ring_size"),
-                    format!("{n} is outside {MIN_RING_SIZE}..={MAX_RING_SIZE}"),
-                ));
-                None
-            }
-            Some(n) if !is_prime(n as u32) => {
-                errors.push(ConfigError::new(
-                    format!("{p}.ring_size"),
-                    format!("{n} is not prime (Maglev needs a prime ring size, e.g. 65537, 32771, 4099)"),
-                ));
-                None
-            }
-            Some(n) => Some(n as u32),
-        };
-
-        if let (Some(a), Some(port), Some(proto)) = (address, port, protocol) {
-            if !seen_vip.insert((a, port, proto)) {
+        total_reals += rv.real.len();
+        if let Some(vip) = validate_vip(&p, rv, &mut errors) {
+            if !seen_vip.insert((vip.address, vip.port, vip.protocol)) {
                 errors.push(ConfigError::new(
                     p.clone(),
-                    format!("{} is defined twice", vip_key_string(a, port, proto)),
+                    format!("{} is defined twice", vip.key_string()),
                 ));
             }
-        }
-
-        if rv.real.is_empty() {
-            errors.push(ConfigError::new(
-                format!("{p}.real"),
-                "a VIP needs at least one [[vip.real]]",
-            ));
-        }
-        let mut reals = Vec::new();
-        let mut seen_real = HashSet::new();
-        let mut any_weight = false;
-        for (ri, rr) in rv.real.iter().enumerate() {
-            let rp = format!("{p}.real[{ri}]");
-            let raddr = parse_ip(&format!("{rp}.address"), &rr.address, &mut errors);
-            if let (Some(v), Some(r)) = (address, raddr) {
-                if v.is_ipv4() != r.is_ipv4() {
-                    errors.push(ConfigError::new(
-                        format!("{rp}.address"),
-                        format!(
-                            "{r} is {} but the VIP {v} is {} (NAT mode keeps the family)",
-                            if r.is_ipv4() { "IPv4" } else { "IPv6" },
-                            if v.is_ipv4() { "IPv4" } else { "IPv6" }
-                        ),
-                    ));
-                }
-            }
-            let rport = match (port, u16::try_from(rr.port)) {
-                (_, Err(_)) => {
-                    errors.push(ConfigError::new(
-                        format!("{rp}.port"),
-                        format!("{} is not a valid port", rr.port),
-                    ));
-                    None
-                }
-                (Some(0), Ok(0)) => Some(0),
-                (Some(0), Ok(n)) => {
-                    errors.push(ConfigError::new(
-                        format!("{rp}.port"),
-                        format!("{n}: an all-ports VIP (port = 0) keeps the client's port; leave the real's port at 0"),
-                    ));
-                    None
-                }
-                (_, Ok(0)) => {
-                    errors.push(ConfigError::new(
-                        format!("{rp}.port"),
-                        "0 is not a valid port",
-                    ));
-                    None
-                }
-                (_, Ok(n)) => Some(n),
-            };
-            let weight = match u32::try_from(rr.weight) {
-                Ok(w) if w <= lb_common::MAX_WEIGHT => {
-                    any_weight |= w > 0;
-                    Some(w)
-                }
-                _ => {
-                    errors.push(ConfigError::new(
-                        format!("{rp}.weight"),
-                        format!("{} is outside 0..={}", rr.weight, lb_common::MAX_WEIGHT),
-                    ));
-                    None
-                }
-            };
-            if let (Some(a), Some(port)) = (raddr, rport) {
-                if !seen_real.insert((a, port)) {
-                    errors.push(ConfigError::new(
-                        rp.clone(),
-                        format!("{a} port {port} is listed twice in this VIP"),
-                    ));
-                }
-            }
-            if let (Some(address), Some(port), Some(weight)) = (raddr, rport, weight) {
-                reals.push(Real {
-                    address,
-                    port,
-                    weight,
-                });
-            }
-        }
-        if !rv.real.is_empty() && !any_weight {
-            errors.push(ConfigError::new(
-                format!("{p}.real"),
-                "every real has weight 0; at least one must take traffic",
-            ));
-        }
-        if let Some(rs) = ring_size {
-            if rv.real.len() as u64 > rs as u64 {
-                errors.push(ConfigError::new(
-                    format!("{p}.ring_size"),
-                    format!("{rs} slots cannot hold {} reals", rv.real.len()),
-                ));
-            }
-        }
-        total_reals += rv.real.len();
-        if let (Some(address), Some(port), Some(protocol), Some(mode), Some(ring_size)) =
-            (address, port, protocol, mode, ring_size)
-        {
-            vips.push(Vip {
-                address,
-                port,
-                protocol,
-                mode,
-                ring_size,
-                reals,
-            });
+            vips.push(vip);
         }
     }
     if total_reals > lb_common::MAX_REALS as usize - 1 {
@@ -542,6 +760,34 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         dns.validate("dns", &mut errors);
     }
 
+    let pin_path = match raw.pin_path.as_deref() {
+        None | Some("") => None,
+        Some(s) if !s.starts_with('/') => {
+            errors.push(ConfigError::new(
+                "pin_path",
+                format!(
+                    "`{s}` is not an absolute path (use a directory on bpffs, e.g. /sys/fs/bpf/lb)"
+                ),
+            ));
+            None
+        }
+        Some(s) => Some(PathBuf::from(s)),
+    };
+    let api = validate_api(raw.api.as_ref(), &mut errors);
+    let metrics_listen = match raw.metrics.as_ref().and_then(|m| m.listen.as_deref()) {
+        None | Some("") => None,
+        Some(s) => match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(ConfigError::new(
+                    "metrics.listen",
+                    format!("`{s}` is not an address:port (e.g. 127.0.0.1:9180)"),
+                ));
+                None
+            }
+        },
+    };
+
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -551,5 +797,157 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         vips,
         l7: raw.l7,
         dns: raw.dns,
+        pin_path,
+        api,
+        metrics_listen,
     })
+}
+
+fn validate_api(raw: Option<&RawApi>, errors: &mut Vec<ConfigError>) -> ApiConfig {
+    let mut api = ApiConfig::default();
+    let Some(raw) = raw else {
+        return api;
+    };
+    match raw.socket.as_deref() {
+        None => {}
+        Some("") => {
+            api.socket = None;
+            api.socket_configured = true;
+        }
+        Some(s) if !s.starts_with('/') => errors.push(ConfigError::new(
+            "api.socket",
+            format!("`{s}` is not an absolute path"),
+        )),
+        Some(s) => {
+            api.socket = Some(PathBuf::from(s));
+            api.socket_configured = true;
+        }
+    }
+    if let Some(m) = &raw.socket_mode {
+        match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(v) if v <= 0o777 => api.socket_mode = v,
+            _ => errors.push(ConfigError::new(
+                "api.socket_mode",
+                format!("`{m}` is not an octal file mode (e.g. \"0600\", \"0660\")"),
+            )),
+        }
+    }
+    if let Some(l) = raw.listen.as_deref().filter(|l| !l.is_empty()) {
+        match l.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => api.listen = Some(a),
+            Ok(a) => errors.push(ConfigError::new(
+                "api.listen",
+                format!("{} is not a loopback address (the admin API only listens on 127.0.0.0/8 or ::1)", a.ip()),
+            )),
+            Err(_) => errors.push(ConfigError::new(
+                "api.listen",
+                format!("`{l}` is not an address:port (e.g. 127.0.0.1:9181)"),
+            )),
+        }
+        match raw.token_file.as_deref() {
+            None => errors.push(ConfigError::new(
+                "api.token_file",
+                "required with api.listen: the TCP listener needs a bearer token",
+            )),
+            Some(f) => match std::fs::read_to_string(f) {
+                Ok(t) if t.trim().len() >= 16 => api.token = Some(t.trim().to_string()),
+                Ok(_) => errors.push(ConfigError::new(
+                    "api.token_file",
+                    format!("{f}: the token must be at least 16 characters"),
+                )),
+                Err(e) => errors.push(ConfigError::new(
+                    "api.token_file",
+                    format!("{f}: cannot read: {e}"),
+                )),
+            },
+        }
+    } else if raw.token_file.is_some() {
+        errors.push(ConfigError::new(
+            "api.token_file",
+            "only used with api.listen (the Unix socket is protected by its file mode)",
+        ));
+    }
+    api
+}
+
+#[cfg(test)]
+mod ctl_tests {
+    use super::*;
+
+    const BASE: &str = "[[vip]]\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n";
+
+    fn fields(text: &str) -> Vec<String> {
+        Config::parse(text)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn health_is_merged_per_real() {
+        let c = Config::parse(&format!(
+            "{BASE}drain_timeout = \"30s\"\nall_down = \"drop\"\n[vip.health]\nkind = \"http\"\npath = \"/h\"\ninterval = \"1s\"\n\
+             [[vip.real]]\naddress = \"198.18.11.2\"\nport = 8080\n\
+             [[vip.real]]\naddress = \"198.18.12.2\"\nport = 8080\n[vip.real.health]\nkind = \"tcp\"\nfall = 5\n"
+        ))
+        .unwrap();
+        let v = &c.vips[0];
+        assert_eq!(v.drain_timeout, Duration::from_secs(30));
+        assert_eq!(v.all_down, AllDown::Drop);
+        assert_eq!(v.reals[0].check.kind.name(), "http");
+        assert_eq!(v.reals[0].check.interval, Duration::from_secs(1));
+        // The second real switches kind: it keeps the interval, not the path.
+        assert_eq!(v.reals[1].check.kind, CheckKind::Tcp);
+        assert_eq!(v.reals[1].check.interval, Duration::from_secs(1));
+        assert_eq!(v.reals[1].check.fall, 5);
+    }
+
+    #[test]
+    fn no_health_table_means_unchecked() {
+        let c = Config::parse(&format!(
+            "{BASE}[[vip.real]]\naddress = \"198.18.11.2\"\nport = 8080\n"
+        ))
+        .unwrap();
+        assert_eq!(c.vips[0].reals[0].check.kind, CheckKind::None);
+        assert_eq!(c.vips[0].all_down, AllDown::Keep);
+        assert_eq!(c.vips[0].drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(c.api.socket.as_deref(), Some(Path::new(DEFAULT_API_SOCKET)));
+        assert_eq!(c.pin_path, None);
+    }
+
+    #[test]
+    fn new_keys_name_their_field() {
+        assert_eq!(
+            fields(&format!(
+                "{BASE}all_down = \"panic\"\ndrain_timeout = \"soon\"\n[vip.health]\nkind = \"icmp\"\n[[vip.real]]\naddress = \"198.18.11.2\"\nport = 8080\n[vip.real.health]\nrise = 0\n"
+            )),
+            [
+                "vip[0].drain_timeout",
+                "vip[0].all_down",
+                "vip[0].health.kind",
+                "vip[0].real[0].health.rise"
+            ]
+        );
+        assert_eq!(
+            fields(&format!(
+                "pin_path = \"rel/dir\"\n[api]\nlisten = \"198.18.0.1:9000\"\nsocket_mode = \"9\"\n[metrics]\nlisten = \"nope\"\n{BASE}[[vip.real]]\naddress = \"198.18.11.2\"\nport = 8080\n"
+            )),
+            [
+                "pin_path",
+                "api.socket_mode",
+                "api.listen",
+                "api.token_file",
+                "metrics.listen"
+            ]
+        );
+        // An all-ports VIP's real cannot be probed without a port.
+        assert_eq!(
+            fields(
+                "[[vip]]\naddress = \"198.18.100.1\"\nport = 0\nprotocol = \"tcp\"\n[vip.health]\nkind = \"tcp\"\n[[vip.real]]\naddress = \"198.18.11.2\"\n"
+            ),
+            ["vip[0].real[0].health.port"]
+        );
+    }
 }

@@ -3,17 +3,25 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use log::{error, info, warn};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, Mutex},
+};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
+    api::{self, ApiState, ReloadRequest},
     config::Config,
-    dataplane::{Dataplane, LoadOptions, Snapshot},
+    control::Control,
+    dataplane::{cleanup_pinned, Dataplane, LoadOptions, Snapshot},
     dns::DnsServer,
+    health::Monitor,
     proxy::L7Server,
 };
 
@@ -23,7 +31,11 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// Overrides the config's `interfaces` when not empty.
     pub interfaces: Vec<String>,
+    /// `load.pin_path` overrides the config's `pin_path` when set.
     pub load: LoadOptions,
+    /// On exit, detach and remove the pinned state instead of leaving the
+    /// program attached for the next `lb`.
+    pub cleanup: bool,
 }
 
 /// One line per VIP with its reals and the global drop/pass counters that
@@ -65,6 +77,69 @@ fn load_config(path: &Path) -> Result<Config> {
     Config::load(path).map_err(|e| anyhow!("{}: invalid config:\n{e}", path.display()))
 }
 
+/// Reloads the config file: validated first, then L7 and DNS, then the L4
+/// diff. An invalid file changes nothing; the error says why.
+async fn reload(
+    ctl: &Mutex<Control>,
+    l7: Option<&L7Server>,
+    dns: Option<&DnsServer>,
+    path: &Path,
+) -> Result<(), String> {
+    let new = match load_config(path) {
+        Ok(c) => c,
+        Err(e) => {
+            ctl.lock().await.reloads_failed += 1;
+            let msg = format!("{e:#}");
+            error!("reload refused, running config unchanged: {msg}");
+            return Err(msg);
+        }
+    };
+    let mut ctl = ctl.lock().await;
+    if ctl.dp.is_none() && !new.vips.is_empty() {
+        ctl.reloads_failed += 1;
+        let msg =
+            "the new config has VIPs but no L4 data plane is running (restart lb to start one)"
+                .to_string();
+        error!("reload refused: {msg}");
+        return Err(msg);
+    }
+    for (what, changed) in [
+        ("interfaces", new.interfaces != ctl.config.interfaces),
+        ("pin_path", new.pin_path != ctl.config.pin_path),
+        ("api", new.api != ctl.config.api),
+        ("metrics", new.metrics_listen != ctl.config.metrics_listen),
+    ] {
+        if changed {
+            warn!("reload: `{what}` changed; it takes effect at the next start");
+        }
+    }
+    let mut failed = Vec::new();
+    if let Some(l7) = l7 {
+        if let Err(e) = l7.reload(&new.l7).await {
+            failed.push(format!("L7: {e:#}"));
+        }
+    }
+    if let (Some(d), Some(nd)) = (dns, &new.dns) {
+        if let Err(e) = d.reload(nd).await {
+            failed.push(format!("DNS: {e:#}"));
+        }
+    }
+    if let Err(e) = ctl.set_vips(new.vips.clone()) {
+        failed.push(format!("L4: data plane update failed, L4 unchanged: {e:#}"));
+    }
+    if failed.is_empty() {
+        ctl.config = new;
+        ctl.reloads_ok += 1;
+        info!("reload: applied {}", path.display());
+        Ok(())
+    } else {
+        ctl.reloads_failed += 1;
+        let msg = failed.join("; ");
+        error!("reload: {msg}");
+        Err(msg)
+    }
+}
+
 /// Runs until a termination signal.
 pub async fn run(opts: RunOptions) -> Result<()> {
     let cfg = load_config(&opts.config)?;
@@ -76,23 +151,37 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     for i in &interfaces {
         crate::dataplane::ifindex(i)?;
     }
+    let mut load = opts.load.clone();
+    if load.pin_path.is_none() {
+        load.pin_path = cfg.pin_path.clone();
+    }
 
-    let mut dp = if !cfg.vips.is_empty() || !interfaces.is_empty() {
+    let dp = if !cfg.vips.is_empty() || !interfaces.is_empty() {
         if interfaces.is_empty() {
             return Err(anyhow!(
                 "the config has VIPs but no interfaces: set `interfaces` or pass --iface"
             ));
         }
-        let mut dp = Dataplane::load(&opts.load)?;
-        dp.apply(&cfg.vips).context("filling the XDP maps")?;
-        dp.resolve_neighbours();
-        for i in &interfaces {
-            dp.attach(i)?;
-        }
-        Some(dp)
+        Some(Dataplane::load(&load)?)
     } else {
         None
     };
+    let monitor = Monitor::new();
+    // Subscribed before the first target exists, so no change is missed.
+    let mut changes = monitor.subscribe();
+    let mut control = Control::new(cfg.clone(), dp, monitor.clone())
+        .map_err(|e| anyhow!("filling the XDP maps: {e:#}"))?;
+    if let Some(dp) = control.dp.as_mut() {
+        // Maps first, then the program: a swapped-in program finds the
+        // state it expects.
+        for i in &interfaces {
+            dp.attach(i)?;
+        }
+        if let Some(dir) = load.pin_path.as_ref() {
+            detach_stale_links(dir, &interfaces);
+        }
+    }
+    let ctl = Arc::new(Mutex::new(control));
 
     let l7 = if cfg.l7.is_empty() {
         None
@@ -103,6 +192,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         Some(d) => Some(DnsServer::start(d).await?),
         None => None,
     };
+
+    let stop = CancellationToken::new();
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let state = Arc::new(ApiState {
+        ctl: ctl.clone(),
+        reload: reload_tx,
+        config_path: opts.config.clone(),
+    });
+    let socket = api::start(&cfg.api, state, stop.clone())?;
+    if let Some(addr) = cfg.metrics_listen {
+        api::serve_metrics(addr, ctl.clone(), stop.clone()).await?;
+    }
     info!(
         "running: {} VIPs on [{}], {} L7 listeners, dns {}",
         cfg.vips.len(),
@@ -117,6 +218,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut stats_tick = tokio::time::interval(cfg.stats_interval);
     let mut log_tick = tokio::time::interval(Duration::from_millis(200));
     let mut neigh_tick = tokio::time::interval(Duration::from_secs(30));
+    let mut drain_tick = tokio::time::interval(Duration::from_secs(1));
     neigh_tick.tick().await;
     let mut prev = Snapshot::default();
     let mut prev_at = Instant::now();
@@ -126,63 +228,56 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading {}", opts.config.display());
-                match load_config(&opts.config) {
-                    Err(e) => error!("reload refused, running config unchanged: {e:#}"),
-                    Ok(new) => {
-                        let mut ok = true;
-                        if let Some(dp) = dp.as_mut() {
-                            if let Err(e) = dp.apply(&new.vips) {
-                                error!("reload: data plane update failed: {e:#}");
-                                ok = false;
-                            } else {
-                                dp.resolve_neighbours();
-                            }
-                        } else if !new.vips.is_empty() {
-                            warn!("reload: VIPs added but no data plane is running (restart lb to start one)");
-                        }
-                        if let Some(l7) = &l7 {
-                            if let Err(e) = l7.reload(&new.l7).await {
-                                error!("reload: L7: {e:#}");
-                                ok = false;
-                            }
-                        }
-                        if let (Some(d), Some(nd)) = (&dns, &new.dns) {
-                            if let Err(e) = d.reload(nd).await {
-                                error!("reload: DNS: {e:#}");
-                                ok = false;
-                            }
-                        }
-                        if ok {
-                            info!("reload: applied");
-                        }
-                    }
+                let _ = reload(&ctl, l7.as_ref(), dns.as_ref(), &opts.config).await;
+            }
+            Some(reply) = reload_rx.recv() => {
+                info!("API: reloading {}", opts.config.display());
+                let r = reload(&ctl, l7.as_ref(), dns.as_ref(), &opts.config).await;
+                let _ = reply.send(r);
+            }
+            r = changes.recv() => {
+                // Any health change (or a lagged receiver): rebuild rings.
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r {
+                    continue;
+                }
+                if let Err(e) = ctl.lock().await.refresh() {
+                    error!("applying a health change: {e:#}");
                 }
             }
+            _ = drain_tick.tick() => {
+                ctl.lock().await.tick();
+            }
             _ = stats_tick.tick() => {
-                if let Some(dp) = &dp {
+                let mut c = ctl.lock().await;
+                if let Some(dp) = &c.dp {
                     match dp.snapshot() {
                         Ok(now) => {
                             for line in format_stats(&prev, &now, prev_at.elapsed()) {
                                 info!("{line}");
                             }
-                            prev = now;
+                            prev = now.clone();
                             prev_at = Instant::now();
+                            c.prev = Some((now, prev_at));
                         }
                         Err(e) => warn!("reading counters: {e:#}"),
                     }
                 }
             }
             _ = log_tick.tick() => {
-                if let Some(dp) = dp.as_mut() {
+                if let Some(dp) = ctl.lock().await.dp.as_mut() {
                     dp.flush_log();
                 }
             }
             _ = neigh_tick.tick() => {
-                if let Some(dp) = &dp {
+                if let Some(dp) = &ctl.lock().await.dp {
                     dp.resolve_neighbours();
                 }
             }
         }
+    }
+    stop.cancel();
+    if let Some(path) = &socket {
+        let _ = std::fs::remove_file(path);
     }
     if let Some(l7) = l7 {
         l7.shutdown().await;
@@ -190,14 +285,55 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(d) = dns {
         d.shutdown().await;
     }
+    let dp = ctl.lock().await.dp.take();
     if let Some(dp) = dp {
         if let Ok(now) = dp.snapshot() {
             for line in format_stats(&prev, &now, prev_at.elapsed()) {
                 info!("{line}");
             }
         }
+        let pinned = dp.pin_path().map(Path::to_path_buf);
         drop(dp);
-        info!("XDP detached");
+        match pinned {
+            Some(dir) if opts.cleanup => {
+                let removed = cleanup_pinned(&dir)?;
+                info!(
+                    "XDP detached; pinned state removed from {} ({} entries)",
+                    dir.display(),
+                    removed.len()
+                );
+            }
+            Some(dir) => info!(
+                "XDP stays attached with its state pinned in {}; the next `lb run` takes over, `lb cleanup` detaches",
+                dir.display()
+            ),
+            None => info!("XDP detached"),
+        }
     }
     Ok(())
+}
+
+/// Pinned links of interfaces no longer configured: unpin (detach).
+fn detach_stale_links(dir: &Path, interfaces: &[String]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(iface) = name.strip_prefix("link_") {
+            if !interfaces.iter().any(|i| i == iface) {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => {
+                        info!("{iface}: no longer configured; pinned XDP link removed (detached)")
+                    }
+                    Err(err) => warn!("{}: {err}", e.path().display()),
+                }
+            }
+        }
+    }
+}
+
+/// `lb cleanup`: detaches and removes the state pinned in `dir`.
+pub fn cleanup(dir: &Path) -> Result<Vec<String>> {
+    cleanup_pinned(dir)
 }

@@ -8,19 +8,24 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    stat, Counters, RealDef, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_REALS, MAX_VIPS,
-    REAL_F_VALID, RING_STRIDE, VIP_F_ADDR_ONLY,
+    stat, Counters, CtValue, FlowKey, RealDef, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_REALS,
+    MAX_VIPS, REAL_F_VALID, RING_STRIDE, VIP_F_ADDR_ONLY,
 };
 use log::{info, warn};
 
@@ -66,6 +71,11 @@ pub struct LoadOptions {
     /// 5 trace). Debug (4) reports malformed packets; the default, info (3),
     /// logs nothing per packet.
     pub log_level: u8,
+    /// bpffs directory for pinned maps and links. With a pin path, the
+    /// state outlives the process: a new `lb` reuses the maps (conntrack
+    /// included) and swaps its program into the pinned links, so traffic
+    /// never stops. `None`: nothing pinned, detached on drop.
+    pub pin_path: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -73,15 +83,51 @@ impl Default for LoadOptions {
         LoadOptions {
             conntrack_size: lb_common::CONNTRACK_SIZE,
             log_level: 3,
+            pin_path: None,
         }
     }
 }
 
+/// The maps that hold the balancer's state; these are pinned.
+pub const PINNED_MAPS: [&str; 9] = [
+    "VIPS",
+    "RINGS",
+    "REALS",
+    "CONNTRACK",
+    "REVERSE",
+    "VIP_STATS",
+    "REAL_STATS",
+    "GLOBAL_STATS",
+    "TX_PORTS",
+];
+
 /// How a program ended up attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Driver,
     Generic,
+    /// Our program was swapped into a link pinned by an earlier `lb`.
+    Reattached,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Driver => "driver",
+            AttachMode::Generic => "generic",
+            AttachMode::Reattached => "reattached",
+        }
+    }
+}
+
+/// One conntrack entry, for `lb conns`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Conn {
+    pub protocol: &'static str,
+    pub client: String,
+    pub vip: String,
+    pub real: String,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +176,11 @@ pub struct Dataplane {
     reals: HashMap<(IpAddr, u16), u32>,
     next_real: u32,
     applied: Vec<Vip>,
+    /// Addresses with a VIP address marker in the map.
+    markers: HashSet<IpAddr>,
+    pin_path: Option<PathBuf>,
+    /// VIPs and reals found in pinned maps at load.
+    restored: (usize, usize),
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -155,10 +206,25 @@ impl Dataplane {
         if XDP_OBJECT.is_empty() {
             bail!("this lb binary was built without its XDP object (AYA_BUILD_SKIP was set)");
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("CONNTRACK", opts.conntrack_size)
             .map_max_entries("REVERSE", opts.conntrack_size)
-            .override_global("AYA_LOG_LEVEL", &opts.log_level, false)
+            .override_global("AYA_LOG_LEVEL", &opts.log_level, false);
+        let pin_paths: Vec<(&str, PathBuf)> = match &opts.pin_path {
+            Some(dir) => {
+                prepare_pin_dir(dir)?;
+                PINNED_MAPS
+                    .iter()
+                    .map(|n| (*n, dir.join(format!("map_{n}"))))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .load(XDP_OBJECT)
             .map_err(|e| anyhow!("cannot load the XDP object: {}", explain(&e)))?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -177,7 +243,7 @@ impl Dataplane {
                 anyhow!("the kernel rejected XDP program `{name}`: {}", explain(&e))
             })?;
         }
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             ebpf,
             logger,
             attached: Vec::new(),
@@ -185,7 +251,85 @@ impl Dataplane {
             reals: HashMap::new(),
             next_real: 1,
             applied: Vec::new(),
-        })
+            markers: HashSet::new(),
+            pin_path: opts.pin_path.clone(),
+            restored: (0, 0),
+        };
+        if dp.pin_path.is_some() {
+            dp.restore().context("reading the pinned maps")?;
+        }
+        Ok(dp)
+    }
+
+    /// Rebuilds the bookkeeping (VIP indexes, live ring slots, real ids)
+    /// from maps an earlier `lb` left pinned, so that the next `apply` is a
+    /// diff against what the data path is really doing and conntrack
+    /// entries keep pointing at the same real ids.
+    fn restore(&mut self) -> Result<()> {
+        let vips: BpfHashMap<&MapData, VipKey, VipMeta> = self
+            .ebpf
+            .map("VIPS")
+            .ok_or_else(|| anyhow!("no VIPS"))?
+            .try_into()?;
+        for item in vips.iter() {
+            let (k, meta) = item?;
+            let address = key_addr(&k.addr, k.family);
+            if meta.flags & VIP_F_ADDR_ONLY != 0 {
+                self.markers.insert(address);
+                continue;
+            }
+            let protocol = match k.proto {
+                6 => Protocol::Tcp,
+                17 => Protocol::Udp,
+                _ => continue,
+            };
+            self.vips.insert(
+                (address, u16::from_be(k.port), protocol),
+                VipState {
+                    index: meta.vip_index,
+                    live_slot: meta.ring_slot.saturating_sub(meta.vip_index * 2),
+                    // Unknown: the next apply rewrites the spare slot and
+                    // swaps, which is harmless when the ring is the same.
+                    ring: Vec::new(),
+                    ring_size: meta.ring_size,
+                },
+            );
+        }
+        let reals: Array<&MapData, RealDef> = self
+            .ebpf
+            .map("REALS")
+            .ok_or_else(|| anyhow!("no REALS"))?
+            .try_into()?;
+        for id in 1..MAX_REALS {
+            let r = reals.get(&id, 0)?;
+            if r.flags & REAL_F_VALID != 0 {
+                self.reals
+                    .insert((key_addr(&r.addr, r.family), u16::from_be(r.port)), id);
+                self.next_real = self.next_real.max(id + 1) % MAX_REALS;
+            }
+        }
+        if self.next_real == 0 {
+            self.next_real = 1;
+        }
+        self.restored = (self.vips.len(), self.reals.len());
+        if !self.vips.is_empty() {
+            info!(
+                "pinned state found: {} VIPs, {} reals; conntrack kept",
+                self.vips.len(),
+                self.reals.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// VIPs and reals found in pinned maps at load (0, 0 on a fresh start).
+    pub fn restored(&self) -> (usize, usize) {
+        self.restored
+    }
+
+    /// The bpffs directory, when pinning.
+    pub fn pin_path(&self) -> Option<&Path> {
+        self.pin_path.as_deref()
     }
 
     /// The underlying object, for test-run and benchmarks.
@@ -204,28 +348,75 @@ impl Dataplane {
 
     /// Attaches `lb_xdp` to `iface`: driver mode, else generic with a warning.
     /// The interface also becomes a redirect target.
+    ///
+    /// With a pin path, a link an earlier `lb` pinned for `iface` gets our
+    /// program atomically (no packet sees no program); otherwise the new
+    /// link is pinned so it outlives this process.
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode> {
         let ifindex = ifindex(iface)?;
+        let link_pin = self
+            .pin_path
+            .as_ref()
+            .map(|d| d.join(format!("link_{iface}")));
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(PROGRAM)
             .ok_or_else(|| anyhow!("no program `{PROGRAM}`"))?
             .try_into()?;
-        let mode = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-            Ok(_) => AttachMode::Driver,
+        if let Some(path) = link_pin.as_ref().filter(|p| p.exists()) {
+            match PinnedLink::from_pin(path) {
+                Ok(pinned) => {
+                    let fd: FdLink = pinned.into();
+                    let link = XdpLink::try_from(fd)
+                        .map_err(|e| anyhow!("{}: not an XDP link: {e}", path.display()))?;
+                    prog.attach_to_link(link).map_err(|e| {
+                        anyhow!(
+                            "cannot swap the program into {}: {}",
+                            path.display(),
+                            explain(&e)
+                        )
+                    })?;
+                    let mut tx: DevMapHash<&mut MapData> =
+                        map(&mut self.ebpf, "TX_PORTS")?.try_into()?;
+                    tx.insert(ifindex, ifindex, None, 0)
+                        .map_err(|e| anyhow!("cannot add {iface} to TX_PORTS: {e}"))?;
+                    info!("{iface}: XDP program replaced in the pinned link (no detach)");
+                    self.attached
+                        .push((iface.to_string(), ifindex, AttachMode::Reattached));
+                    return Ok(AttachMode::Reattached);
+                }
+                Err(e) => {
+                    warn!(
+                        "{}: stale pinned link ({e}); attaching afresh",
+                        path.display()
+                    );
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let (mode, link_id) = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(id) => (AttachMode::Driver, id),
             Err(e) => {
                 let driver_err = explain(&e);
                 match prog.attach_to_if_index(ifindex, XdpMode::Skb) {
-                    Ok(_) => {
+                    Ok(id) => {
                         warn!(
                             "{iface}: the driver has no native XDP ({driver_err}); attached in generic (skb) mode, which is much slower"
                         );
-                        AttachMode::Generic
+                        (AttachMode::Generic, id)
                     }
                     Err(e) => bail!("cannot attach XDP to {iface}: {}", explain(&e)),
                 }
             }
         };
+        if let Some(path) = &link_pin {
+            let link = prog.take_link(link_id)?;
+            let fd = FdLink::try_from(link).map_err(|e| {
+                anyhow!("{iface}: the kernel attached XDP without a BPF link, which cannot be pinned: {e}")
+            })?;
+            fd.pin(path)
+                .map_err(|e| anyhow!("cannot pin the XDP link at {}: {e}", path.display()))?;
+        }
         let mut tx: DevMapHash<&mut MapData> = map(&mut self.ebpf, "TX_PORTS")?.try_into()?;
         tx.insert(ifindex, ifindex, None, 0)
             .map_err(|e| anyhow!("cannot add {iface} to TX_PORTS: {e}"))?;
@@ -234,6 +425,7 @@ impl Dataplane {
             match mode {
                 AttachMode::Driver => "driver mode",
                 AttachMode::Generic => "generic mode",
+                AttachMode::Reattached => "pinned link",
             }
         );
         self.attached.push((iface.to_string(), ifindex, mode));
@@ -311,6 +503,8 @@ impl Dataplane {
         }
         for (k, id) in &new_reals {
             self.reals.insert(*k, *id);
+            // A fresh id starts its counters at zero.
+            self.zero_counters("REAL_STATS", *id)?;
         }
 
         // VIP indexes.
@@ -357,13 +551,14 @@ impl Dataplane {
                 .collect();
             let (index, slot) = match self.vips.get(&key) {
                 Some(s) if s.ring == ring && s.ring_size == vip.ring_size => continue,
-                Some(s) => (s.index, 1 - s.live_slot),
-                None => (
-                    free_idx
+                Some(s) => (s.index, 1 - s.live_slot.min(1)),
+                None => {
+                    let index = free_idx
                         .next()
-                        .ok_or_else(|| anyhow!("no free VIP index"))?,
-                    0,
-                ),
+                        .ok_or_else(|| anyhow!("no free VIP index"))?;
+                    self.zero_counters("VIP_STATS", index)?;
+                    (index, 0)
+                }
             };
             {
                 let mut rings: Array<&mut MapData, u32> =
@@ -396,7 +591,7 @@ impl Dataplane {
         // Address markers: one per VIP address.
         {
             let addrs: HashSet<IpAddr> = vips.iter().map(|v| v.address).collect();
-            let old: HashSet<IpAddr> = self.applied.iter().map(|v| v.address).collect();
+            let old = std::mem::take(&mut self.markers);
             let mut m: BpfHashMap<&mut MapData, VipKey, VipMeta> =
                 map(&mut self.ebpf, "VIPS")?.try_into()?;
             for a in &addrs {
@@ -425,6 +620,7 @@ impl Dataplane {
                     family,
                 });
             }
+            self.markers = addrs;
         }
 
         // Reals no VIP uses any more: invalidate, so their conntrack entries
@@ -439,6 +635,90 @@ impl Dataplane {
         }
         self.applied = vips.to_vec();
         Ok(())
+    }
+
+    fn zero_counters(&mut self, map_name: &str, index: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        let mut m: PerCpuArray<&mut MapData, Counters> =
+            map(&mut self.ebpf, map_name)?.try_into()?;
+        m.set(
+            index,
+            PerCpuValues::try_from(vec![Counters::default(); cpus])?,
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// The stats index of a VIP.
+    pub fn vip_index(&self, address: IpAddr, port: u16, protocol: Protocol) -> Option<u32> {
+        self.vips.get(&(address, port, protocol)).map(|s| s.index)
+    }
+
+    /// Deletes the conntrack entries of flows of one VIP that are pinned to
+    /// one real (the end of a drain): their next packet takes a real from
+    /// the ring. Returns how many were deleted.
+    pub fn flush_conntrack(&mut self, vip_index: u32, real_id: u32) -> Result<usize> {
+        let mut ct: BpfHashMap<&mut MapData, FlowKey, CtValue> =
+            map(&mut self.ebpf, "CONNTRACK")?.try_into()?;
+        let doomed: Vec<FlowKey> = ct
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, v)| v.vip_index == vip_index && v.real_id == real_id)
+            .map(|(k, _)| k)
+            .collect();
+        let mut n = 0;
+        for k in &doomed {
+            if ct.remove(k).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Up to `limit` conntrack entries, optionally of one VIP only.
+    pub fn conns(&self, vip: Option<(IpAddr, u16, Protocol)>, limit: usize) -> Result<Vec<Conn>> {
+        let ct: BpfHashMap<&MapData, FlowKey, CtValue> = self
+            .ebpf
+            .map("CONNTRACK")
+            .ok_or_else(|| anyhow!("no CONNTRACK"))?
+            .try_into()?;
+        let by_id: HashMap<u32, (IpAddr, u16)> = self.reals.iter().map(|(k, v)| (*v, *k)).collect();
+        let want_index = match vip {
+            Some(k) => Some(
+                self.vips
+                    .get(&k)
+                    .map(|s| s.index)
+                    .ok_or_else(|| anyhow!("no such VIP"))?,
+            ),
+            None => None,
+        };
+        let mut out = Vec::new();
+        for item in ct.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            let Ok((k, v)) = item else { continue };
+            if want_index.is_some_and(|i| i != v.vip_index) {
+                continue;
+            }
+            let client = SocketAddr::new(key_addr(&k.src, k.family), u16::from_be(k.sport));
+            let vaddr = SocketAddr::new(key_addr(&k.dst, k.family), u16::from_be(k.dport));
+            let real = match by_id.get(&v.real_id) {
+                Some((a, p)) => real_string(*a, if *p == 0 { vaddr.port() } else { *p }),
+                None => format!("(removed real #{})", v.real_id),
+            };
+            out.push(Conn {
+                protocol: match k.proto {
+                    6 => "tcp",
+                    17 => "udp",
+                    _ => "?",
+                },
+                client: client.to_string(),
+                vip: vaddr.to_string(),
+                real,
+            });
+        }
+        Ok(out)
     }
 
     /// Fresh ids go upwards; ids of removed reals are reused only once the
@@ -541,6 +821,70 @@ impl Dataplane {
             }
         }
     }
+}
+
+/// The address in a map key.
+pub fn key_addr(b: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*b))
+    }
+}
+
+/// Creates the pin directory; it must be on bpffs.
+fn prepare_pin_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the pin directory {}", dir.display()))?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .context("pin path has a NUL byte")?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        bail!(
+            "statfs {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a BPF file system (mount one: mount -t bpf bpf /sys/fs/bpf)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Removes what `lb` pinned under `dir`: unpinning the links detaches the
+/// program from their interfaces; the maps (conntrack included) go with
+/// the last reference. Returns the names removed.
+pub fn cleanup_pinned(dir: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(anyhow!("cannot read {}: {e}", dir.display())),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    // Links first, so the program stops before its maps go.
+    names.sort_by_key(|n| (!n.starts_with("link_"), n.clone()));
+    for name in names {
+        if !(name.starts_with("link_") || name.starts_with("map_")) {
+            warn!("{}: leaving {name}, not ours", dir.display());
+            continue;
+        }
+        let path = dir.join(&name);
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        removed.push(name);
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        warn!("{}: not removed: {e}", dir.display());
+    }
+    Ok(removed)
 }
 
 /// `addr:port` / `[addr]:port`.

@@ -1,12 +1,14 @@
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use lb_userspace::{
-    config::Config,
+    cli::{self, Client, Endpoint, Verb},
+    config::{Config, DEFAULT_API_SOCKET},
     daemon::{self, RunOptions},
     dataplane::LoadOptions,
     demo, proxy,
 };
+use serde_json::json;
 
 /// lb: XDP L4 load balancer, L7 TLS proxy and DNS server.
 #[derive(Parser, Debug)]
@@ -14,6 +16,98 @@ use lb_userspace::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// How the client commands reach the daemon.
+#[derive(Args, Debug, Clone)]
+struct ApiArgs {
+    /// The admin API socket.
+    #[arg(long, env = "LB_SOCKET", default_value = DEFAULT_API_SOCKET, global = true)]
+    socket: PathBuf,
+    /// Use the loopback TCP listener instead (address:port); needs a token.
+    #[arg(long, env = "LB_API", global = true)]
+    api: Option<SocketAddr>,
+    /// File with the bearer token for --api (or env LB_TOKEN).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        let endpoint = match self.api {
+            None => Endpoint::Unix(self.socket.clone()),
+            Some(addr) => {
+                let token = match (&self.token_file, std::env::var("LB_TOKEN")) {
+                    (Some(f), _) => std::fs::read_to_string(f)
+                        .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", f.display()))?
+                        .trim()
+                        .to_string(),
+                    (None, Ok(t)) => t,
+                    (None, Err(_)) => {
+                        anyhow::bail!("--api needs a token: --token-file or env LB_TOKEN")
+                    }
+                };
+                Endpoint::Tcp { addr, token }
+            }
+        };
+        Ok(Client::new(endpoint))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum VipCmd {
+    /// Every VIP with its reals, weights, health and drain state.
+    List,
+    /// Add a VIP: `lb vip add 198.18.100.2:80/tcp --real 198.18.11.2:8080 --real 198.18.12.2:8080=2`.
+    Add {
+        /// address:port/protocol (port * = all ports).
+        vip: String,
+        /// A real: address:port, optionally =weight (repeatable, at least one).
+        #[arg(long = "real", required = true)]
+        reals: Vec<String>,
+        #[arg(long)]
+        ring_size: Option<i64>,
+        /// e.g. 30s; how long drained reals keep their flows.
+        #[arg(long)]
+        drain_timeout: Option<String>,
+        /// keep, open or drop.
+        #[arg(long)]
+        all_down: Option<String>,
+        /// A health key for the VIP: kind=http, interval=1s, path=/healthz ... (repeatable).
+        #[arg(long = "health")]
+        health: Vec<String>,
+    },
+    /// Remove a VIP (its flows end).
+    Del { vip: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum RealCmd {
+    /// Add a real to a VIP.
+    Add {
+        vip: String,
+        /// address:port
+        real: String,
+        #[arg(long)]
+        weight: Option<i64>,
+        /// Health keys overriding the VIP's (repeatable key=value).
+        #[arg(long = "health")]
+        health: Vec<String>,
+    },
+    /// Remove a real from a VIP (its flows move to other reals).
+    Del { vip: String, real: String },
+    /// Set a real's weight (0 drains).
+    Weight {
+        vip: String,
+        real: String,
+        weight: i64,
+    },
+    /// Drain a real: no new flows; established flows continue until the
+    /// VIP's drain_timeout.
+    Drain { vip: String, real: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -37,7 +131,63 @@ enum Command {
         /// (error, warn, info, debug, trace). Debug reports malformed packets.
         #[arg(long, default_value = "info")]
         xdp_log: String,
+        /// Pin maps and links here (bpffs); overrides the config's pin_path.
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+        /// On exit, detach XDP and remove the pinned state (otherwise a
+        /// pinned program stays attached for the next `lb run`).
+        #[arg(long)]
+        cleanup: bool,
     },
+    /// Detach XDP and remove the state pinned by `lb run` (no daemon may be running).
+    Cleanup {
+        /// The pin directory; or take `pin_path` from --config.
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Daemon summary.
+    Status(#[command(flatten)] ApiArgsBox),
+    /// List, add or remove VIPs.
+    Vip {
+        #[command(subcommand)]
+        cmd: VipCmd,
+        #[command(flatten)]
+        api: ApiArgsBox,
+    },
+    /// Add, remove, weight or drain reals.
+    Real {
+        #[command(subcommand)]
+        cmd: RealCmd,
+        #[command(flatten)]
+        api: ApiArgsBox,
+    },
+    /// Packets, bytes and new flows per VIP and real, with rates; drop reasons.
+    Stats {
+        /// Repeat every N seconds until interrupted.
+        #[arg(long, num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many reports.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        api: ApiArgsBox,
+    },
+    /// A bounded dump of conntrack entries.
+    Conns {
+        /// Only this VIP (address:port/protocol).
+        #[arg(long)]
+        vip: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        api: ApiArgsBox,
+    },
+    /// Each real's health, how long, and its last failure.
+    Health(#[command(flatten)] ApiArgsBox),
+    /// Reload the daemon's config file (validated first; an invalid one changes nothing).
+    Reload(#[command(flatten)] ApiArgsBox),
     /// The built-in demo: a client, lb and three reals in network namespaces.
     Demo {
         /// Requests per address family.
@@ -46,6 +196,21 @@ enum Command {
     },
     /// Generate a test PKI (root CA, intermediate, leaf certificates).
     Cert(proxy::CertArgs),
+}
+
+/// Client options, flattened into every client verb.
+#[derive(Args, Debug, Clone)]
+struct ApiArgsBox {
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn client_verb(api: &ApiArgs, verb: Verb) -> anyhow::Result<()> {
+    let client = api.client()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(cli::run(&client, verb, api.json))
 }
 
 fn xdp_level(s: &str) -> anyhow::Result<u8> {
@@ -87,6 +252,8 @@ fn main() -> ExitCode {
             iface,
             conntrack_size,
             xdp_log,
+            pin_path,
+            cleanup,
         } => xdp_level(&xdp_log).and_then(|log_level| {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(daemon::run(RunOptions {
@@ -95,9 +262,102 @@ fn main() -> ExitCode {
                 load: LoadOptions {
                     conntrack_size,
                     log_level,
+                    pin_path,
                 },
+                cleanup,
             }))
         }),
+        Command::Cleanup { pin_path, config } => (|| {
+            let dir = match (pin_path, config) {
+                (Some(p), _) => p,
+                (None, Some(c)) => Config::load(&c)
+                    .map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", c.display()))?
+                    .pin_path
+                    .ok_or_else(|| anyhow::anyhow!("{}: no pin_path set", c.display()))?,
+                (None, None) => anyhow::bail!("give --pin-path or --config"),
+            };
+            let removed = daemon::cleanup(&dir)?;
+            println!(
+                "{}: {} pinned entries removed{}",
+                dir.display(),
+                removed.len(),
+                if removed.iter().any(|n| n.starts_with("link_")) {
+                    " (XDP detached)"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        })(),
+        Command::Status(a) => client_verb(&a.api, Verb::Status),
+        Command::Vip { cmd, api } => (|| {
+            let verb = match cmd {
+                VipCmd::List => Verb::VipList,
+                VipCmd::Del { vip } => Verb::VipDel(vip),
+                VipCmd::Add {
+                    vip,
+                    reals,
+                    ring_size,
+                    drain_timeout,
+                    all_down,
+                    health,
+                } => {
+                    let k = lb_userspace::control::parse_vip_key(&vip).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "vip `{vip}` is not address:port/protocol (e.g. 198.18.100.2:80/tcp)"
+                        )
+                    })?;
+                    let mut body = json!({
+                        "address": k.0.to_string(),
+                        "port": k.1,
+                        "protocol": k.2.as_str(),
+                        "real": reals.iter().map(|r| cli::real_body(r, None, &[])).collect::<anyhow::Result<Vec<_>>>()?,
+                    });
+                    if let Some(r) = ring_size {
+                        body["ring_size"] = json!(r);
+                    }
+                    if let Some(d) = drain_timeout {
+                        body["drain_timeout"] = json!(d);
+                    }
+                    if let Some(a) = all_down {
+                        body["all_down"] = json!(a);
+                    }
+                    if !health.is_empty() {
+                        body["health"] = cli::health_body(&health)?;
+                    }
+                    Verb::VipAdd(body)
+                }
+            };
+            client_verb(&api.api, verb)
+        })(),
+        Command::Real { cmd, api } => (|| {
+            let verb = match cmd {
+                RealCmd::Add {
+                    vip,
+                    real,
+                    weight,
+                    health,
+                } => Verb::RealAdd {
+                    vip,
+                    real: cli::real_body(&real, weight, &health)?,
+                },
+                RealCmd::Del { vip, real } => Verb::RealDel { vip, real },
+                RealCmd::Weight { vip, real, weight } => Verb::RealWeight { vip, real, weight },
+                RealCmd::Drain { vip, real } => Verb::RealDrain { vip, real },
+            };
+            client_verb(&api.api, verb)
+        })(),
+        Command::Stats { watch, count, api } => (|| {
+            let watch = match watch {
+                None => None,
+                Some(s) if s.is_finite() && s >= 0.1 => Some(Duration::from_secs_f64(s)),
+                Some(s) => anyhow::bail!("--watch: {s} is not an interval of at least 0.1 seconds"),
+            };
+            client_verb(&api.api, Verb::Stats { watch, count })
+        })(),
+        Command::Conns { vip, limit, api } => client_verb(&api.api, Verb::Conns { vip, limit }),
+        Command::Health(a) => client_verb(&a.api, Verb::Health),
+        Command::Reload(a) => client_verb(&a.api, Verb::Reload),
         Command::Demo { requests } => demo::run(requests),
         Command::Cert(args) => proxy::cert_main(args),
     };
