@@ -248,6 +248,7 @@ fn bench_ours(args: &DnsBenchArgs, zone: &Path, queries: &Path) -> Result<PerfRe
             name: "example.com.".into(),
             file: zone.display().to_string(),
         }],
+        udp_workers: Some(1),
         ..DnsConfig::default()
     };
     let srv = rt.block_on(DnsServer::start(&cfg))?;

@@ -472,3 +472,116 @@ pub fn wait_for_xdp(ns: &Netns, iface: &str, timeout: std::time::Duration) -> Re
     }
     bail!("no XDP program on {iface} in {} after {timeout:?}", ns.name)
 }
+
+/// The L4 config for a [`Topology`] with the given services: for each
+/// `(vip_port, protocol, real_port)` one VIP per family (`VIP4`, `VIP6`),
+/// every real behind it with weight 1.
+pub fn services_config(t: &Topology, services: &[(u16, &str, u16)]) -> String {
+    let mut s = String::new();
+    s.push_str("interfaces = [");
+    s.push_str(
+        &t.lb_ifaces
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    s.push_str("]\nstats_interval = \"1s\"\n");
+    for v6 in [false, true] {
+        let vip = if v6 {
+            VIP6.to_string()
+        } else {
+            VIP4.to_string()
+        };
+        for (vport, proto, rport) in services {
+            s.push_str(&format!(
+                "\n[[vip]]\naddress = \"{vip}\"\nport = {vport}\nprotocol = \"{proto}\"\nmode = \"nat\"\n"
+            ));
+            for i in 1..=t.reals.len() {
+                let a = if v6 {
+                    real6(i).to_string()
+                } else {
+                    real4(i).to_string()
+                };
+                s.push_str(&format!(
+                    "[[vip.real]]\naddress = \"{a}\"\nport = {rport}\nweight = 1\n"
+                ));
+            }
+        }
+    }
+    s
+}
+
+/// An `lb run --config …` process inside a namespace, its stdout and stderr
+/// going to a log file. Dropping it sends SIGTERM and waits up to 5 s, then
+/// kills it.
+pub struct LbProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl LbProcess {
+    /// Starts `lb_bin run --config config` in `ns`, logging to `log`.
+    pub fn start(
+        ns: &Netns,
+        lb_bin: &str,
+        config: &std::path::Path,
+        log: &std::path::Path,
+    ) -> Result<LbProcess> {
+        let file = File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let child = ns
+            .command(lb_bin)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdout(std::process::Stdio::from(file.try_clone()?))
+            .stderr(std::process::Stdio::from(file))
+            .spawn()
+            .with_context(|| format!("spawn {lb_bin} in {}", ns.name))?;
+        Ok(LbProcess {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log contains `needle`; fails early, with the
+    /// log, when the process exits.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: std::time::Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                bail!(
+                    "lb exited ({st}) before logging `{needle}`:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!(
+            "lb did not log `{needle}` within {timeout:?}:\n{}",
+            self.log()
+        )
+    }
+}
+
+impl Drop for LbProcess {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

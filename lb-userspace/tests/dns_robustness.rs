@@ -323,6 +323,7 @@ fn config_errors_name_the_field() {
         r#"
 listen = ["127.0.0.1"]
 max_udp_payload = 100
+udp_workers = 0
 [[zone]]
 name = "example.com."
 file = "/nonexistent/zone"
@@ -340,6 +341,7 @@ responses_per_second = -1
     for want in [
         "dns.listen[0]",
         "dns.max_udp_payload",
+        "dns.udp_workers",
         "dns.zone[0].file",
         "dns.gslb[0].name",
         "dns.gslb[0].policy",

@@ -44,6 +44,9 @@ pub struct DnsConfig {
     pub tcp_idle_timeout: Option<String>,
     /// Concurrent TCP connections.
     pub max_tcp_clients: Option<i64>,
+    /// Threads serving UDP, each with its own `SO_REUSEPORT` socket per
+    /// address (default: one per CPU, at most 8).
+    pub udp_workers: Option<i64>,
     #[serde(default)]
     pub zone: Vec<ZoneConfig>,
     #[serde(default)]
@@ -138,10 +141,18 @@ pub struct DnsSettings {
     pub max_udp_payload: u16,
     pub tcp_idle_timeout: Duration,
     pub max_tcp_clients: usize,
+    pub udp_workers: usize,
     pub zones: Vec<ZoneSpec>,
     pub pools: Vec<PoolSpec>,
     pub regions: Regions,
     pub rrl: Option<RrlSettings>,
+}
+
+/// One UDP worker per CPU, at most 8.
+pub fn default_udp_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
 }
 
 fn err(errors: &mut Vec<ConfigError>, field: impl Into<String>, reason: impl Into<String>) {
@@ -248,6 +259,14 @@ impl DnsConfig {
                     format!("{n} is outside 1..=65536"),
                 );
                 DEFAULT_MAX_TCP_CLIENTS
+            }
+        };
+        let udp_workers = match self.udp_workers {
+            None => default_udp_workers(),
+            Some(n) if (1..=64).contains(&n) => n as usize,
+            Some(n) => {
+                err(errors, f("udp_workers"), format!("{n} is outside 1..=64"));
+                default_udp_workers()
             }
         };
 
@@ -600,6 +619,7 @@ impl DnsConfig {
             max_udp_payload,
             tcp_idle_timeout,
             max_tcp_clients,
+            udp_workers,
             zones,
             pools,
             regions: Regions::new(region_entries),

@@ -73,6 +73,9 @@ pub struct Answer {
     pub zone: Option<LowerName>,
     /// The name the final step was about (NXDOMAIN / referral grouping).
     pub final_name: Option<LowerName>,
+    /// The answer consulted GSLB pools: it depends on health and on the
+    /// client, so it must be computed per query (never cached).
+    pub dynamic: bool,
 }
 
 impl Answer {
@@ -87,6 +90,7 @@ impl Answer {
             ecs_scope: None,
             zone: None,
             final_name: None,
+            dynamic: false,
         }
     }
 }
@@ -122,6 +126,7 @@ pub fn resolve(
         ecs_scope: None,
         zone: Some(zone.origin_lower.clone()),
         final_name: None,
+        dynamic: false,
     };
     let mut name = qname.clone();
     let mut seen: HashSet<LowerName> = HashSet::new();
@@ -148,6 +153,7 @@ pub fn resolve(
                 t => t,
             };
             if let Some((records, choice)) = g.answer(&lname, &name, gtype, client) {
+                a.dynamic = true;
                 if client.from_ecs && choice.scope > 0 {
                     a.ecs_scope = Some(choice.scope);
                 }
@@ -191,6 +197,7 @@ pub fn resolve(
             Found::EmptyNonTerminal => return nodata(zone, a),
             Found::NxDomain => {
                 if gslb.is_some_and(|g| g.contains(&lname)) {
+                    a.dynamic = true;
                     return nodata(zone, a);
                 }
                 a.rcode = ResponseCode::NXDomain;

@@ -25,10 +25,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use hickory_proto::rr::LowerName;
-use tokio::{
-    net::{TcpListener, UdpSocket},
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::health::Monitor;
 use config::{DnsConfig, DnsSettings};
@@ -44,6 +41,9 @@ pub struct DnsServer {
     stats: Arc<Stats>,
     monitor: Monitor,
     tasks: Vec<JoinHandle<()>>,
+    /// UDP worker threads and their stop flag.
+    udp_threads: Vec<std::thread::JoinHandle<()>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     udp: Vec<SocketAddr>,
     tcp: Vec<SocketAddr>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -101,16 +101,12 @@ impl DnsServer {
             .copied()
             .collect();
         for a in &both {
-            let (u, t) = bind_pair(*a).await?;
+            let (u, t) = bind_pair(*a, s.udp_workers).await?;
             udp_socks.push(u);
             tcp_socks.push(t);
         }
         for a in s.udp.iter().filter(|a| !both.contains(a)) {
-            udp_socks.push(
-                UdpSocket::bind(a)
-                    .await
-                    .with_context(|| format!("dns: bind udp {a}"))?,
-            );
+            udp_socks.push(bind_udp_group(*a, s.udp_workers)?);
         }
         for a in s.tcp.iter().filter(|a| !both.contains(a)) {
             tcp_socks.push(
@@ -121,19 +117,22 @@ impl DnsServer {
         }
 
         let mut tasks = Vec::new();
+        let mut udp_threads = Vec::new();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (mut udp, mut tcp) = (Vec::new(), Vec::new());
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8);
-        for sock in udp_socks {
-            udp.push(sock.local_addr()?);
-            let sock = Arc::new(sock);
-            for _ in 0..workers {
-                tasks.push(tokio::spawn(server::serve_udp(
-                    sock.clone(),
-                    shared.clone(),
-                    stats.clone(),
-                )));
+        for group in udp_socks {
+            udp.push(group[0].local_addr()?);
+            for (w, sock) in group.into_iter().enumerate() {
+                let (shared, stats, stop) = (shared.clone(), stats.clone(), stop.clone());
+                let name = format!("dns-udp-{w}");
+                udp_threads.push(
+                    std::thread::Builder::new()
+                        .name(name)
+                        .spawn(move || {
+                            server::serve_udp_blocking(sock, shared, stats, stop, UDP_POLL)
+                        })
+                        .context("dns: start a udp worker thread")?,
+                );
             }
         }
         for l in tcp_socks {
@@ -152,6 +151,8 @@ impl DnsServer {
             stats,
             monitor,
             tasks,
+            udp_threads,
+            stop,
             udp,
             tcp,
             reload_lock: tokio::sync::Mutex::new(()),
@@ -242,13 +243,21 @@ impl DnsServer {
     }
 
     /// Stops the listeners and health checks.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         for t in &self.tasks {
             t.abort();
         }
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let threads = std::mem::take(&mut self.udp_threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         log::info!("dns: stopped");
     }
 
@@ -316,14 +325,60 @@ impl DnsServer {
     }
 }
 
-/// Binds UDP and TCP on one address; with port 0, both on the same
-/// ephemeral port (retrying when TCP finds it taken).
-async fn bind_pair(a: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
+/// How often an idle UDP worker looks at its stop flag.
+const UDP_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        // UDP workers notice within UDP_POLL and close their sockets.
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// One UDP socket per worker on `a`, sharing the port with `SO_REUSEPORT`
+/// (the kernel spreads clients over them); with port 0, one free port for
+/// all. A plain bind is tried first, so an address already in use by
+/// someone else is an error rather than silently shared.
+fn bind_udp_group(a: SocketAddr, workers: usize) -> Result<Vec<std::net::UdpSocket>> {
+    let one = |a: SocketAddr| -> std::io::Result<std::net::UdpSocket> {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(a),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        if workers > 1 {
+            s.set_reuse_port(true)?;
+        }
+        s.bind(&a.into())?;
+        Ok(s.into())
+    };
+    if a.port() != 0 && workers > 1 {
+        drop(std::net::UdpSocket::bind(a).with_context(|| format!("dns: bind udp {a}"))?);
+    }
+    let first = one(a).with_context(|| format!("dns: bind udp {a}"))?;
+    let port = first.local_addr()?.port();
+    let mut group = vec![first];
+    for _ in 1..workers {
+        group.push(
+            one(SocketAddr::new(a.ip(), port))
+                .with_context(|| format!("dns: bind udp {} (SO_REUSEPORT)", a.ip()))?,
+        );
+    }
+    Ok(group)
+}
+
+/// Binds UDP (a worker group) and TCP on one address; with port 0, both on
+/// the same ephemeral port (retrying when TCP finds it taken).
+async fn bind_pair(
+    a: SocketAddr,
+    workers: usize,
+) -> Result<(Vec<std::net::UdpSocket>, TcpListener)> {
     for _ in 0..20 {
-        let u = UdpSocket::bind(a)
-            .await
-            .with_context(|| format!("dns: bind udp {a}"))?;
-        let port = u.local_addr()?.port();
+        let u = bind_udp_group(a, workers)?;
+        let port = u[0].local_addr()?.port();
         match TcpListener::bind(SocketAddr::new(a.ip(), port)).await {
             Ok(t) => return Ok((u, t)),
             Err(e) if a.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
