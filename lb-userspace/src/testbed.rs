@@ -388,6 +388,8 @@ pub fn topology_config(t: &Topology, http_port: u16, udp_port: u16) -> String {
             .join(", "),
     );
     s.push_str("]\nstats_interval = \"1s\"\n");
+    // No admin socket: tests and the demo must not touch /run/lb.
+    s.push_str("\n[api]\nsocket = \"\"\n");
     for (vip, v6) in [(VIP4.to_string(), false), (VIP6.to_string(), true)] {
         for (proto, vport, rport) in [("tcp", 80, http_port), ("udp", udp_port, udp_port)] {
             s.push_str(&format!(
@@ -487,6 +489,8 @@ pub fn services_config(t: &Topology, services: &[(u16, &str, u16)]) -> String {
             .join(", "),
     );
     s.push_str("]\nstats_interval = \"1s\"\n");
+    // No admin socket: tests and the demo must not touch /run/lb.
+    s.push_str("\n[api]\nsocket = \"\"\n");
     for v6 in [false, true] {
         let vip = if v6 {
             VIP6.to_string()

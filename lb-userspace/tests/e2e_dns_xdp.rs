@@ -62,7 +62,10 @@ fn dns_config(i: usize, zone_file: &Path) -> String {
         )
     };
     let mut s = format!(
-        r#"[dns]
+        r#"[api]
+socket = ""
+
+[dns]
 listen = ["{}:53", "[{}]:53"]
 
 [[dns.zone]]

@@ -274,7 +274,7 @@ fn public_key(key: &Path, out: &Path) -> PathBuf {
 fn proxy_config(i: usize, certs: &Path, log: &Path) -> String {
     let v4 = testbed::real4(i);
     let v6 = testbed::real6(i);
-    let mut s = String::new();
+    let mut s = String::from("[api]\nsocket = \"\"\n");
     for (name, listen) in [
         (format!("proxy{i}v4"), format!("{v4}:443")),
         (format!("proxy{i}v6"), format!("[{v6}]:443")),
