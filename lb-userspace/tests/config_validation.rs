@@ -1,0 +1,436 @@
+//! Config validation: one case per rule of the L4 config (the field named
+//! and the reason given), several errors reported at once, and `lb check`
+//! on good and bad files through the real binary.
+
+use std::process::Command;
+
+use lb_userspace::config::Config;
+
+/// A VIP with one good real, to build cases from.
+const GOOD: &str = r#"
+[[vip]]
+address = "198.18.100.1"
+port = 80
+protocol = "tcp"
+[[vip.real]]
+address = "198.18.11.2"
+port = 8080
+"#;
+
+fn vip(address: &str, port: &str, proto: &str, extra: &str, reals: &str) -> String {
+    format!(
+        "[[vip]]\naddress = \"{address}\"\nport = {port}\nprotocol = \"{proto}\"\n{extra}\n{reals}"
+    )
+}
+
+fn real(address: &str, port: &str, weight: &str) -> String {
+    format!("[[vip.real]]\naddress = \"{address}\"\nport = {port}\nweight = {weight}\n")
+}
+
+/// (description, config, field, words the reason must contain)
+fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    let r = real("198.18.11.2", "8080", "1");
+    vec![
+        (
+            "empty interface name",
+            format!("interfaces = [\"\"]\n{GOOD}"),
+            "interfaces[0]",
+            "empty",
+        ),
+        (
+            "interface name longer than IFNAMSIZ",
+            format!("interfaces = [\"eth0\", \"abcdefghijklmnop\"]\n{GOOD}"),
+            "interfaces[1]",
+            "longer than 15",
+        ),
+        (
+            "interface name with a slash",
+            format!("interfaces = [\"a/b\"]\n{GOOD}"),
+            "interfaces[0]",
+            "not allowed",
+        ),
+        (
+            "interface listed twice",
+            format!("interfaces = [\"eth0\", \"eth0\"]\n{GOOD}"),
+            "interfaces[1]",
+            "listed twice",
+        ),
+        (
+            "stats interval not a duration",
+            format!("stats_interval = \"soon\"\n{GOOD}"),
+            "stats_interval",
+            "not a duration",
+        ),
+        (
+            "stats interval too short",
+            format!("stats_interval = \"10ms\"\n{GOOD}"),
+            "stats_interval",
+            "at least 100ms",
+        ),
+        (
+            "VIP address not an address",
+            vip("198.18.100", "80", "tcp", "", &r),
+            "vip[0].address",
+            "not an IPv4 or IPv6",
+        ),
+        (
+            "VIP address unspecified",
+            vip("0.0.0.0", "80", "tcp", "", &r),
+            "vip[0].address",
+            "unspecified",
+        ),
+        (
+            "VIP address multicast",
+            vip("224.0.0.1", "80", "tcp", "", &r),
+            "vip[0].address",
+            "multicast",
+        ),
+        (
+            "VIP address broadcast",
+            vip("255.255.255.255", "80", "tcp", "", &r),
+            "vip[0].address",
+            "broadcast",
+        ),
+        (
+            "VIP port above 65535",
+            vip("198.18.100.1", "70000", "tcp", "", &r),
+            "vip[0].port",
+            "70000",
+        ),
+        (
+            "VIP port negative",
+            vip("198.18.100.1", "-1", "tcp", "", &r),
+            "vip[0].port",
+            "-1",
+        ),
+        (
+            "protocol not tcp/udp",
+            vip("198.18.100.1", "80", "sctp", "", &r),
+            "vip[0].protocol",
+            "sctp",
+        ),
+        (
+            "mode not nat",
+            vip("198.18.100.1", "80", "tcp", "mode = \"dsr\"", &r),
+            "vip[0].mode",
+            "dsr",
+        ),
+        (
+            "ring too small",
+            vip("198.18.100.1", "80", "tcp", "ring_size = 5", &r),
+            "vip[0].ring_size",
+            "outside",
+        ),
+        (
+            "ring too large",
+            vip("198.18.100.1", "80", "tcp", "ring_size = 131071", &r),
+            "vip[0].ring_size",
+            "outside",
+        ),
+        (
+            "ring not prime",
+            vip("198.18.100.1", "80", "tcp", "ring_size = 65536", &r),
+            "vip[0].ring_size",
+            "not prime",
+        ),
+        (
+            "ring smaller than the number of reals",
+            vip(
+                "198.18.100.1",
+                "80",
+                "tcp",
+                "ring_size = 7",
+                &(1..=8)
+                    .map(|i| real(&format!("198.18.11.{i}"), "8080", "1"))
+                    .collect::<String>(),
+            ),
+            "vip[0].ring_size",
+            "cannot hold 8 reals",
+        ),
+        (
+            "same VIP twice",
+            format!("{GOOD}{GOOD}"),
+            "vip[1]",
+            "defined twice",
+        ),
+        (
+            "VIP without reals",
+            vip("198.18.100.1", "80", "tcp", "", ""),
+            "vip[0].real",
+            "at least one",
+        ),
+        (
+            "real address not an address",
+            vip(
+                "198.18.100.1",
+                "80",
+                "tcp",
+                "",
+                &real("198.18.11", "8080", "1"),
+            ),
+            "vip[0].real[0].address",
+            "not an IPv4 or IPv6",
+        ),
+        (
+            "real of the other family",
+            vip(
+                "198.18.100.1",
+                "80",
+                "tcp",
+                "",
+                &real("2001:db8::11", "8080", "1"),
+            ),
+            "vip[0].real[0].address",
+            "IPv6 but the VIP",
+        ),
+        (
+            "real port above 65535",
+            vip(
+                "198.18.100.1",
+                "80",
+                "tcp",
+                "",
+                &real("198.18.11.2", "65536", "1"),
+            ),
+            "vip[0].real[0].port",
+            "65536",
+        ),
+        (
+            "real port 0 on a single-port VIP",
+            vip(
+                "198.18.100.1",
+                "80",
+                "tcp",
+                "",
+                &real("198.18.11.2", "0", "1"),
+            ),
+            "vip[0].real[0].port",
+            "0 is not a valid port",
+        ),
+        (
+            "real port on an all-ports VIP",
+            vip(
+                "198.18.100.1",
+                "0",
+                "tcp",
+                "",
+                &real("198.18.11.2", "8080", "1"),
+            ),
+            "vip[0].real[0].port",
+            "all-ports VIP",
+        ),
+        (
+            "weight above the maximum",
+            vip(
+                "198.18.100.1",
+                "80",
+                "tcp",
+                "",
+                &real("198.18.11.2", "8080", "70000"),
+            ),
+            "vip[0].real[0].weight",
+            "outside 0..=65535",
+        ),
+        (
+            "negative weight",
+            vip(
+                "198.18.100.1",
+                "80",
+                "tcp",
+                "",
+                &real("198.18.11.2", "8080", "-2"),
+            ),
+            "vip[0].real[0].weight",
+            "outside",
+        ),
+        (
+            "same real twice in a VIP",
+            vip("198.18.100.1", "80", "tcp", "", &format!("{r}{r}")),
+            "vip[0].real[1]",
+            "listed twice",
+        ),
+        (
+            "every weight zero",
+            vip(
+                "198.18.100.1",
+                "80",
+                "tcp",
+                "",
+                &real("198.18.11.2", "8080", "0"),
+            ),
+            "vip[0].real",
+            "weight 0",
+        ),
+        (
+            "unknown key",
+            format!("{GOOD}colour = \"blue\"\n"),
+            "line",
+            "colour",
+        ),
+        ("not TOML", "[[vip]\naddress =".to_string(), "line", ""),
+    ]
+}
+
+#[test]
+fn every_rule_names_its_field() {
+    let mut failures = Vec::new();
+    for (desc, text, field, words) in cases() {
+        match Config::parse(&text) {
+            Ok(_) => failures.push(format!("{desc}: accepted")),
+            Err(errs) => {
+                let hit = errs
+                    .0
+                    .iter()
+                    .any(|e| e.field.starts_with(field) && e.reason.contains(words));
+                if !hit {
+                    failures.push(format!("{desc}: want `{field}: …{words}…`, got:\n{errs}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn too_many_vips_and_reals_are_refused() {
+    let vips: String = (0..65)
+        .map(|i| {
+            vip(
+                &format!("198.18.100.{i}"),
+                "80",
+                "tcp",
+                "",
+                &real("198.18.11.2", "8080", "1"),
+            )
+        })
+        .collect();
+    let errs = Config::parse(&vips).unwrap_err();
+    assert!(
+        errs.0
+            .iter()
+            .any(|e| e.field == "vip" && e.reason.contains("at most 64")),
+        "{errs}"
+    );
+
+    let reals: String = (0..4096)
+        .map(|i| {
+            real(
+                &format!("198.18.{}.{}", 20 + i / 250, 1 + i % 250),
+                "8080",
+                "1",
+            )
+        })
+        .collect();
+    let errs = Config::parse(&vip("198.18.100.1", "80", "tcp", "", &reals)).unwrap_err();
+    assert!(
+        errs.0
+            .iter()
+            .any(|e| e.field == "vip" && e.reason.contains("4095")),
+        "{errs}"
+    );
+}
+
+#[test]
+fn all_errors_are_reported_together() {
+    let text = format!(
+        "{}{}",
+        vip(
+            "198.18.100",
+            "80",
+            "sctp",
+            "",
+            &real("198.18.11.2", "0", "1")
+        ),
+        vip("198.18.100.2", "70000", "udp", "", "")
+    );
+    let errs = Config::parse(&text).unwrap_err();
+    let fields: Vec<&str> = errs.0.iter().map(|e| e.field.as_str()).collect();
+    for want in [
+        "vip[0].address",
+        "vip[0].protocol",
+        "vip[0].real[0].port",
+        "vip[1].port",
+        "vip[1].real",
+    ] {
+        assert!(fields.contains(&want), "missing {want} in {fields:?}");
+    }
+}
+
+#[test]
+fn good_configs_parse_to_what_they_say() {
+    let c = Config::parse(&format!(
+        "interfaces = [\"eth0\"]\n{}",
+        vip(
+            "2001:db8:100::1",
+            "0",
+            "udp",
+            "ring_size = 4099",
+            &real("2001:db8:11::2", "0", "3")
+        )
+    ))
+    .unwrap();
+    assert_eq!(c.interfaces, vec!["eth0".to_string()]);
+    let v = &c.vips[0];
+    assert_eq!(
+        v.address,
+        "2001:db8:100::1".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!((v.port, v.ring_size, v.protocol.as_str()), (0, 4099, "udp"));
+    assert_eq!((v.reals[0].port, v.reals[0].weight), (0, 3));
+    // Defaults.
+    let c = Config::parse(GOOD).unwrap();
+    assert_eq!(c.vips[0].ring_size, 65537);
+    assert_eq!(c.vips[0].reals[0].weight, 1);
+}
+
+#[test]
+fn lb_check_reports_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&good, GOOD).unwrap();
+    std::fs::write(
+        &bad,
+        vip(
+            "198.18.100.1",
+            "80",
+            "tcp",
+            "",
+            &real("198.18.11", "8080", "1"),
+        ),
+    )
+    .unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["check", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 VIPs"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["check", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vip[0].real[0].address: `198.18.11` is not an IPv4 or IPv6 address"),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args([
+            "check",
+            "--config",
+            dir.path().join("missing.toml").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
