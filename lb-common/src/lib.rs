@@ -108,6 +108,25 @@ pub struct RevValue {
     pub _pad2: u32,
 }
 
+/// Per-CPU next-hop cache entry of a real (indexed by real id): what the
+/// last successful `bpf_fib_lookup` towards the real returned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// Monotonic time (ns) after which the entry must be looked up again.
+    pub expires_ns: u64,
+    pub ingress: u32,
+    pub egress: u32,
+    /// Largest IP length the FIB approved for this path (MTU check).
+    pub max_len: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 6],
+}
+
+/// How long a cached next hop is used before the FIB is asked again.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
 /// Per-VIP and per-real counters (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -241,6 +260,7 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for RevValue {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for GenTemplate {}
 }
 
@@ -257,6 +277,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<CtValue>(), 8);
         assert_eq!(core::mem::size_of::<RevValue>(), 32);
         assert_eq!(core::mem::size_of::<Counters>(), 32);
+        assert_eq!(core::mem::size_of::<NextHop>(), 40);
         assert_eq!(stat::NAMES.len(), stat::COUNT as usize);
     }
 

@@ -5,25 +5,45 @@ use aya_ebpf::{
         bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::generated::bpf_fib_lookup,
+    helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup},
     programs::XdpContext,
     EbpfContext,
 };
-use lb_common::{stat, FAMILY_V4};
+use lb_common::{stat, NextHop, FAMILY_V4, NEXT_HOP_TTL_NS};
 
 use crate::{
     parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr},
     stats::count,
-    TX_PORTS,
+    NEXT_HOPS, TX_PORTS,
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
+/// Sends the (already rewritten) packet towards its destination.
+///
+/// Towards a real (`real_id` set), the result of the last successful FIB
+/// lookup is reused for up to `NEXT_HOP_TTL_NS` (1 s) when the ingress device
+/// is the same and the packet is no longer than one the FIB already approved;
+/// anything else asks the FIB again, so MTU handling and policy routing by
+/// ingress stay exact, and a route or neighbour change is seen within 1 s.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, l3: usize, family: u8) -> Result<u32, ()> {
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+pub fn forward(ctx: &XdpContext, l3: usize, family: u8, real_id: Option<u32>) -> Result<u32, ()> {
     let ingress = ctx.ingress_ifindex() as u32;
+    let ip_len = ip_len(ctx, l3, family)?;
+    if let Some(id) = real_id {
+        if let Some(nh) = NEXT_HOPS.get_ptr(id) {
+            let nh = unsafe { &*nh };
+            if nh.ingress == ingress
+                && nh.egress != 0
+                && ip_len <= nh.max_len
+                && unsafe { bpf_ktime_get_ns() } < nh.expires_ns
+            {
+                return send(ctx, ingress, nh.egress, &nh.smac, &nh.dmac);
+            }
+        }
+    }
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.ifindex = ingress;
     if family == FAMILY_V4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
@@ -79,16 +99,63 @@ pub fn forward(ctx: &XdpContext, l3: usize, family: u8) -> Result<u32, ()> {
         }
         return Ok(xdp_action::XDP_PASS);
     }
+    if let Some(id) = real_id {
+        if let Some(nh) = NEXT_HOPS.get_ptr_mut(id) {
+            let nh = unsafe { &mut *nh };
+            let same = nh.ingress == ingress
+                && nh.egress == p.ifindex
+                && nh.smac == p.smac
+                && nh.dmac == p.dmac;
+            *nh = NextHop {
+                expires_ns: unsafe { bpf_ktime_get_ns() } + NEXT_HOP_TTL_NS,
+                ingress,
+                egress: p.ifindex,
+                max_len: if same && nh.max_len > ip_len {
+                    nh.max_len
+                } else {
+                    ip_len
+                },
+                smac: p.smac,
+                dmac: p.dmac,
+                _pad: [0; 6],
+            };
+        }
+    }
+    send(ctx, ingress, p.ifindex, &p.smac, &p.dmac)
+}
+
+/// IP total length (IPv4) or payload length + header (IPv6).
+#[inline(always)]
+fn ip_len(ctx: &XdpContext, l3: usize, family: u8) -> Result<u16, ()> {
+    if family == FAMILY_V4 {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
+        Ok(u16::from_be_bytes(unsafe { (*ip).tot_len }))
+    } else {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+        Ok(u16::from_be_bytes(unsafe { (*ip).payload_len }).saturating_add(40))
+    }
+}
+
+/// Rewrites the MACs and transmits: XDP_TX on the ingress device, a DEVMAP
+/// redirect otherwise.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    ingress: u32,
+    egress: u32,
+    smac: &[u8; 6],
+    dmac: &[u8; 6],
+) -> Result<u32, ()> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     unsafe {
-        (*eth).dst = p.dmac;
-        (*eth).src = p.smac;
+        (*eth).dst = *dmac;
+        (*eth).src = *smac;
     }
-    if p.ifindex == ingress {
+    if egress == ingress {
         count(stat::TX);
         return Ok(xdp_action::XDP_TX);
     }
-    match TX_PORTS.redirect(p.ifindex, xdp_action::XDP_PASS as u64) {
+    match TX_PORTS.redirect(egress, xdp_action::XDP_PASS as u64) {
         Ok(action) => {
             count(stat::REDIRECT);
             Ok(action)

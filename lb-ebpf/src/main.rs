@@ -34,9 +34,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    flow_hash, stat, Counters, CtValue, FlowKey, GenTemplate, RealDef, RevValue, VipKey, VipMeta,
-    CONNTRACK_SIZE, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS,
-    MAX_VIPS, REAL_F_VALID, RING_SLOTS, RING_STRIDE,
+    flow_hash, stat, Counters, CtValue, FlowKey, GenTemplate, NextHop, RealDef, RevValue, VipKey,
+    VipMeta, CONNTRACK_SIZE, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS,
+    MAX_TX_PORTS, MAX_VIPS, REAL_F_VALID, RING_SLOTS, RING_STRIDE,
 };
 use parse::*;
 use stats::count;
@@ -64,6 +64,10 @@ static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REA
 
 #[map]
 static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Next hop of each real, per CPU (see `forward::forward`).
+#[map]
+static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
 /// Egress devices, keyed by ifindex: every interface `lb` is attached to.
 #[map]
@@ -372,7 +376,8 @@ fn to_real(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u32, ()> {
         family: pkt.family,
         _pad: [0; 2],
     };
-    if new_flow || unsafe { REVERSE.get(&rkey) }.is_none() {
+    // Written with the flow; replies keep it fresh in the LRU.
+    if new_flow {
         let rev = RevValue {
             vip_addr: pkt.key.dst,
             vip_port: pkt.key.dport,
@@ -391,7 +396,7 @@ fn to_real(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u32, ()> {
     nat::rewrite_dst(
         ctx, pkt.l3, pkt.l4, pkt.family, pkt.proto, &real.addr, new_port,
     )?;
-    forward::forward(ctx, pkt.l3, pkt.family)
+    forward::forward(ctx, pkt.l3, pkt.family, None)
 }
 
 /// Real → client reply of a balanced flow: source back to the VIP, forward.
@@ -414,7 +419,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &RevValue) -> Result<u32, ()> 
         &rev.vip_addr,
         rev.vip_port,
     )?;
-    forward::forward(ctx, pkt.l3, pkt.family)
+    forward::forward(ctx, pkt.l3, pkt.family, None)
 }
 
 /// Floor for the per-packet benchmark: the same parse, then XDP_TX.

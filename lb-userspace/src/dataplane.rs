@@ -503,8 +503,10 @@ impl Dataplane {
         }
         for (k, id) in &new_reals {
             self.reals.insert(*k, *id);
-            // A fresh id starts its counters at zero.
+            // A fresh id starts its counters at zero, and with no cached
+            // next hop (the id may have belonged to another real before).
             self.zero_counters("REAL_STATS", *id)?;
+            self.clear_next_hop(*id)?;
         }
 
         // VIP indexes.
@@ -644,6 +646,18 @@ impl Dataplane {
         m.set(
             index,
             PerCpuValues::try_from(vec![Counters::default(); cpus])?,
+            0,
+        )?;
+        Ok(())
+    }
+
+    fn clear_next_hop(&mut self, id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        let mut m: PerCpuArray<&mut MapData, lb_common::NextHop> =
+            map(&mut self.ebpf, "NEXT_HOPS")?.try_into()?;
+        m.set(
+            id,
+            PerCpuValues::try_from(vec![lb_common::NextHop::default(); cpus])?,
             0,
         )?;
         Ok(())
