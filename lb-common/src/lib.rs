@@ -176,7 +176,9 @@ pub mod stat {
     pub const PASS_NO_TX_PORT: u32 = 20;
     pub const PASS_VIP_OTHER_PROTO: u32 = 21;
     pub const DROP_BAD_VERSION: u32 = 22;
-    pub const COUNT: u32 = 23;
+    pub const FIB_LOOKUP: u32 = 23;
+    pub const NEXT_HOP_CACHED: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     /// Names for logs, the API and metrics, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -203,6 +205,8 @@ pub mod stat {
         "pass_egress_not_attached",
         "pass_vip_other_protocol",
         "drop_bad_version",
+        "fib_lookup",
+        "next_hop_cached",
     ];
 }
 

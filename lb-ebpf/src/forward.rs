@@ -39,6 +39,7 @@ pub fn forward(ctx: &XdpContext, l3: usize, family: u8, real_id: Option<u32>) ->
                 && ip_len <= nh.max_len
                 && unsafe { bpf_ktime_get_ns() } < nh.expires_ns
             {
+                count(stat::NEXT_HOP_CACHED);
                 return send(ctx, ingress, nh.egress, &nh.smac, &nh.dmac);
             }
         }
@@ -83,6 +84,7 @@ pub fn forward(ctx: &XdpContext, l3: usize, family: u8, real_id: Option<u32>) ->
         p.__bindgen_anon_3.ipv6_src = src;
         p.__bindgen_anon_4.ipv6_dst = dst;
     }
+    count(stat::FIB_LOOKUP);
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),

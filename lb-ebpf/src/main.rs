@@ -396,7 +396,7 @@ fn to_real(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u32, ()> {
     nat::rewrite_dst(
         ctx, pkt.l3, pkt.l4, pkt.family, pkt.proto, &real.addr, new_port,
     )?;
-    forward::forward(ctx, pkt.l3, pkt.family, None)
+    forward::forward(ctx, pkt.l3, pkt.family, Some(real_id))
 }
 
 /// Real → client reply of a balanced flow: source back to the VIP, forward.

@@ -458,6 +458,8 @@ fn xdp_fixtures() {
         let snap = dp.snapshot()?;
         for (name, min) in [
             ("conntrack_hit", 1u64),
+            // The established-flow fixtures reuse the SYN's next hop.
+            ("next_hop_cached", 1),
             ("conntrack_miss", 5),
             ("reply_nat", 3),
             ("fib_miss", 1),
