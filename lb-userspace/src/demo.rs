@@ -7,7 +7,6 @@
 use std::{
     collections::BTreeMap,
     io::Write,
-    process::{Child, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -27,22 +26,6 @@ fn interrupted() -> Result<()> {
         bail!("interrupted");
     }
     Ok(())
-}
-
-struct LbProcess(Child);
-
-impl Drop for LbProcess {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Runs the demo; `requests` per address family.
@@ -74,16 +57,13 @@ pub fn run(requests: usize) -> Result<()> {
 
     let exe = std::env::current_exe()?;
     let log_path = dir.join("lb.log");
-    let log = std::fs::File::create(&log_path)?;
-    let child = topo
-        .lb
-        .command(exe.to_str().context("non-UTF-8 path")?)
-        .args(["run", "--config", cfg_path.to_str().unwrap_or_default()])
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .context("starting lb run")?;
-    let lb = LbProcess(child);
+    let lb = testbed::LbProcess::start(
+        &topo.lb,
+        exe.to_str().context("non-UTF-8 path")?,
+        &cfg_path,
+        &log_path,
+    )
+    .context("starting lb run")?;
     let attached = topo
         .lb_ifaces
         .iter()

@@ -25,6 +25,20 @@ use anyhow::{anyhow, bail, Context, Result};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Whether this process may build namespaces and load XDP. Without root a
+/// test fails when `CI` is set (CI runs as root) and is skipped, with the
+/// reason printed, otherwise.
+pub fn privileged() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if std::env::var_os("CI").is_some() {
+            panic!("this test needs root (network namespaces and XDP); CI must run as root");
+        }
+        eprintln!("skipped: needs root (network namespaces and XDP)");
+    }
+    root
+}
+
 /// A unique, short name (interface and namespace names are limited).
 pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -378,36 +392,7 @@ fn bind_udp_dual(port: u16) -> Result<tokio::net::UdpSocket> {
 /// The config `lb` runs with on a [`Topology`]: one TCP and one UDP VIP per
 /// family, all reals behind each.
 pub fn topology_config(t: &Topology, http_port: u16, udp_port: u16) -> String {
-    let mut s = String::new();
-    s.push_str("interfaces = [");
-    s.push_str(
-        &t.lb_ifaces
-            .iter()
-            .map(|i| format!("\"{i}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    s.push_str("]\nstats_interval = \"1s\"\n");
-    // No admin socket: tests and the demo must not touch /run/lb.
-    s.push_str("\n[api]\nsocket = \"\"\n");
-    for (vip, v6) in [(VIP4.to_string(), false), (VIP6.to_string(), true)] {
-        for (proto, vport, rport) in [("tcp", 80, http_port), ("udp", udp_port, udp_port)] {
-            s.push_str(&format!(
-                "\n[[vip]]\naddress = \"{vip}\"\nport = {vport}\nprotocol = \"{proto}\"\nmode = \"nat\"\n"
-            ));
-            for i in 1..=t.reals.len() {
-                let a = if v6 {
-                    real6(i).to_string()
-                } else {
-                    real4(i).to_string()
-                };
-                s.push_str(&format!(
-                    "[[vip.real]]\naddress = \"{a}\"\nport = {rport}\nweight = 1\n"
-                ));
-            }
-        }
-    }
-    s
+    services_config(t, &[(80, "tcp", http_port), (udp_port, "udp", udp_port)])
 }
 
 /// Sends `n` HTTP GETs to `url` from `ns` with curl, each on its own

@@ -29,16 +29,7 @@ const HEALTH2: u16 = 8082;
 const MEMBER4: [&str; 2] = ["198.18.200.1", "198.18.200.2"];
 const MEMBER6: [&str; 2] = ["2001:db8:200::1", "2001:db8:200::2"];
 
-fn privileged() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var_os("CI").is_some() {
-            panic!("this test needs root (network namespaces and XDP); CI must run as root");
-        }
-        eprintln!("skipped: needs root (network namespaces and XDP)");
-    }
-    root
-}
+use lb_userspace::testbed::privileged;
 
 fn zone(server: &str) -> String {
     format!(

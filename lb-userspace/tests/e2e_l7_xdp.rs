@@ -27,16 +27,7 @@ use lb_userspace::testbed::{self, LbProcess, Netns, Topology};
 const BACKEND_PORT: u16 = 8080;
 const LB: &str = env!("CARGO_BIN_EXE_lb");
 
-fn privileged() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var_os("CI").is_some() {
-            panic!("this test needs root (network namespaces and XDP); CI must run as root");
-        }
-        eprintln!("skipped: needs root (network namespaces and XDP)");
-    }
-    root
-}
+use lb_userspace::testbed::privileged;
 
 /// A plain HTTP/1.1 backend on 127.0.0.1 inside a namespace. Every response
 /// body is one line: `backend=NAME peer=ADDR xff=… xfp=… host=…`.

@@ -5,7 +5,6 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr, UdpSocket},
-    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -19,31 +18,7 @@ use lb_userspace::{
 const HTTP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 8053;
 
-fn privileged() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var_os("CI").is_some() {
-            panic!("this test needs root (network namespaces and XDP); CI must run as root");
-        }
-        eprintln!("skipped: needs root (network namespaces and XDP)");
-    }
-    root
-}
-
-struct Lb(Child);
-impl Drop for Lb {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use lb_userspace::testbed::privileged;
 
 /// The real Maglev + flow hash would pick for this flow (1-based).
 fn expected_real(client: SocketAddr, vip: SocketAddr, reals: usize) -> usize {
@@ -95,16 +70,8 @@ fn balances_tcp_and_udp_over_xdp_v4_and_v6() {
     let cfg = dir.path().join("lb.toml");
     std::fs::write(&cfg, testbed::topology_config(&topo, HTTP_PORT, UDP_PORT)).unwrap();
     let log_path = dir.path().join("lb.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = topo
-        .lb
-        .command(env!("CARGO_BIN_EXE_lb"))
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
+    let lb = testbed::LbProcess::start(&topo.lb, env!("CARGO_BIN_EXE_lb"), &cfg, &log_path)
         .expect("spawn lb");
-    let lb = Lb(child);
     for i in &topo.lb_ifaces {
         if let Err(e) = testbed::wait_for_xdp(&topo.lb, i, Duration::from_secs(30)) {
             panic!(

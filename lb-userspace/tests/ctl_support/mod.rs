@@ -19,16 +19,7 @@ use std::{
 use lb_userspace::testbed::{self, Netns, Topology};
 use serde_json::Value;
 
-pub fn privileged() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var_os("CI").is_some() {
-            panic!("this test needs root (network namespaces and XDP); CI must run as root");
-        }
-        eprintln!("skipped: needs root (network namespaces and XDP)");
-    }
-    root
-}
+pub use lb_userspace::testbed::privileged;
 
 /// A running `lb run` in the topology's lb namespace.
 pub struct Lb {
