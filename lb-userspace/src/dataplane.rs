@@ -189,10 +189,20 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
 }
 
 /// Turns a load/attach failure into one line that names the cause.
-fn explain(e: impl std::fmt::Display) -> String {
-    let s = e.to_string();
+fn explain(e: &(dyn std::error::Error + 'static)) -> String {
+    // The cause (EPERM, ENOSYS, …) is usually in the source chain.
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
     if s.contains("Operation not permitted") || s.contains("EPERM") {
-        format!("{s} (loading XDP needs root: CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")
+        format!("{s} (loading XDP needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")
     } else if s.contains("Function not implemented") {
         format!("{s} (this kernel has no BPF support)")
     } else {
