@@ -113,7 +113,8 @@ pub struct RevValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NextHop {
-    /// Monotonic time (ns) after which the entry must be looked up again.
+    /// Coarse monotonic time (ns, `bpf_ktime_get_coarse_ns`) after which
+    /// the entry must be looked up again.
     pub expires_ns: u64,
     pub ingress: u32,
     pub egress: u32,

@@ -5,7 +5,7 @@ use aya_ebpf::{
         bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup},
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
     EbpfContext,
 };
@@ -37,7 +37,7 @@ pub fn forward(ctx: &XdpContext, l3: usize, family: u8, real_id: Option<u32>) ->
             if nh.ingress == ingress
                 && nh.egress != 0
                 && ip_len <= nh.max_len
-                && unsafe { bpf_ktime_get_ns() } < nh.expires_ns
+                && unsafe { bpf_ktime_get_coarse_ns() } < nh.expires_ns
             {
                 count(stat::NEXT_HOP_CACHED);
                 return send(ctx, ingress, nh.egress, &nh.smac, &nh.dmac);
@@ -109,7 +109,7 @@ pub fn forward(ctx: &XdpContext, l3: usize, family: u8, real_id: Option<u32>) ->
                 && nh.smac == p.smac
                 && nh.dmac == p.dmac;
             *nh = NextHop {
-                expires_ns: unsafe { bpf_ktime_get_ns() } + NEXT_HOP_TTL_NS,
+                expires_ns: unsafe { bpf_ktime_get_coarse_ns() } + NEXT_HOP_TTL_NS,
                 ingress,
                 egress: p.ifindex,
                 max_len: if same && nh.max_len > ip_len {
