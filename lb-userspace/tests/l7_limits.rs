@@ -299,7 +299,7 @@ async fn slow_upstream_is_504_and_dead_one_is_502() {
     assert_eq!(s, 504, "{body}");
     assert!(t.elapsed() < Duration::from_secs(2));
     assert_eq!(c.get("/fast", &[]).await.0, 200);
-    b.kill();
+    b.kill().await;
     let (s, _, body) = c.get("/", &[]).await;
     assert_eq!(s, 502, "{body}");
     server.shutdown().await;

@@ -293,7 +293,7 @@ async fn killed_upstream_is_ejected_and_requests_keep_succeeding() {
     for _ in 0..9 {
         assert_eq!(c.get("/", &[]).await.0, 200);
     }
-    bs[1].kill();
+    bs[1].kill().await;
     let hits_before: Vec<u64> = bs.iter().map(|b| b.hits()).collect();
     for i in 0..60 {
         let (s, who, body) = c.get("/", &[]).await;
@@ -327,7 +327,7 @@ async fn active_health_check_takes_a_server_out_and_all_down_is_503() {
         seen.insert(c.get("/", &[]).await.1);
     }
     assert_eq!(seen.len(), 2, "both servers up at first: {seen:?}");
-    sick.kill();
+    sick.kill().await;
     // Passive ejection is off (eject_after = 0): only the active check can
     // take the server out. Wait for two failed probes.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -338,7 +338,7 @@ async fn active_health_check_takes_a_server_out_and_all_down_is_503() {
     }
     assert_eq!(sick.hits(), before);
 
-    healthy.kill();
+    healthy.kill().await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (s, _, body) = c.get("/", &[]).await;
     assert_eq!(s, 503, "{body}");

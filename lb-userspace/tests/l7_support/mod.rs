@@ -25,7 +25,7 @@ use lb_userspace::{
     proxy::{cert, L7Server},
 };
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// True when `tool` is on PATH. Missing: panics under CI, otherwise prints why the test is skipped.
 pub fn have_tool(tool: &str) -> bool {
@@ -102,6 +102,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
     stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Backend {
@@ -111,14 +112,16 @@ impl Backend {
         let hits = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
         let (n, h, s) = (name.to_string(), hits.clone(), stop.clone());
-        tokio::spawn(async move {
+        let tasks = TaskTracker::new();
+        let t = tasks.clone();
+        tasks.spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     _ = s.cancelled() => return,
                     r = listener.accept() => match r { Ok(v) => v, Err(_) => continue },
                 };
                 let (n, h, s) = (n.clone(), h.clone(), s.clone());
-                tokio::spawn(async move {
+                t.spawn(async move {
                     let svc = service_fn(move |req| {
                         let (n, h) = (n.clone(), h.clone());
                         async move { Ok::<_, Infallible>(echo(&n, &h, req).await) }
@@ -136,12 +139,17 @@ impl Backend {
             addr,
             hits,
             stop,
+            tasks,
         }
     }
 
     /// Closes the listener and every open connection: the server is gone.
-    pub fn kill(&self) {
+    pub async fn kill(&self) {
         self.stop.cancel();
+        // Return only once the listener and every connection are closed, so
+        // that no request sent afterwards can still reach this server.
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     pub fn hits(&self) -> u64 {
