@@ -12,6 +12,7 @@ use std::{
 use bytes::Bytes;
 use http_body_util::Full;
 use l7_support::*;
+use lb_userspace::config::Config;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -416,5 +417,50 @@ async fn h2_rapid_reset_flood_closes_that_connection_only() {
     );
     assert!(sent < 1000, "cut too late: {sent} resets accepted");
     still_serving(&pki, addrs[0]).await;
+    server.shutdown().await;
+}
+
+/// A TLS handshake that the proxy completes (Some) or refuses (None).
+async fn try_tls(
+    pki: &Pki,
+    proxy: SocketAddr,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(proxy).await.ok()?;
+    let connector =
+        tokio_rustls::TlsConnector::from(client_tls(&pki.path("root.pem"), &[b"http/1.1"]));
+    let name = rustls_pki_types::ServerName::try_from("a.example.com").unwrap();
+    tokio::time::timeout(Duration::from_secs(3), connector.connect(name, tcp))
+        .await
+        .ok()?
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_max_connections_while_busy_takes_full_effect() {
+    let pki = Pki::new();
+    let b = Backend::start("b1").await;
+    let (server, addrs) = start_proxy(&config(&pki, &b, "max_connections = 4")).await;
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let mut c = H1Client::connect(&pki, addrs[0], "a.example.com").await;
+        assert_eq!(c.get("/", &[]).await.0, 200);
+        busy.push(c);
+    }
+    // Lower the limit while all four slots are taken, then let them go.
+    let cfg = Config::parse(&config(&pki, &b, "max_connections = 2")).unwrap();
+    server.reload(&cfg.l7).await.expect("reload");
+    drop(busy);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        if let Some(s) = try_tls(&pki, addrs[0]).await {
+            open.push(s);
+        }
+    }
+    assert_eq!(
+        open.len(),
+        2,
+        "the lowered limit (2) must hold once the old connections closed"
+    );
     server.shutdown().await;
 }

@@ -97,6 +97,10 @@ pub struct Listener {
     pub tracker: TaskTracker,
     pub limit: Arc<Semaphore>,
     pub max_connections: AtomicUsize,
+    /// Permits still to be taken out of `limit` after `max_connections` was
+    /// lowered while connections held them; paid from freed permits before
+    /// a new connection is admitted.
+    pub limit_debt: std::sync::Mutex<usize>,
 }
 
 impl Listener {
@@ -126,6 +130,7 @@ impl Listener {
             tracker: TaskTracker::new(),
             limit: Arc::new(Semaphore::new(max)),
             max_connections: AtomicUsize::new(max),
+            limit_debt: std::sync::Mutex::new(0),
         });
         log::info!(
             "l7 {name}: listening on {local} ({})",
@@ -147,12 +152,33 @@ impl Listener {
         }
         let new_max = state.spec.limits.max_connections;
         let old_max = self.max_connections.swap(new_max, Ordering::Relaxed);
-        if new_max > old_max {
-            self.limit.add_permits(new_max - old_max);
-        } else if new_max < old_max {
-            self.limit.forget_permits(old_max - new_max);
+        {
+            let mut debt = self.limit_debt.lock().unwrap_or_else(|e| e.into_inner());
+            if new_max > old_max {
+                // Cancel outstanding debt first, then hand out the rest.
+                let up = new_max - old_max;
+                let paid = up.min(*debt);
+                *debt -= paid;
+                self.limit.add_permits(up - paid);
+            } else if new_max < old_max {
+                // Only free permits can be forgotten now; the rest are held
+                // by open connections and are taken back as those close.
+                let down = old_max - new_max;
+                let removed = self.limit.forget_permits(down);
+                *debt += down - removed;
+            }
         }
         self.state.store(Arc::new(state));
+    }
+
+    /// Takes permits freed since `max_connections` was lowered out of
+    /// circulation until the semaphore matches the configured limit.
+    fn pay_limit_debt(&self) {
+        let mut debt = self.limit_debt.lock().unwrap_or_else(|e| e.into_inner());
+        if *debt > 0 {
+            let removed = self.limit.forget_permits(*debt);
+            *debt -= removed;
+        }
     }
 
     /// Stops accepting, asks every connection to finish, waits up to `grace`.
@@ -193,6 +219,7 @@ async fn accept_loop(l: Arc<Listener>, sock: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                l.pay_limit_debt();
                 let Ok(permit) = l.limit.clone().try_acquire_owned() else {
                     refused += 1;
                     if refused.is_power_of_two() {
