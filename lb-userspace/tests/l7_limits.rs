@@ -464,3 +464,48 @@ async fn lowering_max_connections_while_busy_takes_full_effect() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_body_that_stalls_is_cut_at_the_response_timeout() {
+    let pki = Pki::new();
+    // An upstream that sends its head and 10 of 1000 body bytes, then stalls.
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let stalled = tokio::spawn(async move {
+        let (mut s, _) = up.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "request head");
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    });
+    let cfg = format!(
+        "[[l7]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
+         timeouts = {{ upstream_response = \"500ms\" }}\n{}[[l7.route]]\nupstream = \"app\"\n\
+         [[l7.upstream]]\nname = \"app\"\nservers = [\"{up_addr}\"]\n",
+        pki.cert_tables()
+    );
+    let (server, addrs) = start_proxy(&cfg).await;
+    let mut tls = tls_raw(&pki, addrs[0]).await;
+    let t = Instant::now();
+    let got = exchange(
+        &mut tls,
+        b"GET /big HTTP/1.1\r\nHost: a.example.com\r\n\r\n",
+    )
+    .await;
+    let took = t.elapsed();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("0123456789"), "only the bytes sent: {got}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the proxy must cut the stalled response (took {took:?})"
+    );
+    stalled.abort();
+    server.shutdown().await;
+}

@@ -549,6 +549,11 @@ impl Drop for RequestGuard {
 /// log line when it ends (or is dropped).
 struct LoggedBody {
     inner: ProxyBody,
+    /// Longest wait for the next frame from upstream (`upstream_response`);
+    /// a body that stalls longer ends with an error, which aborts this
+    /// response only and frees the client connection's slot.
+    idle: Duration,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
     entry: Option<Entry>,
     start: Instant,
     log: AccessLog,
@@ -568,6 +573,7 @@ impl Body for LoggedBody {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
+                self.stall = None;
                 if let (Some(d), Some(e)) = (f.data_ref(), self.entry.as_mut()) {
                     e.bytes += d.len() as u64;
                 }
@@ -579,7 +585,19 @@ impl Body for LoggedBody {
                 }
             }
             Poll::Ready(None) => self.finished = true,
-            Poll::Pending => {}
+            Poll::Pending => {
+                let idle = self.idle;
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    let msg = format!("upstream body stalled for {idle:?}");
+                    if let Some(e) = self.entry.as_mut() {
+                        e.reason.get_or_insert(msg.clone());
+                    }
+                    return Poll::Ready(Some(Err(msg.into())));
+                }
+            }
         }
         r
     }
@@ -808,6 +826,8 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<LoggedBod
         parts,
         LoggedBody {
             inner: body,
+            idle: st.spec.timeouts.upstream_response,
+            stall: None,
             entry: log_on.then_some(entry),
             start,
             log: st.log.clone(),
