@@ -699,7 +699,13 @@ impl Dataplane {
         Ok(n)
     }
 
-    /// Up to `limit` conntrack entries, optionally of one VIP only.
+    /// Most conntrack entries one dump looks at. Every entry costs a system
+    /// call and the caller holds the control lock, which health changes
+    /// need, so a dump filtered to a quiet VIP must not walk a full table.
+    pub const CONNS_SCAN_MAX: usize = 65_536;
+
+    /// Up to `limit` conntrack entries, optionally of one VIP only, among the
+    /// first [`Self::CONNS_SCAN_MAX`] entries of the table.
     pub fn conns(&self, vip: Option<(IpAddr, u16, Protocol)>, limit: usize) -> Result<Vec<Conn>> {
         let ct: BpfHashMap<&MapData, FlowKey, CtValue> = self
             .ebpf
@@ -717,7 +723,7 @@ impl Dataplane {
             None => None,
         };
         let mut out = Vec::new();
-        for item in ct.iter() {
+        for item in ct.iter().take(Self::CONNS_SCAN_MAX) {
             if out.len() >= limit {
                 break;
             }
