@@ -560,7 +560,7 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
         _ => {}
     }
 
-    let answer = resolve(
+    let mut answer = resolve(
         &state.catalog,
         state.gslb.as_ref(),
         q.name(),
@@ -568,9 +568,11 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
         &client,
     );
     r.metadata.authoritative = answer.authoritative;
-    r.answers = answer.answers.clone();
-    r.authorities = answer.authority.clone();
-    r.additionals = answer.additional.clone();
+    // The records move into the response; callers only read the answer's
+    // kind and whether it is dynamic.
+    r.answers = std::mem::take(&mut answer.answers);
+    r.authorities = std::mem::take(&mut answer.authority);
+    r.additionals = std::mem::take(&mut answer.additional);
     if let (Some(scope), Some(e)) = (answer.ecs_scope, resp_edns.as_mut()) {
         if let Some(EdnsOption::Subnet(s)) = e.options().get(EdnsCode::Subnet).cloned() {
             e.options_mut().remove(EdnsCode::Subnet);
