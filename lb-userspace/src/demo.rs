@@ -50,28 +50,13 @@ pub fn run(requests: usize) -> Result<()> {
 
     let dir = std::env::temp_dir().join(testbed::unique("lb-demo-"));
     std::fs::create_dir_all(&dir)?;
-    let cfg_path = dir.join("lb.toml");
     let cfg = testbed::topology_config(&topo, 8080, 8053);
-    std::fs::write(&cfg_path, &cfg)?;
-    println!("config ({}):\n{cfg}", cfg_path.display());
+    println!("config ({}):\n{cfg}", dir.join("lb.toml").display());
 
     let exe = std::env::current_exe()?;
-    let log_path = dir.join("lb.log");
-    let lb = testbed::LbProcess::start(
-        &topo.lb,
-        exe.to_str().context("non-UTF-8 path")?,
-        &cfg_path,
-        &log_path,
-    )
-    .context("starting lb run")?;
-    let attached = topo
-        .lb_ifaces
-        .iter()
-        .try_for_each(|i| testbed::wait_for_xdp(&topo.lb, i, Duration::from_secs(20)));
-    if let Err(e) = attached {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        bail!("lb did not come up: {e:#}\n--- lb log ---\n{log}");
-    }
+    let lb = topo
+        .start_lb(exe.to_str().context("non-UTF-8 path")?, &cfg, &dir)
+        .context("lb did not come up")?;
     println!(
         "lb is running in namespace {}; sending requests ...",
         topo.lb.name
@@ -105,7 +90,7 @@ pub fn run(requests: usize) -> Result<()> {
     std::thread::sleep(Duration::from_millis(1200));
     drop(lb);
     println!("--- lb output ---");
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let log = std::fs::read_to_string(dir.join("lb.log")).unwrap_or_default();
     let mut out = std::io::stdout().lock();
     for line in log.lines() {
         writeln!(out, "{line}")?;

@@ -257,6 +257,21 @@ impl Topology {
         Ok(())
     }
 
+    /// Writes `config` to `dir/lb.toml`, starts `lb_bin run` in the lb
+    /// namespace (log in `dir/lb.log`) and waits, bounded, until XDP is on
+    /// every lb interface. The error carries the log.
+    pub fn start_lb(&self, lb_bin: &str, config: &str, dir: &std::path::Path) -> Result<LbProcess> {
+        let cfg = dir.join("lb.toml");
+        std::fs::write(&cfg, config).with_context(|| format!("write {}", cfg.display()))?;
+        let lb = LbProcess::start(&self.lb, lb_bin, &cfg, &dir.join("lb.log"))?;
+        for i in &self.lb_ifaces {
+            if let Err(e) = wait_for_xdp(&self.lb, i, std::time::Duration::from_secs(30)) {
+                bail!("{e:#}\n--- lb log ---\n{}", lb.log());
+            }
+        }
+        Ok(lb)
+    }
+
     pub fn vip(&self, v6: bool) -> IpAddr {
         if v6 {
             IpAddr::V6(VIP6)

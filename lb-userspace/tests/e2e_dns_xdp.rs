@@ -215,20 +215,13 @@ fn dns_through_xdp_vip_to_two_lb_servers() {
         servers.push(p);
     }
 
-    let lb_cfg = dir.path().join("lb.toml");
-    std::fs::write(
-        &lb_cfg,
-        testbed::services_config(&topo, &[(53, "udp", 53), (53, "tcp", 53)]),
-    )
-    .unwrap();
-    let mut lb =
-        LbProcess::start(&topo.lb, LB, &lb_cfg, &dir.path().join("lb.log")).expect("start lb");
-    lb.wait_for_log("running:", Duration::from_secs(30))
+    let lb = topo
+        .start_lb(
+            LB,
+            &testbed::services_config(&topo, &[(53, "udp", 53), (53, "tcp", 53)]),
+            dir.path(),
+        )
         .unwrap_or_else(|e| panic!("{e:#}"));
-    for i in &topo.lb_ifaces {
-        testbed::wait_for_xdp(&topo.lb, i, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e:#}\n--- lb log ---\n{}", lb.log()));
-    }
     let logs = |lb: &LbProcess, servers: &[LbProcess]| -> String {
         let mut s = format!("--- lb log ---\n{}", lb.log());
         for (i, p) in servers.iter().enumerate() {

@@ -353,20 +353,13 @@ fn https_through_xdp_vip_to_two_lb_proxies() {
     }
 
     // The L4 balancer: VIP:443/tcp → real:443 on both families.
-    let lb_cfg = dir.path().join("lb.toml");
-    std::fs::write(
-        &lb_cfg,
-        testbed::services_config(&topo, &[(443, "tcp", 443)]),
-    )
-    .unwrap();
-    let mut lb =
-        LbProcess::start(&topo.lb, LB, &lb_cfg, &dir.path().join("lb.log")).expect("start lb");
-    lb.wait_for_log("running:", Duration::from_secs(30))
+    let lb = topo
+        .start_lb(
+            LB,
+            &testbed::services_config(&topo, &[(443, "tcp", 443)]),
+            dir.path(),
+        )
         .unwrap_or_else(|e| panic!("{e:#}"));
-    for i in &topo.lb_ifaces {
-        testbed::wait_for_xdp(&topo.lb, i, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e:#}\n--- lb log ---\n{}", lb.log()));
-    }
     let logs = |lb: &LbProcess, proxies: &[LbProcess]| -> String {
         let mut s = format!("--- lb log ---\n{}", lb.log());
         for (i, p) in proxies.iter().enumerate() {

@@ -67,19 +67,13 @@ fn balances_tcp_and_udp_over_xdp_v4_and_v6() {
     topo.block_kernel_forwarding().expect("nft");
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("lb.toml");
-    std::fs::write(&cfg, testbed::topology_config(&topo, HTTP_PORT, UDP_PORT)).unwrap();
-    let log_path = dir.path().join("lb.log");
-    let lb = testbed::LbProcess::start(&topo.lb, env!("CARGO_BIN_EXE_lb"), &cfg, &log_path)
-        .expect("spawn lb");
-    for i in &topo.lb_ifaces {
-        if let Err(e) = testbed::wait_for_xdp(&topo.lb, i, Duration::from_secs(30)) {
-            panic!(
-                "{e:#}\n--- lb log ---\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-    }
+    let lb = topo
+        .start_lb(
+            env!("CARGO_BIN_EXE_lb"),
+            &testbed::topology_config(&topo, HTTP_PORT, UDP_PORT),
+            dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
 
     for (label, url) in [
         ("IPv4", format!("http://{}/", testbed::VIP4)),
@@ -98,7 +92,7 @@ fn balances_tcp_and_udp_over_xdp_v4_and_v6() {
             failed,
             0,
             "{label}: {failed} of {n} requests failed; spread {spread:?}\n--- lb log ---\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
+            lb.log()
         );
         for r in ["real1", "real2", "real3"] {
             let got = spread.get(r).copied().unwrap_or(0);
