@@ -187,13 +187,6 @@ pub fn run(args: &XdpBenchArgs) -> Result<()> {
                 }
             }
             out.push((class.name.to_string(), stat(lb_t), stat(fl_t)));
-            if std::env::var_os("LB_BENCH_COUNTERS").is_some() {
-                let g = dp.snapshot()?.global;
-                eprintln!(
-                    "{}: fib_lookup={} next_hop_cached={}",
-                    class.name, g["fib_lookup"], g["next_hop_cached"]
-                );
-            }
         }
         Ok(out)
     })
