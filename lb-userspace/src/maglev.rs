@@ -146,7 +146,7 @@ impl Fill {
             free: vec![!0u64; (m as usize).div_ceil(64)],
             filled: 0,
         };
-        if m % 64 != 0 {
+        if !m.is_multiple_of(64) {
             *f.free.last_mut().unwrap() = (1u64 << (m % 64)) - 1;
         }
         for (k, &i) in live.iter().enumerate() {
@@ -363,7 +363,7 @@ fn is_prime(m: u32) -> bool {
     }
     let mut d = 2u32;
     while (d as u64) * (d as u64) <= m as u64 {
-        if m % d == 0 {
+        if m.is_multiple_of(d) {
             return false;
         }
         d += 1;
