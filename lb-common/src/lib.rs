@@ -87,26 +87,30 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Forward conntrack value (client → VIP flow).
+/// Conntrack value. One LRU map holds both directions of a balanced flow,
+/// so any packet of an established flow costs one lookup: the client's
+/// tuple (client → VIP, kind [`CT_FORWARD`]) and the reply's tuple
+/// (real → client, kind [`CT_REPLY`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
     pub real_id: u32,
     pub vip_index: u32,
-}
-
-/// Reverse conntrack value, keyed by the reply's tuple (real → client).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct RevValue {
-    pub vip_addr: [u8; 16],
-    /// Network byte order.
+    /// [`CT_FORWARD`] or [`CT_REPLY`].
+    pub kind: u8,
+    pub _pad: u8,
+    /// Reply entries: the VIP port the reply's source is rewritten to
+    /// (network byte order).
     pub vip_port: u16,
-    pub _pad: [u8; 2],
-    pub vip_index: u32,
-    pub real_id: u32,
+    /// Reply entries: the VIP address the reply's source is rewritten to.
+    pub vip_addr: [u8; 16],
     pub _pad2: u32,
 }
+
+/// [`CtValue::kind`] of a client → VIP entry.
+pub const CT_FORWARD: u8 = 1;
+/// [`CtValue::kind`] of a real → client entry.
+pub const CT_REPLY: u8 = 2;
 
 /// Per-CPU next-hop cache entry of a real (indexed by real id): what the
 /// last successful `bpf_fib_lookup` towards the real returned.
@@ -263,7 +267,6 @@ mod pod {
     unsafe impl aya::Pod for RealDef {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtValue {}
-    unsafe impl aya::Pod for RevValue {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for GenTemplate {}
@@ -279,8 +282,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<VipMeta>(), 16);
         assert_eq!(core::mem::size_of::<RealDef>(), 24);
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
-        assert_eq!(core::mem::size_of::<CtValue>(), 8);
-        assert_eq!(core::mem::size_of::<RevValue>(), 32);
+        assert_eq!(core::mem::size_of::<CtValue>(), 32);
         assert_eq!(core::mem::size_of::<Counters>(), 32);
         assert_eq!(core::mem::size_of::<NextHop>(), 40);
         assert_eq!(stat::NAMES.len(), stat::COUNT as usize);

@@ -34,9 +34,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    flow_hash, stat, Counters, CtValue, FlowKey, GenTemplate, NextHop, RealDef, RevValue, VipKey,
-    VipMeta, CONNTRACK_SIZE, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS,
-    MAX_TX_PORTS, MAX_VIPS, REAL_F_VALID, RING_SLOTS, RING_STRIDE,
+    flow_hash, stat, Counters, CtValue, FlowKey, GenTemplate, NextHop, RealDef, VipKey, VipMeta,
+    CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
+    MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REAL_F_VALID, RING_SLOTS, RING_STRIDE,
 };
 use parse::*;
 use stats::count;
@@ -50,11 +50,17 @@ static RINGS: Array<u32> = Array::with_max_entries(RING_SLOTS * RING_STRIDE, 0);
 #[map]
 static REALS: Array<RealDef> = Array::with_max_entries(MAX_REALS, 0);
 
+/// Both directions of every balanced flow (see `CtValue`).
 #[map]
-static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::with_max_entries(CONNTRACK_SIZE, 0);
+static CONNTRACK: LruHashMap<FlowKey, CtValue> =
+    LruHashMap::with_max_entries(CONNTRACK_SIZE * 2, 0);
 
+/// The key of the VIP that has each VIP index (all zero: no VIP). A
+/// conntrack entry counts only while its VIP index still belongs to the VIP
+/// the packet is addressed to, so entries of a removed VIP are not used
+/// (even once the index is reused) without flushing the table.
 #[map]
-static REVERSE: LruHashMap<FlowKey, RevValue> = LruHashMap::with_max_entries(CONNTRACK_SIZE, 0);
+static VIP_KEYS: Array<VipKey> = Array::with_max_entries(MAX_VIPS, 0);
 
 #[map]
 static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
@@ -131,31 +137,76 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
         Parsed::Done(action) => return Ok(action),
     };
 
-    // Forward path: a VIP (exact port first, then all-ports).
-    let mut vkey = VipKey {
-        addr: pkt.key.dst,
-        port: pkt.key.dport,
-        proto: pkt.proto,
-        family: pkt.family,
+    // An established flow, either direction: one lookup. The entry stays
+    // valid for the rest of the program run (RCU).
+    let established = match unsafe { CONNTRACK.get(&pkt.key) } {
+        Some(ct) if ct.kind == CT_REPLY => return to_client(ctx, &pkt, ct),
+        Some(ct) if vip_owns(ct.vip_index, &pkt.key) => match REALS.get(ct.real_id) {
+            Some(real) if real.flags & REAL_F_VALID != 0 => Some((ct.vip_index, ct.real_id, real)),
+            _ => None,
+        },
+        // Stale (VIP gone or real removed): treated as a new flow.
+        _ => None,
     };
-    let mut meta = unsafe { VIPS.get(&vkey) };
-    if meta.is_none() {
-        vkey.port = 0;
-        meta = unsafe { VIPS.get(&vkey) };
-    }
-    if let Some(meta) = meta {
-        let meta = *meta;
-        return to_real(ctx, &pkt, &meta);
-    }
+    let (vip_index, real_id, real, new) = match established {
+        Some((vip_index, real_id, real)) => {
+            if nat::ttl_expired(ctx, pkt.l3, pkt.family)? {
+                count(stat::PASS_TTL_EXPIRED);
+                return Ok(xdp_action::XDP_PASS);
+            }
+            count(stat::CT_HIT);
+            (vip_index, real_id, real, false)
+        }
+        None => {
+            // A new flow to a VIP (exact port first, then all-ports).
+            let mut vkey = VipKey {
+                addr: pkt.key.dst,
+                port: pkt.key.dport,
+                proto: pkt.proto,
+                family: pkt.family,
+            };
+            let mut meta = unsafe { VIPS.get(&vkey) };
+            if meta.is_none() {
+                vkey.port = 0;
+                meta = unsafe { VIPS.get(&vkey) };
+            }
+            let meta = match meta {
+                Some(m) => m,
+                None => {
+                    count(stat::PASS_NON_VIP);
+                    return Ok(xdp_action::XDP_PASS);
+                }
+            };
+            match new_flow(ctx, &pkt, meta)? {
+                Pick::Real(real_id, real) => (meta.vip_index, real_id, real, true),
+                Pick::Done(action) => return Ok(action),
+            }
+        }
+    };
+    to_real(ctx, &pkt, vip_index, real_id, real, new)
+}
 
-    // Reverse path: a reply of a balanced flow.
-    if let Some(rev) = unsafe { REVERSE.get(&pkt.key) } {
-        let rev = *rev;
-        return to_client(ctx, &pkt, &rev);
-    }
+/// What `new_flow` chose.
+enum Pick {
+    /// This real (id, definition); conntrack entries written.
+    Real(u32, &'static RealDef),
+    /// Verdict already decided (and counted).
+    Done(u32),
+}
 
-    count(stat::PASS_NON_VIP);
-    Ok(xdp_action::XDP_PASS)
+/// Does VIP index `index` still belong to the VIP this client → VIP tuple
+/// is addressed to?
+#[inline(always)]
+fn vip_owns(index: u32, key: &FlowKey) -> bool {
+    match VIP_KEYS.get(index) {
+        Some(v) => {
+            v.family == key.family
+                && v.proto == key.proto
+                && (v.port == key.dport || v.port == 0)
+                && v.addr == key.dst
+        }
+        None => false,
+    }
 }
 
 /// Is `addr` one of our VIP addresses (any port, any protocol)?
@@ -313,95 +364,101 @@ fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
     }))
 }
 
-/// Client → VIP: pick the real (conntrack, else ring), rewrite, forward.
+/// First packet of a client → VIP flow (or one whose entry went stale):
+/// a real from the VIP's ring, both conntrack entries, then as established.
 #[inline(always)]
-fn to_real(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u32, ()> {
+fn new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<Pick, ()> {
     if nat::ttl_expired(ctx, pkt.l3, pkt.family)? {
         count(stat::PASS_TTL_EXPIRED);
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(Pick::Done(xdp_action::XDP_PASS));
     }
-    let mut real_id = 0u32;
-    let mut real = RealDef::default();
-    if let Some(ct) = unsafe { CONNTRACK.get(&pkt.key) } {
-        if let Some(r) = REALS.get(ct.real_id) {
-            if r.flags & REAL_F_VALID != 0 {
-                real_id = ct.real_id;
-                real = *r;
-            }
-        }
+    if meta.ring_size == 0 {
+        count(stat::DROP_NO_REAL);
+        return Ok(Pick::Done(xdp_action::XDP_DROP));
     }
-    let new_flow = real_id == 0;
-    if new_flow {
-        if meta.ring_size == 0 {
+    let slot = flow_hash(&pkt.key) % meta.ring_size;
+    let idx = meta.ring_slot.wrapping_mul(RING_STRIDE).wrapping_add(slot);
+    let real_id = match RINGS.get(idx) {
+        Some(id) if *id != 0 => *id,
+        _ => {
             count(stat::DROP_NO_REAL);
-            return Ok(xdp_action::XDP_DROP);
+            return Ok(Pick::Done(xdp_action::XDP_DROP));
         }
-        let slot = flow_hash(&pkt.key) % meta.ring_size;
-        let idx = meta.ring_slot.wrapping_mul(RING_STRIDE).wrapping_add(slot);
-        real_id = match RINGS.get(idx) {
-            Some(id) if *id != 0 => *id,
-            _ => {
-                count(stat::DROP_NO_REAL);
-                return Ok(xdp_action::XDP_DROP);
-            }
-        };
-        real = match REALS.get(real_id) {
-            Some(r) if r.flags & REAL_F_VALID != 0 => *r,
-            _ => {
-                count(stat::DROP_NO_REAL);
-                return Ok(xdp_action::XDP_DROP);
-            }
-        };
-        count(stat::CT_MISS);
-        let ct = CtValue {
-            real_id,
-            vip_index: meta.vip_index,
-        };
-        let _ = CONNTRACK.insert(&pkt.key, &ct, 0);
-    } else {
-        count(stat::CT_HIT);
-    }
-    let new_port = if real.port == 0 {
-        pkt.key.dport
-    } else {
-        real.port
     };
-    // The reply will come from real:port to client:sport; map it back to the VIP.
+    let real = match REALS.get(real_id) {
+        Some(r) if r.flags & REAL_F_VALID != 0 => r,
+        _ => {
+            count(stat::DROP_NO_REAL);
+            return Ok(Pick::Done(xdp_action::XDP_DROP));
+        }
+    };
+    let mut ct = CtValue {
+        real_id,
+        vip_index: meta.vip_index,
+        kind: CT_FORWARD,
+        _pad: 0,
+        vip_port: 0,
+        vip_addr: [0; 16],
+        _pad2: 0,
+    };
+    let _ = CONNTRACK.insert(&pkt.key, &ct, 0);
+    // The reply will come from real:port to client:sport; map it back to the
+    // VIP. Replies keep this entry fresh in the LRU.
     let rkey = FlowKey {
         src: real.addr,
         dst: pkt.key.src,
-        sport: new_port,
+        sport: real_port(real, pkt),
         dport: pkt.key.sport,
         proto: pkt.proto,
         family: pkt.family,
         _pad: [0; 2],
     };
-    // Written with the flow; replies keep it fresh in the LRU.
-    if new_flow {
-        let rev = RevValue {
-            vip_addr: pkt.key.dst,
-            vip_port: pkt.key.dport,
-            _pad: [0; 2],
-            vip_index: meta.vip_index,
-            real_id,
-            _pad2: 0,
-        };
-        let _ = REVERSE.insert(&rkey, &rev, 0);
+    ct.kind = CT_REPLY;
+    ct.vip_port = pkt.key.dport;
+    ct.vip_addr = pkt.key.dst;
+    let _ = CONNTRACK.insert(&rkey, &ct, 0);
+    count(stat::CT_MISS);
+    Ok(Pick::Real(real_id, real))
+}
+
+/// The real's port for this flow (a real of port 0 keeps the client's).
+#[inline(always)]
+fn real_port(real: &RealDef, pkt: &Packet) -> u16 {
+    if real.port == 0 {
+        pkt.key.dport
+    } else {
+        real.port
     }
+}
 
+/// Client → VIP: rewrite to the real, count, forward.
+#[inline(always)]
+fn to_real(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    vip_index: u32,
+    real_id: u32,
+    real: &RealDef,
+    new_flow: bool,
+) -> Result<u32, ()> {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    stats::add_vip(meta.vip_index, bytes, new_flow, false);
+    stats::add_vip(vip_index, bytes, new_flow, false);
     stats::add_real(real_id, bytes, new_flow, false);
-
     nat::rewrite_dst(
-        ctx, pkt.l3, pkt.l4, pkt.family, pkt.proto, &real.addr, new_port,
+        ctx,
+        pkt.l3,
+        pkt.l4,
+        pkt.family,
+        pkt.proto,
+        &real.addr,
+        real_port(real, pkt),
     )?;
     forward::forward(ctx, pkt.l3, pkt.family, Some(real_id))
 }
 
 /// Real → client reply of a balanced flow: source back to the VIP, forward.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &RevValue) -> Result<u32, ()> {
+fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, ()> {
     if nat::ttl_expired(ctx, pkt.l3, pkt.family)? {
         count(stat::PASS_TTL_EXPIRED);
         return Ok(xdp_action::XDP_PASS);

@@ -24,8 +24,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    stat, Counters, CtValue, FlowKey, RealDef, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_REALS,
-    MAX_VIPS, REAL_F_VALID, RING_STRIDE, VIP_F_ADDR_ONLY,
+    stat, Counters, CtValue, FlowKey, RealDef, VipKey, VipMeta, CT_FORWARD, FAMILY_V4, FAMILY_V6,
+    MAX_REALS, MAX_VIPS, REAL_F_VALID, RING_STRIDE, VIP_F_ADDR_ONLY,
 };
 use log::{info, warn};
 
@@ -65,7 +65,7 @@ pub fn vip_key(address: IpAddr, port: u16, protocol: Protocol) -> VipKey {
 /// Options for [`Dataplane::load`].
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Conntrack entries per direction.
+    /// Flows conntrack holds (each takes an entry per direction).
     pub conntrack_size: u32,
     /// Most verbose level the XDP program logs at (aya-log levels: 1 error …
     /// 5 trace). Debug (4) reports malformed packets; the default, info (3),
@@ -94,7 +94,7 @@ pub const PINNED_MAPS: [&str; 9] = [
     "RINGS",
     "REALS",
     "CONNTRACK",
-    "REVERSE",
+    "VIP_KEYS",
     "VIP_STATS",
     "REAL_STATS",
     "GLOBAL_STATS",
@@ -218,8 +218,8 @@ impl Dataplane {
         }
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries("CONNTRACK", opts.conntrack_size)
-            .map_max_entries("REVERSE", opts.conntrack_size)
+            // One entry per direction of each flow.
+            .map_max_entries("CONNTRACK", opts.conntrack_size.saturating_mul(2))
             .override_global("AYA_LOG_LEVEL", &opts.log_level, false);
         let pin_paths: Vec<(&str, PathBuf)> = match &opts.pin_path {
             Some(dir) => {
@@ -534,7 +534,12 @@ impl Dataplane {
             let mut m: BpfHashMap<&mut MapData, VipKey, VipMeta> =
                 map(&mut self.ebpf, "VIPS")?.try_into()?;
             let _ = m.remove(&vip_key(key.0, key.1, key.2));
-            self.vips.remove(key);
+            if let Some(state) = self.vips.remove(key) {
+                // Its conntrack entries stop counting from here on.
+                let mut keys: Array<&mut MapData, VipKey> =
+                    map(&mut self.ebpf, "VIP_KEYS")?.try_into()?;
+                keys.set(state.index, VipKey::default(), 0)?;
+            }
         }
         let used_idx: HashSet<u32> = self.vips.values().map(|s| s.index).collect();
         let mut free_idx = (0..MAX_VIPS).filter(|i| !used_idx.contains(i));
@@ -586,6 +591,11 @@ impl Dataplane {
                 ring_size: vip.ring_size,
                 flags: 0,
             };
+            {
+                let mut keys: Array<&mut MapData, VipKey> =
+                    map(&mut self.ebpf, "VIP_KEYS")?.try_into()?;
+                keys.set(index, vip_key(vip.address, vip.port, vip.protocol), 0)?;
+            }
             let mut m: BpfHashMap<&mut MapData, VipKey, VipMeta> =
                 map(&mut self.ebpf, "VIPS")?.try_into()?;
             m.insert(vip_key(vip.address, vip.port, vip.protocol), meta, 0)?;
@@ -687,7 +697,9 @@ impl Dataplane {
         let doomed: Vec<FlowKey> = ct
             .iter()
             .filter_map(|e| e.ok())
-            .filter(|(_, v)| v.vip_index == vip_index && v.real_id == real_id)
+            .filter(|(_, v)| {
+                v.kind == CT_FORWARD && v.vip_index == vip_index && v.real_id == real_id
+            })
             .map(|(k, _)| k)
             .collect();
         let mut n = 0;
@@ -728,7 +740,7 @@ impl Dataplane {
                 break;
             }
             let Ok((k, v)) = item else { continue };
-            if want_index.is_some_and(|i| i != v.vip_index) {
+            if v.kind != CT_FORWARD || want_index.is_some_and(|i| i != v.vip_index) {
                 continue;
             }
             let client = SocketAddr::new(key_addr(&k.src, k.family), u16::from_be(k.sport));

@@ -124,7 +124,7 @@ enum Command {
         /// Attach XDP here instead of the config's `interfaces` (repeatable).
         #[arg(long = "iface")]
         iface: Vec<String>,
-        /// Conntrack entries per direction.
+        /// Flows conntrack holds (each takes an entry per direction).
         #[arg(long, default_value_t = lb_common::CONNTRACK_SIZE)]
         conntrack_size: u32,
         /// Most verbose XDP log level forwarded to the host log

@@ -455,6 +455,57 @@ fn xdp_fixtures() {
                 ));
             }
         }
+        // Conntrack entries of a removed VIP must not be used, also once a
+        // new VIP has taken its index; the VIP's return brings the flow back.
+        {
+            let (c4, v4, r4) = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4), IpAddr::V4(REAL4));
+            let ack = Pkt::tcp(c4, 40000, v4, 80, 0x10);
+            let forwarded = ack.nat(c4, 40000, r4, 8080, OUT_MAC, REAL_MAC).bytes();
+            let mut check = |dp: &Dataplane, what: &str, want_verdict: u32, want: &[u8]| {
+                let run = dp
+                    .program(dataplane::PROGRAM)
+                    .and_then(|prog| test_run(prog, in0, &ack.bytes()));
+                match run {
+                    Ok((v, got, _)) if v == want_verdict && got == want => {}
+                    Ok((v, got, _)) => failures.push(format!(
+                        "{what}: verdict {v} (want {want_verdict}), output {}",
+                        if got == want {
+                            "as expected"
+                        } else {
+                            "differs"
+                        }
+                    )),
+                    Err(e) => failures.push(format!("{what}: test run failed: {e}")),
+                }
+            };
+            check(
+                &dp,
+                "VIP removal: established flow before",
+                XDP_REDIRECT,
+                &forwarded,
+            );
+            // The VIP goes; a new one takes its index and its real (so the
+            // real id stays valid): only the VIP check stops the old entry.
+            let mut other = cfg.vips[0].clone();
+            other.port = 81;
+            let mut reused: Vec<_> = cfg.vips[1..].to_vec();
+            reused.insert(0, other);
+            dp.apply(&reused)?;
+            check(
+                &dp,
+                "VIP removed, its index and real reused: its flow passes",
+                XDP_PASS,
+                &ack.bytes(),
+            );
+            dp.apply(&cfg.vips)?;
+            check(
+                &dp,
+                "VIP back: flow forwarded again",
+                XDP_REDIRECT,
+                &forwarded,
+            );
+        }
+
         let snap = dp.snapshot()?;
         for (name, min) in [
             ("conntrack_hit", 1u64),
