@@ -1,7 +1,8 @@
 //! The XDP fast path of `lb`.
 //!
-//! `lb_xdp`: parse → VIP lookup → conntrack → Maglev ring → NAT rewrite →
-//! FIB → XDP_TX / redirect. Replies from reals are rewritten back to the VIP.
+//! `lb_xdp`: parse → conntrack (both directions of a flow, one lookup) →
+//! on a miss, VIP lookup → Maglev ring → NAT rewrite → FIB → XDP_TX /
+//! redirect. Replies from reals are rewritten back to the VIP.
 //! Everything not for a VIP (and not a reply of a balanced flow) passes to the
 //! kernel untouched. Policies (see README, "Data plane policies"):
 //! - IPv4 fragments and IPv4 packets with options addressed to a VIP address
