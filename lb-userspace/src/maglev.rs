@@ -220,9 +220,9 @@ impl Fill {
             }
             rounds_left -= 1;
             let done = if self.equal {
-                self.equal_round(table)
+                self.round::<true>(table)
             } else {
-                self.weighted_round(table)
+                self.round::<false>(table)
             };
             if done {
                 self.retire_done();
@@ -230,13 +230,23 @@ impl Fill {
         }
     }
 
-    /// One round when every real looks once; true if a quota filled.
-    fn equal_round(&mut self, table: &mut [u32]) -> bool {
-        let m = self.m;
-        let n = self.walk.len();
+    /// One round of turns; true if a quota filled. With `EQUAL` every real
+    /// looks once; otherwise a real looks when its credit reaches the
+    /// largest weight.
+    fn round<const EQUAL: bool>(&mut self, table: &mut [u32]) -> bool {
+        // Plain slices, not `self.` fields, keep this loop in registers.
+        let (m, max_w, n) = (self.m, self.max_w, self.walk.len());
+        let (credit, weight) = (&mut self.credit[..n], &self.weight[..n]);
         let (need, id) = (&mut self.need[..n], &self.id[..n]);
         let (free, mut filled, mut done) = (&mut self.free[..], self.filled, false);
         for (k, w) in self.walk.iter_mut().enumerate() {
+            if !EQUAL {
+                credit[k] += weight[k];
+                if credit[k] < max_w {
+                    continue;
+                }
+                credit[k] -= max_w;
+            }
             let [p, skip] = *w;
             let (word, bit) = ((p >> 6) as usize, 1u64 << (p & 63));
             if free[word] & bit != 0 {
@@ -250,27 +260,6 @@ impl Fill {
             w[0] = if next >= m { next - m } else { next };
         }
         self.filled = filled;
-        done
-    }
-
-    /// One round with credits: a real looks when its credit reaches the
-    /// largest weight; true if a quota filled.
-    fn weighted_round(&mut self, table: &mut [u32]) -> bool {
-        let mut done = false;
-        for k in 0..self.walk.len() {
-            self.credit[k] += self.weight[k];
-            if self.credit[k] < self.max_w {
-                continue;
-            }
-            self.credit[k] -= self.max_w;
-            let [p, skip] = self.walk[k];
-            if self.is_free(p) {
-                self.claim(table, p, k);
-                done |= self.need[k] == 0;
-            }
-            let next = p + skip;
-            self.walk[k][0] = if next >= self.m { next - self.m } else { next };
-        }
         done
     }
 
