@@ -591,14 +591,15 @@ impl Dataplane {
                 ring_size: vip.ring_size,
                 flags: 0,
             };
+            let vkey = vip_key(vip.address, vip.port, vip.protocol);
             {
                 let mut keys: Array<&mut MapData, VipKey> =
                     map(&mut self.ebpf, "VIP_KEYS")?.try_into()?;
-                keys.set(index, vip_key(vip.address, vip.port, vip.protocol), 0)?;
+                keys.set(index, vkey, 0)?;
             }
             let mut m: BpfHashMap<&mut MapData, VipKey, VipMeta> =
                 map(&mut self.ebpf, "VIPS")?.try_into()?;
-            m.insert(vip_key(vip.address, vip.port, vip.protocol), meta, 0)?;
+            m.insert(vkey, meta, 0)?;
             self.vips.insert(
                 key,
                 VipState {
