@@ -43,6 +43,10 @@ pub struct FwdBenchArgs {
     /// Measurements per set-up and protocol (the best is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Run only these set-ups (lb, kernel, floor; default all three), for
+    /// profiling one of them. A partial run writes no results.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Where to write fwd.md and fwd.json.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
@@ -162,6 +166,12 @@ pub fn run(args: &FwdBenchArgs) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench fwd needs root (network namespaces, XDP)");
     }
+    for o in &args.only {
+        if !["lb", "kernel", "floor"].contains(&o.as_str()) {
+            bail!("--only: unknown set-up {o:?} (lb, kernel, floor)");
+        }
+    }
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let topo = Topology::build(1)?;
     let l0_mac = mac_of(&topo.lb, "l0")?;
     let c0_mac = mac_of(&topo.client, "c0")?;
@@ -243,7 +253,9 @@ pub fn run(args: &FwdBenchArgs) -> Result<()> {
         Ok(())
     })?;
     gen_mode(&mut dp, 2, Some(dataplane::PROGRAM))?;
-    best(&mut dp, "lb_xdp (this data plane)", &mut results)?;
+    if wanted("lb") {
+        best(&mut dp, "lb_xdp (this data plane)", &mut results)?;
+    }
 
     // 2. The kernel: nftables DNAT + forwarding.
     topo.lb.exec(
@@ -257,7 +269,9 @@ pub fn run(args: &FwdBenchArgs) -> Result<()> {
         )],
     )?;
     gen_mode(&mut dp, 1, None)?;
-    best(&mut dp, "kernel (nftables DNAT + forwarding)", &mut results)?;
+    if wanted("kernel") {
+        best(&mut dp, "kernel (nftables DNAT + forwarding)", &mut results)?;
+    }
     topo.lb.exec("nft", &["delete table ip lbbench"])?;
 
     // 3. Floor: redirect only.
@@ -274,7 +288,12 @@ pub fn run(args: &FwdBenchArgs) -> Result<()> {
         })?;
     }
     gen_mode(&mut dp, 2, Some("floor_redirect"))?;
-    best(&mut dp, "floor (XDP redirect only)", &mut results)?;
+    if wanted("floor") {
+        best(&mut dp, "floor (XDP redirect only)", &mut results)?;
+    }
+    if !args.only.is_empty() {
+        return Ok(());
+    }
 
     let rate = |setup: &str, proto: &str| {
         results

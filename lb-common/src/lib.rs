@@ -150,7 +150,9 @@ pub struct Counters {
 /// pages are recycled with whatever the data plane wrote into them.
 pub const GEN_FRAME_LEN: usize = 64;
 
-#[repr(C)]
+/// 8-aligned, so that `gen` restores a frame with eight 8-byte copies
+/// rather than 64 byte-sized ones.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GenTemplate {
     pub bytes: [u8; GEN_FRAME_LEN],
