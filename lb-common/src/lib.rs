@@ -132,6 +132,20 @@ pub struct NextHop {
 /// How long a cached next hop is used before the FIB is asked again.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
+/// Key of the next-hop cache of replies (`REPLY_HOPS`): the client
+/// a reply goes to, and the device the reply came in on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReplyHopKey {
+    pub addr: [u8; 16],
+    pub ingress: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Clients whose reply next hop is cached (LRU).
+pub const REPLY_HOPS_SIZE: u32 = 65_536;
+
 /// Per-VIP and per-real counters (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -9,39 +9,61 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use lb_common::{stat, NextHop, FAMILY_V4, NEXT_HOP_TTL_NS};
+use lb_common::{stat, NextHop, ReplyHopKey, FAMILY_V4, NEXT_HOP_TTL_NS};
 
 use crate::{
     parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr},
     stats::count,
-    NEXT_HOPS, TX_PORTS,
+    NEXT_HOPS, REPLY_HOPS, TX_PORTS,
 };
+
+/// Where the packet goes, which picks its next-hop cache entry.
+pub enum Hop<'a> {
+    /// To a real (by id): `NEXT_HOPS`.
+    Real(u32),
+    /// A reply to a client (by address): `REPLY_HOPS`.
+    Client(&'a [u8; 16]),
+}
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// Sends the (already rewritten) packet towards its destination.
 ///
-/// Towards a real (`real_id` set), the result of the last successful FIB
-/// lookup is reused for up to `NEXT_HOP_TTL_NS` (1 s) when the ingress device
-/// is the same and the packet is no longer than one the FIB already approved;
-/// anything else asks the FIB again, so MTU handling and policy routing by
-/// ingress stay exact, and a route or neighbour change is seen within 1 s.
+/// The result of the last successful FIB lookup towards the same real (per
+/// CPU, by real id) or, for a reply, the same client (LRU, by address and
+/// ingress device) is reused for up to `NEXT_HOP_TTL_NS` (1 s)
+/// when the ingress device is the same and the packet is no longer than one
+/// the FIB already approved; anything else asks the FIB again, so MTU
+/// handling and policy routing by ingress stay exact, and a route or
+/// neighbour change is seen within 1 s.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, l3: usize, family: u8, real_id: Option<u32>) -> Result<u32, ()> {
+pub fn forward(ctx: &XdpContext, l3: usize, family: u8, hop: Hop) -> Result<u32, ()> {
     let ingress = ctx.ingress_ifindex() as u32;
     let ip_len = ip_len(ctx, l3, family)?;
-    if let Some(id) = real_id {
-        if let Some(nh) = NEXT_HOPS.get_ptr(id) {
-            let nh = unsafe { &*nh };
-            if nh.ingress == ingress
-                && nh.egress != 0
-                && ip_len <= nh.max_len
-                && unsafe { bpf_ktime_get_coarse_ns() } < nh.expires_ns
-            {
-                count(stat::NEXT_HOP_CACHED);
-                return send(ctx, ingress, nh.egress, &nh.smac, &nh.dmac);
-            }
+    let client_key = match hop {
+        Hop::Client(addr) => Some(ReplyHopKey {
+            addr: *addr,
+            ingress,
+            family,
+            _pad: [0; 3],
+        }),
+        Hop::Real(_) => None,
+    };
+    let cached: Option<*mut NextHop> = match (&hop, &client_key) {
+        (Hop::Real(id), _) => NEXT_HOPS.get_ptr_mut(*id),
+        (_, Some(key)) => REPLY_HOPS.get_ptr_mut(key),
+        _ => None,
+    };
+    if let Some(nh) = cached {
+        let nh = unsafe { &*nh };
+        if nh.ingress == ingress
+            && nh.egress != 0
+            && ip_len <= nh.max_len
+            && unsafe { bpf_ktime_get_coarse_ns() } < nh.expires_ns
+        {
+            count(stat::NEXT_HOP_CACHED);
+            return send(ctx, ingress, nh.egress, &nh.smac, &nh.dmac);
         }
     }
     let mut p: FibParams = unsafe { core::mem::zeroed() };
@@ -101,27 +123,35 @@ pub fn forward(ctx: &XdpContext, l3: usize, family: u8, real_id: Option<u32>) ->
         }
         return Ok(xdp_action::XDP_PASS);
     }
-    if let Some(id) = real_id {
-        if let Some(nh) = NEXT_HOPS.get_ptr_mut(id) {
-            let nh = unsafe { &mut *nh };
-            let same = nh.ingress == ingress
-                && nh.egress == p.ifindex
-                && nh.smac == p.smac
-                && nh.dmac == p.dmac;
-            *nh = NextHop {
-                expires_ns: unsafe { bpf_ktime_get_coarse_ns() } + NEXT_HOP_TTL_NS,
-                ingress,
-                egress: p.ifindex,
-                max_len: if same && nh.max_len > ip_len {
-                    nh.max_len
-                } else {
-                    ip_len
-                },
-                smac: p.smac,
-                dmac: p.dmac,
-                _pad: [0; 6],
-            };
+    let mut fresh = NextHop {
+        expires_ns: unsafe { bpf_ktime_get_coarse_ns() } + NEXT_HOP_TTL_NS,
+        ingress,
+        egress: p.ifindex,
+        max_len: ip_len,
+        smac: p.smac,
+        dmac: p.dmac,
+        _pad: [0; 6],
+    };
+    if let Some(nh) = cached {
+        let nh = unsafe { &*nh };
+        // The same path: keep the largest length the FIB approved.
+        if nh.ingress == ingress
+            && nh.egress == p.ifindex
+            && nh.smac == p.smac
+            && nh.dmac == p.dmac
+            && nh.max_len > ip_len
+        {
+            fresh.max_len = nh.max_len;
         }
+    }
+    match (&hop, &client_key, cached) {
+        // This CPU's own entry: written in place.
+        (Hop::Real(_), _, Some(nh)) => unsafe { *nh = fresh },
+        // Shared by the CPUs: replaced whole.
+        (_, Some(key), _) => {
+            let _ = REPLY_HOPS.insert(key, &fresh, 0);
+        }
+        _ => {}
     }
     send(ctx, ingress, p.ifindex, &p.smac, &p.dmac)
 }

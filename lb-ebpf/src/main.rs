@@ -30,14 +30,17 @@ mod stats;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{
+        Array, DevMap, DevMapHash, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray,
+    },
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    flow_hash, stat, Counters, CtValue, FlowKey, GenTemplate, NextHop, RealDef, VipKey, VipMeta,
-    CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REAL_F_VALID, RING_SLOTS, RING_STRIDE,
+    flow_hash, stat, Counters, CtValue, FlowKey, GenTemplate, NextHop, RealDef, ReplyHopKey,
+    VipKey, VipMeta, CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, FAMILY_V4, FAMILY_V6, IPPROTO_TCP,
+    IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REAL_F_VALID, REPLY_HOPS_SIZE, RING_SLOTS,
+    RING_STRIDE,
 };
 use parse::*;
 use stats::count;
@@ -75,6 +78,13 @@ static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUN
 /// Next hop of each real, per CPU (see `forward::forward`).
 #[map]
 static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+
+/// Next hop of replies to each client (see `forward::forward`). Shared by
+/// the CPUs (a per-CPU map would hold a copy per CPU of every client);
+/// entries are only ever replaced whole, so a reader never sees half of one.
+#[map]
+static REPLY_HOPS: LruHashMap<ReplyHopKey, NextHop> =
+    LruHashMap::with_max_entries(REPLY_HOPS_SIZE, 0);
 
 /// Egress devices, keyed by ifindex: every interface `lb` is attached to.
 #[map]
@@ -454,7 +464,7 @@ fn to_real(
         &real.addr,
         real_port(real, pkt),
     )?;
-    forward::forward(ctx, pkt.l3, pkt.family, Some(real_id))
+    forward::forward(ctx, pkt.l3, pkt.family, forward::Hop::Real(real_id))
 }
 
 /// Real → client reply of a balanced flow: source back to the VIP, forward.
@@ -477,7 +487,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, ()> {
         &rev.vip_addr,
         rev.vip_port,
     )?;
-    forward::forward(ctx, pkt.l3, pkt.family, None)
+    forward::forward(ctx, pkt.l3, pkt.family, forward::Hop::Client(&pkt.key.dst))
 }
 
 /// Floor for the per-packet benchmark: the same parse, then XDP_TX.

@@ -506,6 +506,36 @@ fn xdp_fixtures() {
             );
         }
 
+        // A reply's next hop is cached per client: the same reply right
+        // again leaves with the same bytes without asking the FIB.
+        {
+            let (c4, v4, r4) = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4), IpAddr::V4(REAL4));
+            let mut reply = Pkt::tcp(r4, 8080, c4, 40000, 0x10);
+            reply.src_mac = REAL_MAC;
+            reply.dst_mac = OUT_MAC;
+            let want = reply.nat(v4, 80, c4, 40000, IN_MAC, CLIENT_MAC).bytes();
+            let fib = |dp: &Dataplane| -> anyhow::Result<(u64, u64)> {
+                let g = dp.snapshot()?.global;
+                let get = |n: &str| g.get(n).copied().unwrap_or(0);
+                Ok((get("fib_lookup"), get("next_hop_cached")))
+            };
+            let mut outcome = Vec::new();
+            for _ in 0..2 {
+                let before = fib(&dp)?;
+                let (v, got, _) = test_run(dp.program(dataplane::PROGRAM)?, out1, &reply.bytes())?;
+                let after = fib(&dp)?;
+                outcome.push((v, got == want, after.0 - before.0, after.1 - before.1));
+            }
+            // The first may have found the entry expired (1 s); the second
+            // must not.
+            if outcome[1] != (XDP_REDIRECT, true, 0, 1) {
+                failures.push(format!(
+                    "reply next hop cache: (verdict, bytes as expected, fib lookups, cache hits) = {outcome:?}, want the second {:?}",
+                    (XDP_REDIRECT, true, 0, 1)
+                ));
+            }
+        }
+
         let snap = dp.snapshot()?;
         for (name, min) in [
             ("conntrack_hit", 1u64),
