@@ -172,9 +172,33 @@ fn cargo() -> Command {
     c
 }
 
+/// Builds `lb` (release) and returns the path cargo built it at (which
+/// follows `CARGO_TARGET_DIR` and cargo's config, not always `target/`).
 fn build() -> Result<PathBuf> {
-    sh(cargo().args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]))?;
-    Ok(root().join("target/release/lb"))
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "--bin",
+        "lb",
+        "--message-format=json-render-diagnostics",
+    ]);
+    eprintln!("+ {cmd:?}");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({})", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "lb")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no `lb` executable")
 }
 
 fn main() -> Result<()> {
