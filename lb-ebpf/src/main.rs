@@ -81,7 +81,10 @@ static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_REALS
 
 /// Next hop of replies to each client (see `forward::forward`). Shared by
 /// the CPUs (a per-CPU map would hold a copy per CPU of every client);
-/// entries are only ever replaced whole, so a reader never sees half of one.
+/// entries are replaced whole, never written in place, so a reader on
+/// another CPU sees the old or the new one (short of the rare immediate
+/// reuse of a replaced element that preallocated maps allow, as for
+/// conntrack).
 #[map]
 static REPLY_HOPS: LruHashMap<ReplyHopKey, NextHop> =
     LruHashMap::with_max_entries(REPLY_HOPS_SIZE, 0);
