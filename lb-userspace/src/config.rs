@@ -349,23 +349,6 @@ fn default_weight() -> i64 {
     1
 }
 
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n.is_multiple_of(2) {
-        return n == 2;
-    }
-    let mut d = 3u32;
-    while (d as u64) * (d as u64) <= n as u64 {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 2;
-    }
-    true
-}
-
 fn valid_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("empty interface name".into());
@@ -462,7 +445,7 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
             ));
             None
         }
-        Some(n) if !is_prime(n as u32) => {
+        Some(n) if !crate::maglev::is_prime(n as u32) => {
             errors.push(ConfigError::new(
                 format!("{p}.ring_size"),
                 format!(

@@ -78,7 +78,7 @@ pub fn build(backends: &[Backend], m: u32) -> Vec<u32> {
     };
     fill.rounds(&mut table);
     if fill.filled < m {
-        if is_prime(m) && (m as u64) * (fill.max_w as u64) <= 1 << 32 {
+        if fill.tail_ok {
             fill.tail(&mut table);
         } else {
             fill.rest_in_slot_order(&mut table);
@@ -104,6 +104,9 @@ struct Fill {
     max_w: u32,
     /// Every real has the largest weight: each looks once per round.
     equal: bool,
+    /// [`Fill::tail`] can finish the fill: it needs every skip invertible
+    /// (m prime), and packs a round number and a turn into 64 bits.
+    tail_ok: bool,
     /// Each real's walk through its permutation: next slot, step.
     pos: Vec<u32>,
     skip: Vec<u32>,
@@ -114,6 +117,8 @@ struct Fill {
     /// Credit at the start of the next round (weighted turns).
     credit: Vec<u32>,
     weight: Vec<u32>,
+    /// Sum of `weight` (kept by `retire_done`).
+    weight_sum: u64,
     /// Free slots, one bit each.
     free: Vec<u64>,
     filled: u32,
@@ -161,12 +166,14 @@ impl Fill {
             m,
             max_w,
             equal: (0..live.len()).all(|k| weight(k) == max_w as u64),
+            tail_ok: is_prime(m) && m64 * max_w as u64 <= 1 << 32,
             pos: Vec::with_capacity(live.len()),
             skip: Vec::with_capacity(live.len()),
             need: Vec::with_capacity(live.len()),
             id: Vec::with_capacity(live.len()),
             credit: Vec::with_capacity(live.len()),
             weight: Vec::with_capacity(live.len()),
+            weight_sum: 0,
             // A power of two in length (the spare words stay 0, taken), so
             // that a masked index needs no bounds check.
             free: vec![0u64; (m as usize).div_ceil(64).next_power_of_two()],
@@ -191,6 +198,7 @@ impl Fill {
             f.credit.push(0);
             f.weight.push(weight(k) as u32);
         }
+        f.weight_sum = f.weight.iter().map(|&w| w as u64).sum();
         Some(f)
     }
 
@@ -229,6 +237,7 @@ impl Fill {
         ] {
             v.truncate(j);
         }
+        self.weight_sum = self.weight.iter().map(|&w| w as u64).sum();
     }
 
     /// Rounds of turns (one look each, lighter reals less often) until the
@@ -242,9 +251,7 @@ impl Fill {
             .saturating_mul(self.max_w as u64)
             .saturating_mul(2)
             + 16;
-        // The tail needs every skip invertible (m prime), and packs a round
-        // number and a turn into 64 bits.
-        let tail_ok = is_prime(m) && (m as u64) * (self.max_w as u64) <= 1 << 32;
+        let tail_ok = self.tail_ok;
         let tail_now =
             |left: u32, n: u64| tail_ok && left <= TAIL_SLOTS && left as u64 * n <= TAIL_WORK;
         let mut was_sparse = false;
@@ -254,9 +261,7 @@ impl Fill {
             if tail_now(left, n) {
                 break;
             }
-            if !self.equal
-                && self.weight.iter().map(|&w| w as u64).sum::<u64>() * 16 < self.max_w as u64 * n
-            {
+            if !self.equal && self.weight_sum * 16 < self.max_w as u64 * n {
                 // Few of the reals look in a round (weights far apart):
                 // visit only those, in look order.
                 self.scheduled(table, &mut rounds_left, &tail_now);
@@ -445,14 +450,16 @@ impl Fill {
             }
         }
         debug_assert!(n <= 1 << 16 && slots.len() <= 1 << 16);
-        debug_assert!((m as u64) * max_w <= 1 << 32);
+        debug_assert!(self.tail_ok);
         let reduce = Reducer::new(m as u64);
         let inv: Vec<u64> = self
             .skip
             .iter()
             .map(|&s| mod_inverse(s as u64, m as u64))
             .collect();
-        let (pos, credit, weight) = (&self.pos, &self.credit, &self.weight);
+        // Copies (at most TAIL_SLOTS reals), so that `event` leaves `self`
+        // free for `claim`: the tail does not move walks or credits.
+        let (pos, credit, weight) = (self.pos.clone(), self.credit.clone(), self.weight.clone());
         // Real k's first look at free slot i, as an event that orders by
         // round (from now), then turn order: it is k's d-th look from now.
         // Round, real and slot fit in 32 + 16 + 16 bits.
@@ -487,10 +494,7 @@ impl Fill {
             let (k, i) = ((e >> 16) as u16 as usize, e as u16 as usize);
             let s = slots[i];
             if self.need[k] > 0 {
-                self.free[(s >> 6) as usize] &= !(1u64 << (s & 63));
-                table[s as usize] = self.id[k];
-                self.need[k] -= 1;
-                self.filled += 1;
+                self.claim(table, s, k);
                 if self.need[k] == 0 {
                     active.retain(|&j| j != k);
                 }
@@ -537,16 +541,20 @@ fn claim_rare(word: &mut u64, slot: &mut u32, need: &mut u32, id: u32, p: u32) {
 /// 1/`SPARSE` of the slots are free. Tuned on `bench maglev`.
 const SPARSE: u64 = 16;
 
-fn is_prime(m: u32) -> bool {
-    if m < 2 {
+/// Whether `n` is prime (ring sizes must be: see [`build`]).
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
         return false;
     }
-    let mut d = 2u32;
-    while (d as u64) * (d as u64) <= m as u64 {
-        if m.is_multiple_of(d) {
+    if n.is_multiple_of(2) {
+        return n == 2;
+    }
+    let mut d = 3u32;
+    while (d as u64) * (d as u64) <= n as u64 {
+        if n.is_multiple_of(d) {
             return false;
         }
-        d += 1;
+        d += 2;
     }
     true
 }
