@@ -18,11 +18,11 @@ use crate::{
 };
 
 /// Where the packet goes, which picks its next-hop cache entry.
-pub enum Hop<'a> {
+pub enum Hop {
     /// To a real (by id): `NEXT_HOPS`.
     Real(u32),
-    /// A reply to a client (by address): `REPLY_HOPS`.
-    Client(&'a [u8; 16]),
+    /// A reply to a client: `REPLY_HOPS`.
+    Client(ReplyHopKey),
 }
 
 const AF_INET: u8 = 2;
@@ -41,19 +41,9 @@ const AF_INET6: u8 = 10;
 pub fn forward(ctx: &XdpContext, l3: usize, family: u8, hop: Hop) -> Result<u32, ()> {
     let ingress = ctx.ingress_ifindex() as u32;
     let ip_len = ip_len(ctx, l3, family)?;
-    let client_key = match hop {
-        Hop::Client(addr) => Some(ReplyHopKey {
-            addr: *addr,
-            ingress,
-            family,
-            _pad: [0; 3],
-        }),
-        Hop::Real(_) => None,
-    };
-    let cached: Option<*mut NextHop> = match (&hop, &client_key) {
-        (Hop::Real(id), _) => NEXT_HOPS.get_ptr_mut(*id),
-        (_, Some(key)) => REPLY_HOPS.get_ptr_mut(key),
-        _ => None,
+    let cached: Option<*mut NextHop> = match &hop {
+        Hop::Real(id) => NEXT_HOPS.get_ptr_mut(*id),
+        Hop::Client(key) => REPLY_HOPS.get_ptr_mut(key),
     };
     if let Some(nh) = cached {
         let nh = unsafe { &*nh };
@@ -144,14 +134,14 @@ pub fn forward(ctx: &XdpContext, l3: usize, family: u8, hop: Hop) -> Result<u32,
             fresh.max_len = nh.max_len;
         }
     }
-    match (&hop, &client_key, cached) {
+    match (&hop, cached) {
         // This CPU's own entry: written in place.
-        (Hop::Real(_), _, Some(nh)) => unsafe { *nh = fresh },
+        (Hop::Real(_), Some(nh)) => unsafe { *nh = fresh },
         // Shared by the CPUs: replaced whole.
-        (_, Some(key), _) => {
+        (Hop::Client(key), _) => {
             let _ = REPLY_HOPS.insert(key, &fresh, 0);
         }
-        _ => {}
+        (Hop::Real(_), None) => {}
     }
     send(ctx, ingress, p.ifindex, &p.smac, &p.dmac)
 }

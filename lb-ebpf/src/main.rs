@@ -490,7 +490,13 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, ()> {
         &rev.vip_addr,
         rev.vip_port,
     )?;
-    forward::forward(ctx, pkt.l3, pkt.family, forward::Hop::Client(&pkt.key.dst))
+    let client = ReplyHopKey {
+        addr: pkt.key.dst,
+        ingress: ctx.ingress_ifindex() as u32,
+        family: pkt.family,
+        _pad: [0; 3],
+    };
+    forward::forward(ctx, pkt.l3, pkt.family, forward::Hop::Client(client))
 }
 
 /// Floor for the per-packet benchmark: the same parse, then XDP_TX.
