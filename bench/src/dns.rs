@@ -272,20 +272,33 @@ fn bench_nsd(args: &DnsBenchArgs, zone: &Path, queries: &Path) -> Result<PerfRes
     );
     let cf = dir.path().join("nsd.conf");
     std::fs::write(&cf, conf)?;
+    measure_peer(args, "nsd", &nsd, &["-d", "-c"], &cf, port, queries)
+}
+
+/// Runs a peer server (`bin flags... conf`) on the server CPU and measures
+/// it with dnsperf on 127.0.0.1:`port`; the server stops when done.
+fn measure_peer(
+    args: &DnsBenchArgs,
+    name: &str,
+    bin: &Path,
+    flags: &[&str],
+    conf: &Path,
+    port: u16,
+    queries: &Path,
+) -> Result<PerfResult> {
     let _p = Proc(
         Command::new("taskset")
             .args(["-c", &args.server_cpu.to_string()])
-            .arg(nsd)
-            .arg("-d")
-            .arg("-c")
-            .arg(&cf)
+            .arg(bin)
+            .args(flags)
+            .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?,
     );
     run_dnsperf(
         args,
-        "nsd",
+        name,
         SocketAddr::from(([127, 0, 0, 1], port)),
         queries,
     )
@@ -304,22 +317,7 @@ fn bench_knot(args: &DnsBenchArgs, zone: &Path, queries: &Path) -> Result<PerfRe
     );
     let cf = dir.path().join("knot.conf");
     std::fs::write(&cf, conf)?;
-    let _p = Proc(
-        Command::new("taskset")
-            .args(["-c", &args.server_cpu.to_string()])
-            .arg(knotd)
-            .arg("-c")
-            .arg(&cf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    run_dnsperf(
-        args,
-        "knot",
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        queries,
-    )
+    measure_peer(args, "knot", &knotd, &["-c"], &cf, port, queries)
 }
 
 /// Runs the benchmark and writes `dns.md` and `dns.json` under `args.out`.
