@@ -30,9 +30,7 @@ mod stats;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{
-        Array, DevMap, DevMapHash, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray,
-    },
+    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
