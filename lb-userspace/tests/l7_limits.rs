@@ -465,13 +465,17 @@ async fn lowering_max_connections_while_busy_takes_full_effect() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_body_that_stalls_is_cut_at_the_response_timeout() {
-    let pki = Pki::new();
-    // An upstream that sends its head and 10 of 1000 body bytes, then stalls.
-    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up_addr = up.local_addr().unwrap();
-    let stalled = tokio::spawn(async move {
+/// An upstream for one request: answers with `head`, then sends each body
+/// chunk after its delay, then holds the connection open.
+fn upstream_once(
+    head: &'static [u8],
+    chunks: Vec<(Duration, &'static [u8])>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    up.set_nonblocking(true).unwrap();
+    let addr = up.local_addr().unwrap();
+    let up = tokio::net::TcpListener::from_std(up).unwrap();
+    let task = tokio::spawn(async move {
         let (mut s, _) = up.accept().await.unwrap();
         let mut buf = vec![0u8; 4096];
         let mut got = Vec::new();
@@ -480,15 +484,24 @@ async fn upstream_body_that_stalls_is_cut_at_the_response_timeout() {
             assert!(n > 0, "request head");
             got.extend_from_slice(&buf[..n]);
         }
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
-            .await
-            .unwrap();
+        s.write_all(head).await.unwrap();
+        for (delay, chunk) in chunks {
+            tokio::time::sleep(delay).await;
+            s.write_all(chunk).await.unwrap();
+        }
         tokio::time::sleep(Duration::from_secs(20)).await;
     });
+    (addr, task)
+}
+
+/// GET /big through a proxy whose `upstream_response` is 500 ms, to the
+/// upstream at `up`: what the client got and how long it took.
+async fn get_through_500ms_proxy(up: SocketAddr) -> (String, Duration) {
+    let pki = Pki::new();
     let cfg = format!(
         "[[l7]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
          timeouts = {{ upstream_response = \"500ms\" }}\n{}[[l7.route]]\nupstream = \"app\"\n\
-         [[l7.upstream]]\nname = \"app\"\nservers = [\"{up_addr}\"]\n",
+         [[l7.upstream]]\nname = \"app\"\nservers = [\"{up}\"]\n",
         pki.cert_tables()
     );
     let (server, addrs) = start_proxy(&cfg).await;
@@ -500,12 +513,39 @@ async fn upstream_body_that_stalls_is_cut_at_the_response_timeout() {
     )
     .await;
     let took = t.elapsed();
+    server.shutdown().await;
+    (got, took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_body_that_stalls_is_cut_at_the_response_timeout() {
+    // The head and 10 of 1000 body bytes, then nothing.
+    let (up, task) = upstream_once(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789",
+        Vec::new(),
+    );
+    let (got, took) = get_through_500ms_proxy(up).await;
+    task.abort();
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     assert!(got.ends_with("0123456789"), "only the bytes sent: {got}");
     assert!(
         took < Duration::from_secs(4),
         "the proxy must cut the stalled response (took {took:?})"
     );
-    stalled.abort();
-    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_body_that_trickles_is_not_cut() {
+    // Ten chunks 200 ms apart: 2 s in all, no gap near the 500 ms limit.
+    let (up, task) = upstream_once(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+        vec![(Duration::from_millis(200), b"0123456789".as_slice()); 10],
+    );
+    let (got, took) = get_through_500ms_proxy(up).await;
+    task.abort();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        got.ends_with(&"0123456789".repeat(10)),
+        "the whole body, slow as it came (took {took:?}): {got}"
+    );
 }

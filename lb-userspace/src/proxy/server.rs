@@ -553,7 +553,11 @@ struct LoggedBody {
     /// a body that stalls longer ends with an error, which aborts this
     /// response only and frees the client connection's slot.
     idle: Duration,
+    /// The stall timer, made at the first wait and moved on (not made
+    /// again) after each frame.
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame came since the timer was last set.
+    rearm: bool,
     entry: Option<Entry>,
     start: Instant,
     log: AccessLog,
@@ -573,7 +577,7 @@ impl Body for LoggedBody {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
-                self.stall = None;
+                self.rearm = true;
                 if let (Some(d), Some(e)) = (f.data_ref(), self.entry.as_mut()) {
                     e.bytes += d.len() as u64;
                 }
@@ -586,10 +590,14 @@ impl Body for LoggedBody {
             }
             Poll::Ready(None) => self.finished = true,
             Poll::Pending => {
-                let idle = self.idle;
-                let stall = self
+                let this = &mut *self;
+                let idle = this.idle;
+                let stall = this
                     .stall
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if std::mem::take(&mut this.rearm) {
+                    stall.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
                 if stall.as_mut().poll(cx).is_ready() {
                     let msg = format!("upstream body stalled for {idle:?}");
                     if let Some(e) = self.entry.as_mut() {
@@ -828,6 +836,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<LoggedBod
             inner: body,
             idle: st.spec.timeouts.upstream_response,
             stall: None,
+            rearm: false,
             entry: log_on.then_some(entry),
             start,
             log: st.log.clone(),
