@@ -19,7 +19,8 @@ pub const RING_SLOTS: u32 = MAX_VIPS * 2;
 pub const MAX_WEIGHT: u32 = 65535;
 /// Default number of conntrack entries (each direction has its own map).
 pub const CONNTRACK_SIZE: u32 = 262_144;
-/// Entries in the egress device map (keyed by ifindex).
+/// Entries in the egress device map (keyed by ifindex), and in the map of
+/// interfaces attached in generic (skb) mode.
 pub const MAX_TX_PORTS: u32 = 256;
 
 pub const FAMILY_V4: u8 = 4;
@@ -172,6 +173,17 @@ pub struct GenTemplate {
     pub bytes: [u8; GEN_FRAME_LEN],
 }
 
+/// Bytes a partial checksum is completed over per step (the per-CPU
+/// scratch buffer `CSUM_SCRATCH`).
+pub const CSUM_CHUNK: usize = 512;
+
+/// The XDP program's per-CPU scratch buffer for checksum completion.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CsumScratch {
+    pub bytes: [u8; CSUM_CHUNK],
+}
+
 /// Global counter indexes (per-CPU u64 array `GLOBAL_STATS`).
 pub mod stat {
     pub const RX: u32 = 0;
@@ -199,7 +211,17 @@ pub mod stat {
     pub const DROP_BAD_VERSION: u32 = 22;
     pub const FIB_LOOKUP: u32 = 23;
     pub const NEXT_HOP_CACHED: u32 = 24;
-    pub const COUNT: u32 = 25;
+    /// A partial (offload) L4 checksum completed over the segment, because
+    /// the frame left as a bare frame (XDP_TX or a native redirect).
+    pub const CSUM_COMPLETED: u32 = 25;
+    /// A partial L4 checksum kept partial (pseudo header updated) because
+    /// the frame kept its socket buffer: passed to the kernel, or generic
+    /// mode; the kernel or the egress device completes it.
+    pub const CSUM_PARTIAL_KEPT: u32 = 26;
+    /// A partial checksum on a bare frame too long to complete (cannot
+    /// happen in native mode, where frames fit one page): dropped.
+    pub const DROP_CSUM_TOO_LONG: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// Names for logs, the API and metrics, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -228,6 +250,9 @@ pub mod stat {
         "drop_bad_version",
         "fib_lookup",
         "next_hop_cached",
+        "csum_completed",
+        "csum_partial_kept",
+        "drop_csum_too_long",
     ];
 }
 

@@ -1,6 +1,6 @@
 //! Incremental Internet checksum updates (RFC 1624): HC' = ~(~HC + ~m + m').
 //!
-//! All words are taken big-endian from the wire bytes; the ones' complement
+//! All words of [`Update`] are taken big-endian from the wire bytes; the ones' complement
 //! sum does not care about byte order as long as it is consistent.
 
 #[inline(always)]
@@ -60,4 +60,47 @@ impl Update {
     pub fn finish(&self) -> [u8; 2] {
         (!fold(self.sum)).to_be_bytes()
     }
+}
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::FAMILY_V4;
+
+use crate::segment;
+
+// --- Partial checksums -------------------------------------------------
+//
+// A sender that offloads its TCP/UDP checksum (every local socket on a veth,
+// a container or a VM's virtio device) leaves only the folded pseudo-header
+// sum in the checksum field and marks its socket buffer "checksum partial";
+// the device, or the kernel before it leaves, sums the segment on top. XDP
+// sees the bytes but not the mark. The sums below are in native byte order,
+// like the kernel's `csum_partial` (and `bpf_csum_diff`), and compared
+// with the field read in native order; ones' complement sums do not depend
+// on byte order as long as every term is taken the same way.
+
+/// Adds two 32-bit ones' complement partial sums.
+#[inline(always)]
+pub fn add(a: u32, b: u32) -> u32 {
+    let s = a.wrapping_add(b);
+    s.wrapping_add((s < b) as u32)
+}
+
+/// Folds a 32-bit partial sum to 16 bits (not inverted).
+#[inline(always)]
+pub fn fold16(sum: u32) -> u16 {
+    fold(sum)
+}
+
+/// Native-order partial sum of the pseudo header of the packet's current
+/// addresses: the addresses are contiguous in both IP headers (IPv4 at 12,
+/// 8 bytes; IPv6 at 8, 32 bytes).
+#[inline(always)]
+pub fn pseudo(ctx: &XdpContext, l3: usize, family: u8, proto: u8, l4_len: u16) -> Result<u32, ()> {
+    let extra = u16::from_ne_bytes([0, proto]) as u32 + u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
+    let addrs = if family == FAMILY_V4 {
+        segment::packet_sum::<8>(ctx, l3 + 12, 0)?
+    } else {
+        segment::packet_sum::<32>(ctx, l3 + 8, 0)?
+    };
+    Ok(add(addrs, extra))
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use lb_common::{stat, NextHop, ReplyHopKey, FAMILY_V4, NEXT_HOP_TTL_NS};
 
 use crate::{
-    parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr},
+    parse::{opaque, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr},
     stats::count,
     NEXT_HOPS, REPLY_HOPS, TX_PORTS,
 };
@@ -37,11 +37,20 @@ const AF_INET6: u8 = 10;
 /// the FIB already approved; anything else asks the FIB again, so MTU
 /// handling and policy routing by ingress stay exact, and a route or
 /// neighbour change is seen within 1 s.
+///
+/// Not inlined: its FIB parameters and cache entries take stack that the
+/// caller's frame need not hold (BPF allows 512 bytes along a call chain).
+#[inline(never)]
+pub fn forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> u32 {
+    let ctx = opaque(ctx);
+    try_forward(ctx, l3, family, hop).unwrap_or(xdp_action::XDP_DROP)
+}
+
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, l3: usize, family: u8, hop: Hop) -> Result<u32, ()> {
+fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32, ()> {
     let ingress = ctx.ingress_ifindex() as u32;
     let ip_len = ip_len(ctx, l3, family)?;
-    let cached: Option<*mut NextHop> = match &hop {
+    let cached: Option<*mut NextHop> = match hop {
         Hop::Real(id) => NEXT_HOPS.get_ptr_mut(*id),
         Hop::Client(key) => REPLY_HOPS.get_ptr_mut(key),
     };
@@ -134,7 +143,7 @@ pub fn forward(ctx: &XdpContext, l3: usize, family: u8, hop: Hop) -> Result<u32,
             fresh.max_len = nh.max_len;
         }
     }
-    match (&hop, cached) {
+    match (hop, cached) {
         // This CPU's own entry: written in place.
         (Hop::Real(_), Some(nh)) => unsafe { *nh = fresh },
         // Shared by the CPUs: replaced whole.

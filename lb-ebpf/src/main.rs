@@ -25,6 +25,7 @@ mod csum;
 mod forward;
 mod nat;
 mod parse;
+mod segment;
 mod stats;
 
 use aya_ebpf::{
@@ -35,7 +36,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    flow_hash, stat, Counters, CtValue, FlowKey, GenTemplate, NextHop, RealDef, ReplyHopKey,
+    flow_hash, stat, Counters, CsumScratch, CtValue, FlowKey, GenTemplate, NextHop, RealDef, ReplyHopKey,
     VipKey, VipMeta, CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, FAMILY_V4, FAMILY_V6, IPPROTO_TCP,
     IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REAL_F_VALID, REPLY_HOPS_SIZE, RING_SLOTS,
     RING_STRIDE,
@@ -91,6 +92,16 @@ static REPLY_HOPS: LruHashMap<ReplyHopKey, NextHop> =
 #[map]
 static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
+/// Interfaces `lb` is attached to in generic (skb) mode, by ifindex. There a
+/// frame keeps its socket buffer, and with it a partial checksum's mark,
+/// whatever the verdict (see `nat::settle`).
+#[map]
+static SKB_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
+
+/// Scratch space for completing partial checksums (see `segment::sum`).
+#[map]
+static CSUM_SCRATCH: PerCpuArray<CsumScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// `floor_redirect`'s one egress device (slot 0).
 #[map]
 static FLOOR_PORT: DevMap = DevMap::with_max_entries(1, 0);
@@ -124,15 +135,6 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
-/// What the parser learnt about a packet.
-struct Packet {
-    l3: usize,
-    l4: usize,
-    family: u8,
-    proto: u8,
-    key: FlowKey,
-}
-
 /// Outcome of parsing.
 enum Parsed {
     /// A TCP/UDP packet whose headers are all present.
@@ -144,15 +146,16 @@ enum Parsed {
 #[inline(always)]
 fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
     count(stat::RX);
-    let pkt = match parse(ctx)? {
-        Parsed::Flow(p) => p,
-        Parsed::Done(action) => return Ok(action),
-    };
+    let mut pkt = Packet::default();
+    let verdict = parse(ctx, &mut pkt);
+    if verdict != FLOW {
+        return Ok(verdict);
+    }
 
     // An established flow, either direction: one lookup. The entry stays
     // valid for the rest of the program run (RCU).
     let established = match unsafe { CONNTRACK.get(&pkt.key) } {
-        Some(ct) if ct.kind == CT_REPLY => return to_client(ctx, &pkt, ct),
+        Some(ct) if ct.kind == CT_REPLY => return Ok(to_client(ctx, &pkt, ct)),
         Some(ct) if vip_owns(ct.vip_index, &pkt.key) => match REALS.get(ct.real_id) {
             Some(real) if real.flags & REAL_F_VALID != 0 => Some((ct.vip_index, ct.real_id, real)),
             _ => None,
@@ -189,22 +192,41 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
                     return Ok(xdp_action::XDP_PASS);
                 }
             };
-            match new_flow(ctx, &pkt, meta)? {
-                Pick::Real(real_id, real) => (meta.vip_index, real_id, real, true),
-                Pick::Done(action) => return Ok(action),
+            let pick = new_flow(ctx, &pkt, meta);
+            if pick & PICKED == 0 {
+                return Ok(pick as u32);
+            }
+            let real_id = pick as u32;
+            match REALS.get(real_id) {
+                Some(real) => (meta.vip_index, real_id, real, true),
+                None => return Ok(xdp_action::XDP_DROP),
             }
         }
     };
-    to_real(ctx, &pkt, vip_index, real_id, real, new)
+    Ok(to_real(
+        ctx,
+        &pkt,
+        &Balanced {
+            vip_index,
+            real_id,
+            real,
+            new,
+        },
+    ))
 }
 
-/// What `new_flow` chose.
-enum Pick {
-    /// This real (id, definition); conntrack entries written.
-    Real(u32, &'static RealDef),
-    /// Verdict already decided (and counted).
-    Done(u32),
+/// A client → VIP packet's flow and real.
+struct Balanced {
+    vip_index: u32,
+    real_id: u32,
+    real: &'static RealDef,
+    /// The flow's first packet (or first after its entry went stale).
+    new: bool,
 }
+
+/// In [`new_flow`]'s result: the low 32 bits are a real id (its conntrack
+/// entries written), not a verdict.
+const PICKED: u64 = 1 << 32;
 
 /// Does VIP index `index` still belong to the VIP this client → VIP tuple
 /// is addressed to?
@@ -247,8 +269,28 @@ fn malformed(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) -> Parse
     }
 }
 
+/// What [`parse`] returns when the packet is a flow (no XDP verdict has
+/// this value).
+const FLOW: u32 = u32::MAX;
+
+/// Parses the packet into `out` and returns [`FLOW`], or returns the
+/// verdict already decided (and counted). Not inlined, and a scalar result:
+/// see `to_real`.
+#[inline(never)]
+fn parse(ctx: &XdpContext, out: &mut Packet) -> u32 {
+    let ctx = opaque(ctx);
+    match try_parse(ctx) {
+        Ok(Parsed::Flow(p)) => {
+            *out = p;
+            FLOW
+        }
+        Ok(Parsed::Done(action)) => action,
+        Err(()) => xdp_action::XDP_DROP,
+    }
+}
+
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
+fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
     let eth: *const EthHdr = match ptr_at(ctx, 0) {
         Ok(p) => p,
         Err(()) => {
@@ -378,15 +420,27 @@ fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
 
 /// First packet of a client → VIP flow (or one whose entry went stale):
 /// a real from the VIP's ring, both conntrack entries, then as established.
+///
+/// Returns [`PICKED`] | real id, or a verdict already decided (and
+/// counted). Not inlined, and a scalar result: see `to_real`.
+#[inline(never)]
+fn new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> u64 {
+    let ctx = opaque(ctx);
+    match try_new_flow(ctx, pkt, meta) {
+        Ok(pick) => pick,
+        Err(()) => xdp_action::XDP_DROP as u64,
+    }
+}
+
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<Pick, ()> {
+fn try_new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u64, ()> {
     if nat::ttl_expired(ctx, pkt.l3, pkt.family)? {
         count(stat::PASS_TTL_EXPIRED);
-        return Ok(Pick::Done(xdp_action::XDP_PASS));
+        return Ok(xdp_action::XDP_PASS as u64);
     }
     if meta.ring_size == 0 {
         count(stat::DROP_NO_REAL);
-        return Ok(Pick::Done(xdp_action::XDP_DROP));
+        return Ok(xdp_action::XDP_DROP as u64);
     }
     let slot = flow_hash(&pkt.key) % meta.ring_size;
     let idx = meta.ring_slot.wrapping_mul(RING_STRIDE).wrapping_add(slot);
@@ -394,14 +448,14 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<Pick, ()> 
         Some(id) if *id != 0 => *id,
         _ => {
             count(stat::DROP_NO_REAL);
-            return Ok(Pick::Done(xdp_action::XDP_DROP));
+            return Ok(xdp_action::XDP_DROP as u64);
         }
     };
     let real = match REALS.get(real_id) {
         Some(r) if r.flags & REAL_F_VALID != 0 => r,
         _ => {
             count(stat::DROP_NO_REAL);
-            return Ok(Pick::Done(xdp_action::XDP_DROP));
+            return Ok(xdp_action::XDP_DROP as u64);
         }
     };
     let mut ct = CtValue {
@@ -430,7 +484,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<Pick, ()> 
     ct.vip_addr = pkt.key.dst;
     let _ = CONNTRACK.insert(&rkey, &ct, 0);
     count(stat::CT_MISS);
-    Ok(Pick::Real(real_id, real))
+    Ok(PICKED | real_id as u64)
 }
 
 /// The real's port for this flow (a real of port 0 keeps the client's).
@@ -444,33 +498,58 @@ fn real_port(real: &RealDef, pkt: &Packet) -> u16 {
 }
 
 /// Client → VIP: rewrite to the real, count, forward.
+///
+/// `to_real`, `to_client`, `new_flow`, the rewrite and the forwarding
+/// step are BPF-to-BPF calls, not inlined: each frame then only holds
+/// its own step's state, and the deepest call chain stays within the
+/// 512 bytes of stack BPF allows.
+///
+/// Every function here that is not inlined returns a scalar (a verdict, a
+/// flag, an id): a result returned through memory leaves a stack pointer
+/// in the return register, which the verifier rejects.
+#[inline(never)]
+fn to_real(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> u32 {
+    let ctx = opaque(ctx);
+    try_to_real(ctx, pkt, flow).unwrap_or(xdp_action::XDP_DROP)
+}
+
 #[inline(always)]
-fn to_real(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    vip_index: u32,
-    real_id: u32,
-    real: &RealDef,
-    new_flow: bool,
-) -> Result<u32, ()> {
+fn try_to_real(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> Result<u32, ()> {
+    let (vip_index, real_id, real, new_flow) = (flow.vip_index, flow.real_id, flow.real, flow.new);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::add_vip(vip_index, bytes, new_flow, false);
     stats::add_real(real_id, bytes, new_flow, false);
-    nat::rewrite_dst(
+    let sum = nat::rewrite_dst(
         ctx,
-        pkt.l3,
-        pkt.l4,
-        pkt.family,
-        pkt.proto,
+        pkt,
         &real.addr,
         real_port(real, pkt),
     )?;
-    forward::forward(ctx, pkt.l3, pkt.family, forward::Hop::Real(real_id))
+    let action = forward::forward(ctx, pkt.l3, pkt.family, &forward::Hop::Real(real_id));
+    settle(ctx, &sum, action)
+}
+
+/// Finishes a partial L4 checksum for the way the frame leaves (see
+/// `nat::settle`) and returns the verdict.
+#[inline(always)]
+fn settle(ctx: &XdpContext, sum: &nat::L4Sum, action: u32) -> Result<u32, ()> {
+    if let nat::L4Sum::Partial(p) = sum {
+        let skb_kept = action == xdp_action::XDP_PASS
+            || unsafe { SKB_IFACES.get(&(ctx.ingress_ifindex() as u32)) }.is_some();
+        nat::settle(ctx, p, skb_kept)?;
+    }
+    Ok(action)
 }
 
 /// Real → client reply of a balanced flow: source back to the VIP, forward.
+#[inline(never)]
+fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> u32 {
+    let ctx = opaque(ctx);
+    try_to_client(ctx, pkt, rev).unwrap_or(xdp_action::XDP_DROP)
+}
+
 #[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, ()> {
+fn try_to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, ()> {
     if nat::ttl_expired(ctx, pkt.l3, pkt.family)? {
         count(stat::PASS_TTL_EXPIRED);
         return Ok(xdp_action::XDP_PASS);
@@ -479,12 +558,9 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, ()> {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::add_vip(rev.vip_index, bytes, false, true);
     stats::add_real(rev.real_id, bytes, false, true);
-    nat::rewrite_src(
+    let sum = nat::rewrite_src(
         ctx,
-        pkt.l3,
-        pkt.l4,
-        pkt.family,
-        pkt.proto,
+        pkt,
         &rev.vip_addr,
         rev.vip_port,
     )?;
@@ -494,16 +570,17 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, ()> {
         family: pkt.family,
         _pad: [0; 3],
     };
-    forward::forward(ctx, pkt.l3, pkt.family, forward::Hop::Client(client))
+    let action = forward::forward(ctx, pkt.l3, pkt.family, &forward::Hop::Client(client));
+    settle(ctx, &sum, action)
 }
 
 /// Floor for the per-packet benchmark: the same parse, then XDP_TX.
 #[xdp]
 pub fn floor_tx(ctx: XdpContext) -> u32 {
-    match parse(&ctx) {
-        Ok(Parsed::Flow(_)) => xdp_action::XDP_TX,
-        Ok(Parsed::Done(a)) => a,
-        Err(()) => xdp_action::XDP_DROP,
+    let mut pkt = Packet::default();
+    match parse(&ctx, &mut pkt) {
+        FLOW => xdp_action::XDP_TX,
+        verdict => verdict,
     }
 }
 
@@ -546,8 +623,9 @@ fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
     // Not overlapping (map value → packet): a memcpy, which is inlined as
     // 8-byte copies, where an assignment would call a byte-wise memmove.
     unsafe { core::ptr::copy_nonoverlapping(template, frame, 1) };
-    match parse(ctx)? {
-        Parsed::Flow(p) => {
+    let mut p = Packet::default();
+    match parse(ctx, &mut p) {
+        FLOW => {
             nat::set_sport(ctx, p.l4, p.family, p.proto, port)?;
             match GEN_MODE.get(0).copied().unwrap_or(0) {
                 1 => Ok(xdp_action::XDP_PASS),
@@ -558,7 +636,7 @@ fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
                 _ => Ok(xdp_action::XDP_TX),
             }
         }
-        Parsed::Done(_) => Ok(xdp_action::XDP_DROP),
+        _ => Ok(xdp_action::XDP_DROP),
     }
 }
 
@@ -566,8 +644,9 @@ fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
 /// else (ARP, neighbour discovery) passes so the receiver stays reachable.
 #[xdp]
 pub fn sink(ctx: XdpContext) -> u32 {
-    match parse(&ctx) {
-        Ok(Parsed::Flow(_)) => {
+    let mut pkt = Packet::default();
+    match parse(&ctx, &mut pkt) {
+        FLOW => {
             if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
                 unsafe { *c += 1 };
             }

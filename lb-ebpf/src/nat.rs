@@ -1,11 +1,13 @@
 //! NAT rewrites with incremental checksum updates, and TTL handling.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{stat, FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    csum::Update,
-    parse::{ptr_at, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr},
+    csum::{self, Update},
+    parse::{opaque, ptr_at, Ipv4Hdr, Ipv6Hdr, Packet, TcpHdr, UdpHdr, IPV4_HLEN},
+    segment,
+    stats::count,
 };
 
 /// True when forwarding would send the packet out with TTL / hop limit 0.
@@ -31,49 +33,106 @@ enum Side {
 #[inline(always)]
 pub fn rewrite_dst(
     ctx: &XdpContext,
-    l3: usize,
-    l4: usize,
-    family: u8,
-    proto: u8,
+    pkt: &Packet,
     addr: &[u8; 16],
     port: u16,
-) -> Result<(), ()> {
-    rewrite(ctx, l3, l4, family, proto, addr, port, Side::Dst)
+) -> Result<L4Sum, ()> {
+    let mut sum = L4Sum::Full;
+    rewrite(
+        ctx,
+        pkt,
+        &Target {
+            addr,
+            port,
+            side: Side::Dst,
+        },
+        &mut sum,
+    )?;
+    Ok(sum)
 }
 
 /// Reverse path: source becomes VIP:port.
 #[inline(always)]
 pub fn rewrite_src(
     ctx: &XdpContext,
-    l3: usize,
-    l4: usize,
-    family: u8,
-    proto: u8,
+    pkt: &Packet,
     addr: &[u8; 16],
     port: u16,
-) -> Result<(), ()> {
-    rewrite(ctx, l3, l4, family, proto, addr, port, Side::Src)
+) -> Result<L4Sum, ()> {
+    let mut sum = L4Sum::Full;
+    rewrite(
+        ctx,
+        pkt,
+        &Target {
+            addr,
+            port,
+            side: Side::Src,
+        },
+        &mut sum,
+    )?;
+    Ok(sum)
+}
+
+/// The address and port a rewrite writes, and which side of the packet.
+struct Target<'a> {
+    addr: &'a [u8; 16],
+    /// Network order, as stored in the maps.
+    port: u16,
+    side: Side,
+}
+
+/// What the TCP/UDP checksum field holds after a rewrite.
+pub enum L4Sum {
+    /// A full checksum, updated incrementally (or an IPv4 UDP datagram
+    /// without checksum, which stays without).
+    Full,
+    /// What looked like a partial checksum (the field equals the folded
+    /// pseudo-header sum): the field now holds the new pseudo-header sum;
+    /// [`settle`] finishes it once the verdict is known.
+    Partial(Partial),
+}
+
+/// A partial checksum found by [`rewrite`], with what [`settle`] needs
+/// (small: it lives on the BPF stack across the forwarding step).
+pub struct Partial {
+    /// Offset of the L4 header, and its length up to the IP length.
+    l4: u16,
+    len: u16,
+    /// Folded pseudo-header sums before and after the rewrite (native
+    /// order).
+    pseudo_old: u16,
+    pseudo_new: u16,
+    /// The rewritten port, before and after (native order).
+    port_old: u16,
+    port_new: u16,
+    udp: bool,
 }
 
 /// Rewrites one address and port (port in network order as stored in the
 /// maps), decrements TTL / hop limit, and fixes the IPv4 header checksum and
-/// the TCP/UDP checksum incrementally.
-#[allow(clippy::too_many_arguments)]
+/// the TCP/UDP checksum incrementally. A partial checksum (see
+/// [`L4Sum::Partial`]) gets its pseudo-header sum updated instead; only
+/// the addresses are in it, the ports are summed with the segment later.
+///
+/// Not inlined: a BPF-to-BPF call keeps its registers and stack apart from
+/// the caller's (five arguments at most).
+#[inline(never)]
+fn rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target, out: &mut L4Sum) -> Result<(), ()> {
+    let ctx = opaque(ctx);
+    *out = try_rewrite(ctx, pkt, target)?;
+    Ok(())
+}
+
 #[inline(always)]
-fn rewrite(
-    ctx: &XdpContext,
-    l3: usize,
-    l4: usize,
-    family: u8,
-    proto: u8,
-    addr: &[u8; 16],
-    port: u16,
-    side: Side,
-) -> Result<(), ()> {
+fn try_rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum, ()> {
+    let (l3, l4, family, proto) = (pkt.l3, pkt.l4, pkt.family, pkt.proto);
+    let (addr, port, side) = (target.addr, target.port, target.side);
     let new_port = port.to_ne_bytes();
     // Pseudo-header and port delta for the L4 checksum.
     let mut l4sum_delta_old = [0u8; 16];
     let mut old_port = [0u8; 2];
+    let l4_len = pkt_l4_len(ctx, pkt)?;
+    let pseudo_old = csum::fold16(csum::pseudo(ctx, l3, family, proto, l4_len)?);
     if family == FAMILY_V4 {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, l3)?;
         let ip = unsafe { &mut *ip };
@@ -105,6 +164,17 @@ fn rewrite(
         *field = *addr;
         ip.hop_limit -= 1;
     }
+    let partial = |old_port: [u8; 2], udp: bool| -> Result<L4Sum, ()> {
+        Ok(L4Sum::Partial(Partial {
+            l4: l4 as u16,
+            len: l4_len,
+            pseudo_old,
+            pseudo_new: csum::fold16(csum::pseudo(ctx, l3, family, proto, l4_len)?),
+            port_old: u16::from_ne_bytes(old_port),
+            port_new: u16::from_ne_bytes(new_port),
+            udp,
+        }))
+    };
 
     match proto {
         IPPROTO_TCP => {
@@ -117,6 +187,13 @@ fn rewrite(
             };
             old_port.copy_from_slice(pf);
             *pf = new_port;
+            if u16::from_ne_bytes(t.check) == pseudo_old {
+                let p = partial(old_port, false)?;
+                if let L4Sum::Partial(p) = &p {
+                    t.check = p.pseudo_new.to_ne_bytes();
+                }
+                return Ok(p);
+            }
             let mut c = Update::new(t.check);
             l4_update(&mut c, family, &l4sum_delta_old, addr, &old_port, &new_port);
             t.check = c.finish();
@@ -131,8 +208,16 @@ fn rewrite(
             };
             old_port.copy_from_slice(pf);
             *pf = new_port;
-            // IPv4 UDP may carry no checksum (0); it stays absent.
+            // IPv4 UDP may carry no checksum (0); it stays absent. (A
+            // partial checksum is never 0: the fold of a non-zero sum.)
             if !(family == FAMILY_V4 && u.check == [0, 0]) {
+                if u16::from_ne_bytes(u.check) == pseudo_old {
+                    let p = partial(old_port, true)?;
+                    if let L4Sum::Partial(p) = &p {
+                        u.check = p.pseudo_new.to_ne_bytes();
+                    }
+                    return Ok(p);
+                }
                 let mut c = Update::new(u.check);
                 l4_update(&mut c, family, &l4sum_delta_old, addr, &old_port, &new_port);
                 let mut check = c.finish();
@@ -144,6 +229,98 @@ fn rewrite(
         }
         _ => {}
     }
+    Ok(L4Sum::Full)
+}
+
+/// The TCP/UDP length: IP total length less the header (IPv4; the parser
+/// checked the IHL is 5 and the total length covers it), or the IPv6
+/// payload length.
+#[inline(always)]
+fn pkt_l4_len(ctx: &XdpContext, pkt: &Packet) -> Result<u16, ()> {
+    if pkt.family == FAMILY_V4 {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, pkt.l3)?;
+        Ok(u16::from_be_bytes(unsafe { (*ip).tot_len }).wrapping_sub(IPV4_HLEN as u16))
+    } else {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, pkt.l3)?;
+        Ok(u16::from_be_bytes(unsafe { (*ip).payload_len }))
+    }
+}
+
+/// Offsets of the checksum field in the TCP and UDP headers.
+const TCP_CHECK_OFF: usize = 16;
+const UDP_CHECK_OFF: usize = 6;
+
+/// Finishes a partial checksum found by [`rewrite`], by how the frame
+/// leaves:
+///
+/// - As a bare frame (`skb_kept` false: XDP_TX or a native-mode
+///   redirect), nothing downstream knows the checksum was partial, so it
+///   is computed here from scratch over the segment. That is right
+///   whatever the field held, also for a full checksum that happened to
+///   equal the pseudo-header sum (1 in 65536).
+/// - With its socket buffer (passed to the kernel, or generic mode), the
+///   buffer may still be marked partial and the kernel or the egress
+///   device will add the segment to the field: the field must stay the
+///   pseudo-header sum. Only if the original field was in fact a valid
+///   full checksum (the buffer was not partial) is a full checksum
+///   written instead.
+#[inline(never)]
+pub fn settle(ctx: &XdpContext, p: &Partial, skb_kept: bool) -> Result<(), ()> {
+    let ctx = opaque(ctx);
+    // An L4 header starts within the first 58 bytes; the bound keeps the
+    // verifier's view of the offset small enough to track.
+    if p.l4 > 0xff {
+        return Err(());
+    }
+    let l4 = p.l4 as usize;
+    let at = l4 + if p.udp { UDP_CHECK_OFF } else { TCP_CHECK_OFF };
+    if p.len as usize > segment::MAX_LEN {
+        if skb_kept {
+            // Only a GRO-merged or GSO frame is this long, and its
+            // checksum is partial: it stays so (pseudo header updated).
+            count(stat::CSUM_PARTIAL_KEPT);
+            return Ok(());
+        }
+        // Not possible for a native-mode frame; never sent on unfinished.
+        count(stat::DROP_CSUM_TOO_LONG);
+        return Err(());
+    }
+    let field: *mut [u8; 2] = ptr_at(ctx, at)?;
+    // SAFETY: `ptr_at` checked the field lies in the packet; nothing else
+    // refers to it while this runs.
+    unsafe { *field = [0, 0] };
+    // The segment with its new port and a zero field.
+    let seg = segment::sum(ctx, l4, p.len as usize);
+    if seg < 0 {
+        return Err(());
+    }
+    let seg = seg as u32;
+    let mut full = !csum::fold16(csum::add(p.pseudo_new as u32, seg));
+    if p.udp && full == 0 {
+        full = 0xffff;
+    }
+    let write = if !skb_kept {
+        count(stat::CSUM_COMPLETED);
+        full
+    } else {
+        // Was the original a valid full checksum? Put the old port back
+        // into the sum and check it with the original field (which equals
+        // the folded old pseudo-header sum).
+        let seg_old = csum::add(
+            csum::add(seg, (!p.port_new) as u32),
+            p.port_old as u32,
+        );
+        let old = p.pseudo_old as u32;
+        if csum::fold16(csum::add(csum::add(old, seg_old), old)) == 0xffff {
+            full
+        } else {
+            count(stat::CSUM_PARTIAL_KEPT);
+            p.pseudo_new
+        }
+    };
+    let field: *mut [u8; 2] = ptr_at(ctx, at)?;
+    // SAFETY: as above; re-derived after the helper calls.
+    unsafe { *field = write.to_ne_bytes() };
     Ok(())
 }
 

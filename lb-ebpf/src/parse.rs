@@ -4,6 +4,7 @@
 //! values are network order and read with `from_be_bytes`.
 
 use aya_ebpf::programs::XdpContext;
+use lb_common::FlowKey;
 
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
@@ -69,6 +70,26 @@ pub struct UdpHdr {
     pub dst: [u8; 2],
     pub len: [u8; 2],
     pub check: [u8; 2],
+}
+
+/// What the parser learnt about a TCP/UDP packet.
+#[derive(Default)]
+pub struct Packet {
+    /// Offsets of the IP and the TCP/UDP header.
+    pub l3: usize,
+    pub l4: usize,
+    pub family: u8,
+    pub proto: u8,
+    pub key: FlowKey,
+}
+
+/// The context, kept a pointer. Every function taking the context that is
+/// not inlined (a BPF-to-BPF call) starts with this: otherwise the compiler
+/// may pass the packet's start and end pointers as arguments instead,
+/// on which the verifier forbids arithmetic.
+#[inline(always)]
+pub fn opaque(ctx: &XdpContext) -> &XdpContext {
+    core::hint::black_box(ctx)
 }
 
 /// A pointer to a `T` at `offset` from the start of the packet, or `Err` when

@@ -12,6 +12,12 @@
 //!     2001:db8::2       2001:db8::1          2001:db8:(10+i)::1    2001:db8:(10+i)::2
 //!  VIPs: 198.18.100.1, 2001:db8:100::1 (routed to lb by the client's default route)
 //! ```
+//!
+//! With [`Wiring::bridge`], the reals sit behind a bridge on `l1` instead.
+//! Veth pairs keep the offloads `ip link add` gives them (partial
+//! checksums from local senders) unless [`Wiring::full_checksums`] asks
+//! otherwise; GRO is on at the far end of each lb interface, which XDP
+//! redirects into a veth need.
 
 use std::{
     fs::File,
@@ -157,22 +163,46 @@ pub fn enter(path: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates a veth pair between two namespaces, brings both ends up, turns
-/// GRO on (a veth needs NAPI on the receiving end to accept XDP redirects)
-/// and TX checksum offload off: a locally sent veth frame otherwise carries
-/// only a partial (pseudo-header) TCP/UDP checksum, which no real NIC would
-/// hand to XDP and which an incremental NAT update cannot fix.
-pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+/// Creates a veth pair between two namespaces and brings both ends up,
+/// with the offloads `ip link add` gives them: TX checksum offload on, so
+/// locally sent TCP/UDP frames carry partial checksums, as from containers.
+pub fn veth_plain(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
     a.ip(&[
         "link", "add", "name", a_name, "type", "veth", "peer", "name", b_name, "netns", &b.name,
     ])?;
     a.ip(&["link", "set", a_name, "up"])?;
     b.ip(&["link", "set", b_name, "up"])?;
-    for (ns, dev) in [(a, a_name), (b, b_name)] {
-        ns.exec("ethtool", &["-K", dev, "gro", "on", "tx", "off"])
-            .context("ethtool (package ethtool) is needed to enable GRO on veth")?;
-    }
     Ok(())
+}
+
+/// [`veth_plain`] for a link whose `a` end gets XDP: GRO is turned on at
+/// the `b` end, because a veth accepts XDP-redirected frames only when its
+/// peer runs NAPI (GRO on, or an XDP program attached); see README, "Data
+/// plane". Checksum offloads stay as they are.
+pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+    veth_plain(a, a_name, b, b_name)?;
+    b.exec("ethtool", &["-K", b_name, "gro", "on"])
+        .context("ethtool (package ethtool) is needed to enable GRO on veth")?;
+    Ok(())
+}
+
+/// Turns TX checksum offload off on `dev`, so that what it sends carries
+/// full checksums (as from a real NIC).
+pub fn full_checksums(ns: &Netns, dev: &str) -> Result<()> {
+    ns.exec("ethtool", &["-K", dev, "tx", "off"])
+        .context("ethtool (package ethtool) is needed")?;
+    Ok(())
+}
+
+/// How a [`Topology`] is wired.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wiring {
+    /// The reals sit behind a Linux bridge (a switch) on one lb interface,
+    /// instead of one point-to-point link each.
+    pub bridge: bool,
+    /// Client and reals send full checksums (TX checksum offload off);
+    /// by default they send partial ones, as local senders do.
+    pub full_checksums: bool,
 }
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
@@ -194,18 +224,40 @@ pub struct Topology {
     pub client: Netns,
     pub lb: Netns,
     pub reals: Vec<Netns>,
-    /// Interfaces in the lb namespace: `l0` (client side), `l1`…`ln`.
+    /// The bridge's namespace, when the reals sit behind one.
+    pub switch: Option<Netns>,
+    /// Interfaces in the lb namespace: `l0` (client side), `l1`…`ln`
+    /// (one per real; only `l1` with a bridge).
     pub lb_ifaces: Vec<String>,
 }
 
 impl Topology {
+    /// Point-to-point links, default offloads.
     pub fn build(n: usize) -> Result<Topology> {
+        Topology::build_wired(n, Wiring::default())
+    }
+
+    /// With a bridge, the lb's `l1` is a port of bridge `br0` in the switch
+    /// namespace, and each real's `r0` another; real `i` keeps its own
+    /// subnet (198.18.(10+i).0/24, all on `l1`), so addresses are the same
+    /// in both wirings.
+    pub fn build_wired(n: usize, wiring: Wiring) -> Result<Topology> {
         let client = Netns::new("lbc")?;
         let lb = Netns::new("lbl")?;
         let mut reals = Vec::new();
         for _ in 0..n {
             reals.push(Netns::new("lbr")?);
         }
+        let switch = if wiring.bridge {
+            let sw = Netns::new("lbs")?;
+            veth(&lb, "l1", &sw, "s0")?;
+            sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+            sw.ip(&["link", "set", "s0", "master", "br0"])?;
+            sw.ip(&["link", "set", "br0", "up"])?;
+            Some(sw)
+        } else {
+            None
+        };
         veth(&lb, "l0", &client, "c0")?;
         lb.ip(&["addr", "add", "198.18.0.1/24", "dev", "l0"])?;
         lb.ip(&["addr", "add", "2001:db8::1/64", "dev", "l0", "nodad"])?;
@@ -214,10 +266,28 @@ impl Topology {
         client.ip(&["route", "add", "default", "via", "198.18.0.1"])?;
         client.ip(&["-6", "route", "add", "default", "via", "2001:db8::1"])?;
         let mut lb_ifaces = vec!["l0".to_string()];
+        if switch.is_some() {
+            lb_ifaces.push("l1".to_string());
+        }
         for (i, r) in reals.iter().enumerate() {
             let i = i + 1;
-            let l = format!("l{i}");
-            veth(&lb, &l, r, "r0")?;
+            let l = match &switch {
+                Some(sw) => {
+                    let port = format!("s{i}");
+                    veth_plain(sw, &port, r, "r0")?;
+                    sw.ip(&["link", "set", &port, "master", "br0"])?;
+                    "l1".to_string()
+                }
+                None => {
+                    let l = format!("l{i}");
+                    veth(&lb, &l, r, "r0")?;
+                    lb_ifaces.push(l.clone());
+                    l
+                }
+            };
+            if wiring.full_checksums {
+                full_checksums(r, "r0")?;
+            }
             let net4 = 10 + i;
             let net6 = format!("2001:db8:{:x}::", 0x10 + i);
             lb.ip(&["addr", "add", &format!("198.18.{net4}.1/24"), "dev", &l])?;
@@ -232,7 +302,9 @@ impl Topology {
                 &format!("198.18.{net4}.1"),
             ])?;
             r.ip(&["-6", "route", "add", "default", "via", &format!("{net6}1")])?;
-            lb_ifaces.push(l);
+        }
+        if wiring.full_checksums {
+            full_checksums(&client, "c0")?;
         }
         lb.sysctl("net.ipv4.ip_forward", "1")?;
         lb.sysctl("net.ipv6.conf.all.forwarding", "1")?;
@@ -240,6 +312,7 @@ impl Topology {
             client,
             lb,
             reals,
+            switch,
             lb_ifaces,
         })
     }
