@@ -96,7 +96,8 @@ pub fn fold16(sum: u32) -> u16 {
 /// 8 bytes; IPv6 at 8, 32 bytes).
 #[inline(always)]
 pub fn pseudo(ctx: &XdpContext, l3: usize, family: u8, proto: u8, l4_len: u16) -> Result<u32, ()> {
-    let extra = u16::from_ne_bytes([0, proto]) as u32 + u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
+    let extra =
+        u16::from_ne_bytes([0, proto]) as u32 + u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
     let addrs = if family == FAMILY_V4 {
         segment::packet_sum::<8>(ctx, l3 + 12, 0)?
     } else {

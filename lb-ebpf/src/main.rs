@@ -36,10 +36,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    flow_hash, stat, Counters, CsumScratch, CtValue, FlowKey, GenTemplate, NextHop, RealDef, ReplyHopKey,
-    VipKey, VipMeta, CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, FAMILY_V4, FAMILY_V6, IPPROTO_TCP,
-    IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REAL_F_VALID, REPLY_HOPS_SIZE, RING_SLOTS,
-    RING_STRIDE,
+    flow_hash, stat, Counters, CsumScratch, CtValue, FlowKey, GenTemplate, NextHop, RealDef,
+    ReplyHopKey, VipKey, VipMeta, CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, FAMILY_V4, FAMILY_V6,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REAL_F_VALID, REPLY_HOPS_SIZE,
+    RING_SLOTS, RING_STRIDE,
 };
 use parse::*;
 use stats::count;
@@ -519,12 +519,7 @@ fn try_to_real(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> Result<u32, (
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::add_vip(vip_index, bytes, new_flow, false);
     stats::add_real(real_id, bytes, new_flow, false);
-    let sum = nat::rewrite_dst(
-        ctx,
-        pkt,
-        &real.addr,
-        real_port(real, pkt),
-    )?;
+    let sum = nat::rewrite_dst(ctx, pkt, &real.addr, real_port(real, pkt))?;
     let action = forward::forward(ctx, pkt.l3, pkt.family, &forward::Hop::Real(real_id));
     settle(ctx, &sum, action)
 }
@@ -558,12 +553,7 @@ fn try_to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, (
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::add_vip(rev.vip_index, bytes, false, true);
     stats::add_real(rev.real_id, bytes, false, true);
-    let sum = nat::rewrite_src(
-        ctx,
-        pkt,
-        &rev.vip_addr,
-        rev.vip_port,
-    )?;
+    let sum = nat::rewrite_src(ctx, pkt, &rev.vip_addr, rev.vip_port)?;
     let client = ReplyHopKey {
         addr: pkt.key.dst,
         ingress: ctx.ingress_ifindex() as u32,

@@ -306,10 +306,7 @@ pub fn settle(ctx: &XdpContext, p: &Partial, skb_kept: bool) -> Result<(), ()> {
         // Was the original a valid full checksum? Put the old port back
         // into the sum and check it with the original field (which equals
         // the folded old pseudo-header sum).
-        let seg_old = csum::add(
-            csum::add(seg, (!p.port_new) as u32),
-            p.port_old as u32,
-        );
+        let seg_old = csum::add(csum::add(seg, (!p.port_new) as u32), p.port_old as u32);
         let old = p.pseudo_old as u32;
         if csum::fold16(csum::add(csum::add(old, seg_old), old)) == 0xffff {
             full

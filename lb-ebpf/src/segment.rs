@@ -70,12 +70,7 @@ fn try_sum(ctx: &XdpContext, start: usize, len: usize) -> Result<u32, ()> {
         // SAFETY: `buf` is this CPU's scratch value, `CSUM_CHUNK` bytes,
         // and `n` is at most that; the helper checks the packet range.
         let r = unsafe {
-            bpf_xdp_load_bytes(
-                ctx.as_ptr() as *mut _,
-                off as u32,
-                buf as *mut _,
-                n as u32,
-            )
+            bpf_xdp_load_bytes(ctx.as_ptr() as *mut _, off as u32, buf as *mut _, n as u32)
         };
         if r != 0 {
             return Err(());
@@ -99,7 +94,10 @@ fn try_sum(ctx: &XdpContext, start: usize, len: usize) -> Result<u32, ()> {
         const M: usize = CSUM_CHUNK - 1;
         let rest = n - whole;
         if rest >= 2 {
-            s = csum::add(s, u16::from_ne_bytes([b[whole & M], b[(whole + 1) & M]]) as u32);
+            s = csum::add(
+                s,
+                u16::from_ne_bytes([b[whole & M], b[(whole + 1) & M]]) as u32,
+            );
         }
         if rest & 1 == 1 {
             s = csum::add(s, u16::from_ne_bytes([b[(n - 1) & M], 0]) as u32);

@@ -89,7 +89,7 @@ impl Default for LoadOptions {
 }
 
 /// The maps that hold the balancer's state; these are pinned.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     "VIPS",
     "RINGS",
     "REALS",
@@ -99,6 +99,7 @@ pub const PINNED_MAPS: [&str; 9] = [
     "REAL_STATS",
     "GLOBAL_STATS",
     "TX_PORTS",
+    "SKB_IFACES",
 ];
 
 /// How a program ended up attached.
@@ -430,6 +431,7 @@ impl Dataplane {
         let mut tx: DevMapHash<&mut MapData> = map(&mut self.ebpf, "TX_PORTS")?.try_into()?;
         tx.insert(ifindex, ifindex, None, 0)
             .map_err(|e| anyhow!("cannot add {iface} to TX_PORTS: {e}"))?;
+        self.set_skb_mode(ifindex, mode == AttachMode::Generic)?;
         info!(
             "{iface}: XDP attached ({})",
             match mode {
@@ -445,6 +447,22 @@ impl Dataplane {
     /// Interfaces attached so far.
     pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
         self.attached.iter().map(|(n, _, m)| (n.as_str(), *m))
+    }
+
+    /// Records whether `ifindex` runs the program in generic (skb) mode,
+    /// where a frame keeps its socket buffer (and a partial checksum its
+    /// mark) whatever the verdict. The map is pinned, so a program swapped
+    /// into a pinned link later finds the mode its link was made with.
+    pub fn set_skb_mode(&mut self, ifindex: u32, generic: bool) -> Result<()> {
+        let mut m: BpfHashMap<&mut MapData, u32, u32> =
+            map(&mut self.ebpf, "SKB_IFACES")?.try_into()?;
+        if generic {
+            m.insert(ifindex, 1, 0)
+                .map_err(|e| anyhow!("cannot record generic mode of ifindex {ifindex}: {e}"))?;
+        } else {
+            let _ = m.remove(&ifindex);
+        }
+        Ok(())
     }
 
     /// Adds an interface as a redirect target without attaching to it.

@@ -127,6 +127,9 @@ pub struct Pkt {
     pub ext_hdr: bool,
     pub l4: L4,
     pub payload: Vec<u8>,
+    /// The TCP/UDP checksum field holds only the folded pseudo-header sum,
+    /// as a sender with checksum offload leaves it (a partial checksum).
+    pub partial_csum: bool,
 }
 
 impl Pkt {
@@ -147,6 +150,7 @@ impl Pkt {
                 flags,
             },
             payload: b"hello".to_vec(),
+            partial_csum: false,
         }
     }
     pub fn udp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Pkt {
@@ -158,6 +162,36 @@ impl Pkt {
         };
         p
     }
+    /// A TCP/UDP packet whose full checksum equals the folded pseudo-header
+    /// sum, so that it looks partial: the last two payload bytes are
+    /// chosen for it.
+    pub fn full_looking_partial(mut self) -> Pkt {
+        self.partial_csum = false;
+        let n = self.payload.len();
+        assert!(
+            n >= 2 && n.is_multiple_of(2),
+            "an even payload of at least 2 bytes"
+        );
+        let field = match self.l4 {
+            L4::Tcp { .. } => 16,
+            L4::Udp { .. } => 6,
+            L4::Icmp => panic!("TCP or UDP"),
+        };
+        let l4_off = self.bytes().len() - self.l4_bytes(0).len();
+        for w in 0..=u16::MAX {
+            self.payload[n - 2..].copy_from_slice(&w.to_be_bytes());
+            let b = self.bytes();
+            let mut partial = self.clone();
+            partial.partial_csum = true;
+            if b[l4_off + field..l4_off + field + 2]
+                == partial.bytes()[l4_off + field..l4_off + field + 2]
+            {
+                return self;
+            }
+        }
+        panic!("no payload word makes the checksum look partial")
+    }
+
     /// As forwarded: new addresses/ports, TTL - 1, MACs of the next hop.
     pub fn nat(
         &self,
@@ -216,6 +250,15 @@ impl Pkt {
             L4::Icmp => vec![8, 0, 0, 0, 0, 1, 0, 1],
         };
         b.extend_from_slice(&self.payload);
+        if self.partial_csum {
+            let c = !fold(pseudo);
+            match self.l4 {
+                L4::Tcp { .. } => b[16..18].copy_from_slice(&c.to_be_bytes()),
+                L4::Udp { .. } => b[6..8].copy_from_slice(&c.to_be_bytes()),
+                L4::Icmp => {}
+            }
+            return b;
+        }
         match self.l4 {
             L4::Tcp { .. } => {
                 let c = fold(pseudo + sum16(&b));

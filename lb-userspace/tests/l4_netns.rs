@@ -185,7 +185,12 @@ fn balances(wiring: Wiring) {
         let out = ns
             .exec(
                 "nstat",
-                &["-asz", "TcpInCsumErrors", "UdpInCsumErrors", "Udp6InCsumErrors"],
+                &[
+                    "-asz",
+                    "TcpInCsumErrors",
+                    "UdpInCsumErrors",
+                    "Udp6InCsumErrors",
+                ],
             )
             .unwrap();
         for line in out.lines().filter(|l| l.contains("CsumErrors")) {

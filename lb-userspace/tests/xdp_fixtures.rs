@@ -392,6 +392,111 @@ fn fixtures() -> Vec<Fixture> {
         XDP_PASS,
         None,
     ));
+    // --- Partial checksums (TX checksum offload of a local sender): the
+    // field holds only the pseudo-header sum. A frame that leaves bare
+    // (redirect, TX) gets the full checksum; one passed to the kernel
+    // keeps its socket buffer, so its field stays partial, updated for the
+    // new addresses. Test-run frames are bare, like a native-mode frame.
+    let partial = |mut p: Pkt| {
+        p.partial_csum = true;
+        p
+    };
+    let full = |mut p: Pkt| {
+        p.partial_csum = false;
+        p
+    };
+    let p_syn = partial(Pkt::tcp(c4, 40100, v4, 80, SYN));
+    f.push(fx(
+        "v4 tcp SYN with a partial checksum → real, checksum completed",
+        "in0",
+        p_syn.bytes(),
+        XDP_REDIRECT,
+        Some(full(p_syn.nat(c4, 40100, r4, 8080, OUT_MAC, REAL_MAC)).bytes()),
+    ));
+    let mut p_big = partial(Pkt::tcp(c4, 40100, v4, 80, ACK));
+    p_big.payload = (0..1301u32).map(|i| (i * 7 + 3) as u8).collect();
+    f.push(fx(
+        "v4 tcp, 1301-byte payload, partial checksum → completed over every byte",
+        "in0",
+        p_big.bytes(),
+        XDP_REDIRECT,
+        Some(full(p_big.nat(c4, 40100, r4, 8080, OUT_MAC, REAL_MAC)).bytes()),
+    ));
+    let mut p_reply = partial(Pkt::tcp(r4, 8080, c4, 40100, SYN | ACK));
+    p_reply.src_mac = REAL_MAC;
+    p_reply.dst_mac = OUT_MAC;
+    f.push(fx(
+        "v4 tcp reply with a partial checksum → source rewritten, checksum completed",
+        "out1",
+        p_reply.bytes(),
+        XDP_REDIRECT,
+        Some(full(p_reply.nat(v4, 80, c4, 40100, IN_MAC, CLIENT_MAC)).bytes()),
+    ));
+    let p_udp6 = partial(Pkt::udp(c6, 40101, v6, 53));
+    f.push(fx(
+        "v6 udp with a partial checksum → real, checksum completed",
+        "in0",
+        p_udp6.bytes(),
+        XDP_REDIRECT,
+        Some(full(p_udp6.nat(c6, 40101, r6, 5353, OUT_MAC, REAL_MAC)).bytes()),
+    ));
+    let p_tcp6 = partial(Pkt::tcp(c6, 40101, v6, 80, SYN));
+    f.push(fx(
+        "v6 tcp with a partial checksum → real, checksum completed",
+        "in0",
+        p_tcp6.bytes(),
+        XDP_REDIRECT,
+        Some(full(p_tcp6.nat(c6, 40101, r6, 8080, OUT_MAC, REAL_MAC)).bytes()),
+    ));
+    let p_nn = partial(Pkt::tcp(c4, 40102, IpAddr::V4(VIP4_NONEIGH), 80, SYN));
+    let mut p_nn_out = p_nn.nat(
+        c4,
+        40102,
+        IpAddr::V4(REAL4_NONEIGH),
+        8080,
+        CLIENT_MAC,
+        IN_MAC,
+    );
+    p_nn_out.src_mac = CLIENT_MAC;
+    p_nn_out.dst_mac = IN_MAC;
+    f.push(fx(
+        "v4 FIB miss with a partial checksum → pass, checksum kept partial for the new addresses",
+        "in0",
+        p_nn.bytes(),
+        XDP_PASS,
+        Some(p_nn_out.bytes()),
+    ));
+    let mut look = Pkt::tcp(c4, 40103, v4, 80, SYN);
+    look.payload = b"hello!".to_vec();
+    let look = look.full_looking_partial();
+    f.push(fx(
+        "v4 tcp full checksum that equals the pseudo-header sum → redirected with a correct checksum",
+        "in0",
+        look.bytes(),
+        XDP_REDIRECT,
+        Some(look.nat(c4, 40103, r4, 8080, OUT_MAC, REAL_MAC).bytes()),
+    ));
+    let mut look_nn = Pkt::tcp(c4, 40104, IpAddr::V4(VIP4_NONEIGH), 80, SYN);
+    look_nn.payload = b"hello!".to_vec();
+    let look_nn = look_nn.full_looking_partial();
+    let mut look_nn_out = look_nn.nat(
+        c4,
+        40104,
+        IpAddr::V4(REAL4_NONEIGH),
+        8080,
+        CLIENT_MAC,
+        IN_MAC,
+    );
+    look_nn_out.src_mac = CLIENT_MAC;
+    look_nn_out.dst_mac = IN_MAC;
+    f.push(fx(
+        "v4 full checksum that looks partial, FIB miss → pass with a correct full checksum",
+        "in0",
+        look_nn.bytes(),
+        XDP_PASS,
+        Some(look_nn_out.bytes()),
+    ));
+
     let mut arp = vec![0xffu8; 6];
     arp.extend_from_slice(&CLIENT_MAC);
     arp.extend_from_slice(&[0x08, 0x06]);
@@ -536,6 +641,28 @@ fn xdp_fixtures() {
             }
         }
 
+        // Generic (skb) mode: a redirected frame keeps its socket buffer,
+        // so a partial checksum stays partial (the egress path completes
+        // it); a full checksum is updated as always.
+        {
+            let (c4, v4, r4) = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4), IpAddr::V4(REAL4));
+            dp.set_skb_mode(in0, true)?;
+            let mut syn = Pkt::tcp(c4, 40110, v4, 80, 0x02);
+            for partial in [true, false] {
+                syn.partial_csum = partial;
+                let want = syn.nat(c4, 40110, r4, 8080, OUT_MAC, REAL_MAC).bytes();
+                let (v, got, _) = test_run(dp.program(dataplane::PROGRAM)?, in0, &syn.bytes())?;
+                if (v, &got) != (XDP_REDIRECT, &want) {
+                    failures.push(format!(
+                        "generic mode, partial checksum {partial}: verdict {v} (want {XDP_REDIRECT}), output\n   got  {}\n   want {}",
+                        hex(&got),
+                        hex(&want)
+                    ));
+                }
+            }
+            dp.set_skb_mode(in0, false)?;
+        }
+
         let snap = dp.snapshot()?;
         for (name, min) in [
             ("conntrack_hit", 1u64),
@@ -552,6 +679,8 @@ fn xdp_fixtures() {
             ("drop_ipv6_extension", 1),
             ("pass_ttl_expired", 2),
             ("drop_truncated_vlan", 1),
+            ("csum_completed", 5),
+            ("csum_partial_kept", 2),
         ] {
             let v = snap.global.get(name).copied().unwrap_or(0);
             if v < min {
