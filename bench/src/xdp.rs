@@ -76,6 +76,16 @@ fn classes(calls: usize) -> Vec<Class> {
             p.bytes()
         })
         .collect();
+    // Partial checksums (a local sender's offload): a 64-byte payload, and
+    // a 1400-byte one (the completion sums the whole segment).
+    let mut part = Pkt::tcp(IpAddr::V4(CLIENT4), 50002, vip4, 80, ACK);
+    part.partial_csum = true;
+    part.payload = vec![0x5a; 64];
+    let part = part.bytes();
+    let mut part_big = Pkt::tcp(IpAddr::V4(CLIENT4), 50003, vip4, 80, ACK);
+    part_big.partial_csum = true;
+    part_big.payload = vec![0x5a; 1400];
+    let part_big = part_big.bytes();
     let non_vip = Pkt::tcp(IpAddr::V4(CLIENT4), 50001, real4, 8080, SYN).bytes();
     let non_vip6 = Pkt::tcp(c6, 50001, real6, 8080, SYN).bytes();
     vec![
@@ -98,6 +108,20 @@ fn classes(calls: usize) -> Vec<Class> {
             ingress: "in0",
             frames: vec![est6.clone(); calls],
             warm: vec![est6],
+            verdict: 4,
+        },
+        Class {
+            name: "established, partial checksum (v4, 64-byte payload)",
+            ingress: "in0",
+            frames: vec![part.clone(); calls],
+            warm: vec![part],
+            verdict: 4,
+        },
+        Class {
+            name: "established, partial checksum (v4, 1400-byte payload)",
+            ingress: "in0",
+            frames: vec![part_big.clone(); calls],
+            warm: vec![part_big],
             verdict: 4,
         },
         Class {
