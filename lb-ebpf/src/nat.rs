@@ -37,8 +37,7 @@ pub fn rewrite_dst(
     addr: &[u8; 16],
     port: u16,
 ) -> Result<L4Sum, ()> {
-    let mut sum = L4Sum::Full;
-    rewrite(
+    rewrite_to(
         ctx,
         pkt,
         &Target {
@@ -46,9 +45,7 @@ pub fn rewrite_dst(
             port,
             side: Side::Dst,
         },
-        &mut sum,
-    )?;
-    Ok(sum)
+    )
 }
 
 /// Reverse path: source becomes VIP:port.
@@ -59,8 +56,7 @@ pub fn rewrite_src(
     addr: &[u8; 16],
     port: u16,
 ) -> Result<L4Sum, ()> {
-    let mut sum = L4Sum::Full;
-    rewrite(
+    rewrite_to(
         ctx,
         pkt,
         &Target {
@@ -68,8 +64,13 @@ pub fn rewrite_src(
             port,
             side: Side::Src,
         },
-        &mut sum,
-    )?;
+    )
+}
+
+#[inline(always)]
+fn rewrite_to(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum, ()> {
+    let mut sum = L4Sum::Full;
+    rewrite(ctx, pkt, target, &mut sum)?;
     Ok(sum)
 }
 
