@@ -3,8 +3,9 @@
 //! All words of [`Update`] are taken big-endian from the wire bytes; the ones' complement
 //! sum does not care about byte order as long as it is consistent.
 
+/// Folds a 32-bit partial sum to 16 bits (not inverted).
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
@@ -65,7 +66,7 @@ impl Update {
 use aya_ebpf::programs::XdpContext;
 use lb_common::FAMILY_V4;
 
-use crate::segment;
+use crate::{parse::ptr_at, segment};
 
 // --- Partial checksums -------------------------------------------------
 //
@@ -85,12 +86,6 @@ pub fn add(a: u32, b: u32) -> u32 {
     s.wrapping_add((s < b) as u32)
 }
 
-/// Folds a 32-bit partial sum to 16 bits (not inverted).
-#[inline(always)]
-pub fn fold16(sum: u32) -> u16 {
-    fold(sum)
-}
-
 /// Native-order partial sum of the pseudo header of the packet's current
 /// addresses: the addresses are contiguous in both IP headers (IPv4 at 12,
 /// 8 bytes; IPv6 at 8, 32 bytes).
@@ -99,7 +94,17 @@ pub fn pseudo(ctx: &XdpContext, l3: usize, family: u8, proto: u8, l4_len: u16) -
     let extra =
         u16::from_ne_bytes([0, proto]) as u32 + u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
     let addrs = if family == FAMILY_V4 {
-        segment::packet_sum::<8>(ctx, l3 + 12, 0)?
+        // Four words: cheaper added here than through the helper.
+        let a: *const [u8; 8] = ptr_at(ctx, l3 + 12)?;
+        // SAFETY: `ptr_at` checked the eight bytes lie in the packet.
+        let a = unsafe { &*a };
+        let mut s = 0u32;
+        let mut i = 0;
+        while i < 8 {
+            s += u16::from_ne_bytes([a[i], a[i + 1]]) as u32;
+            i += 2;
+        }
+        s
     } else {
         segment::packet_sum::<32>(ctx, l3 + 8, 0)?
     };

@@ -519,7 +519,7 @@ fn try_to_real(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> Result<u32, (
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::add_vip(vip_index, bytes, new_flow, false);
     stats::add_real(real_id, bytes, new_flow, false);
-    let sum = nat::rewrite_dst(ctx, pkt, &real.addr, real_port(real, pkt))?;
+    let sum = nat::rewrite_to(ctx, pkt, &real.addr, real_port(real, pkt), nat::Side::Dst)?;
     let action = forward::forward(ctx, pkt.l3, pkt.family, &forward::Hop::Real(real_id));
     settle(ctx, &sum, action)
 }
@@ -553,7 +553,7 @@ fn try_to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, (
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::add_vip(rev.vip_index, bytes, false, true);
     stats::add_real(rev.real_id, bytes, false, true);
-    let sum = nat::rewrite_src(ctx, pkt, &rev.vip_addr, rev.vip_port)?;
+    let sum = nat::rewrite_to(ctx, pkt, &rev.vip_addr, rev.vip_port, nat::Side::Src)?;
     let client = ReplyHopKey {
         addr: pkt.key.dst,
         ingress: ctx.ingress_ifindex() as u32,

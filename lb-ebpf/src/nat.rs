@@ -24,53 +24,24 @@ pub fn ttl_expired(ctx: &XdpContext, l3: usize, family: u8) -> Result<bool, ()> 
 
 /// Which address/port of the packet is rewritten.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub enum Side {
     Src,
     Dst,
 }
 
-/// Forward path: destination becomes real:port.
+/// Rewrites one side of the packet to `addr`:`port` (port in network
+/// order): the destination on the forward path (to the real), the source
+/// on the reverse path (back to the VIP).
 #[inline(always)]
-pub fn rewrite_dst(
+pub fn rewrite_to(
     ctx: &XdpContext,
     pkt: &Packet,
     addr: &[u8; 16],
     port: u16,
+    side: Side,
 ) -> Result<L4Sum, ()> {
-    rewrite_to(
-        ctx,
-        pkt,
-        &Target {
-            addr,
-            port,
-            side: Side::Dst,
-        },
-    )
-}
-
-/// Reverse path: source becomes VIP:port.
-#[inline(always)]
-pub fn rewrite_src(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    addr: &[u8; 16],
-    port: u16,
-) -> Result<L4Sum, ()> {
-    rewrite_to(
-        ctx,
-        pkt,
-        &Target {
-            addr,
-            port,
-            side: Side::Src,
-        },
-    )
-}
-
-#[inline(always)]
-fn rewrite_to(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum, ()> {
     let mut sum = L4Sum::Full;
-    rewrite(ctx, pkt, target, &mut sum)?;
+    rewrite(ctx, pkt, &Target { addr, port, side }, &mut sum)?;
     Ok(sum)
 }
 
@@ -120,7 +91,12 @@ pub struct Partial {
 #[inline(never)]
 fn rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target, out: &mut L4Sum) -> Result<(), ()> {
     let ctx = opaque(ctx);
-    *out = try_rewrite(ctx, pkt, target)?;
+    // Only a partial result is written (`out` starts as `Full`): copying a
+    // whole `Full` value would store its undefined payload bytes, and the
+    // verifier rejects reading an uninitialised register.
+    if let L4Sum::Partial(p) = try_rewrite(ctx, pkt, target)? {
+        *out = L4Sum::Partial(p);
+    }
     Ok(())
 }
 
@@ -133,7 +109,7 @@ fn try_rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum,
     let mut l4sum_delta_old = [0u8; 16];
     let mut old_port = [0u8; 2];
     let l4_len = pkt_l4_len(ctx, pkt)?;
-    let pseudo_old = csum::fold16(csum::pseudo(ctx, l3, family, proto, l4_len)?);
+    let pseudo_old = csum::fold(csum::pseudo(ctx, l3, family, proto, l4_len)?);
     if family == FAMILY_V4 {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, l3)?;
         let ip = unsafe { &mut *ip };
@@ -170,7 +146,7 @@ fn try_rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum,
             l4: l4 as u16,
             len: l4_len,
             pseudo_old,
-            pseudo_new: csum::fold16(csum::pseudo(ctx, l3, family, proto, l4_len)?),
+            pseudo_new: csum::fold(csum::pseudo(ctx, l3, family, proto, l4_len)?),
             port_old: u16::from_ne_bytes(old_port),
             port_new: u16::from_ne_bytes(new_port),
             udp,
@@ -296,7 +272,7 @@ pub fn settle(ctx: &XdpContext, p: &Partial, skb_kept: bool) -> Result<(), ()> {
         return Err(());
     }
     let seg = seg as u32;
-    let mut full = !csum::fold16(csum::add(p.pseudo_new as u32, seg));
+    let mut full = !csum::fold(csum::add(p.pseudo_new as u32, seg));
     if p.udp && full == 0 {
         full = 0xffff;
     }
@@ -309,7 +285,7 @@ pub fn settle(ctx: &XdpContext, p: &Partial, skb_kept: bool) -> Result<(), ()> {
         // the folded old pseudo-header sum).
         let seg_old = csum::add(csum::add(seg, (!p.port_new) as u32), p.port_old as u32);
         let old = p.pseudo_old as u32;
-        if csum::fold16(csum::add(csum::add(old, seg_old), old)) == 0xffff {
+        if csum::fold(csum::add(csum::add(old, seg_old), old)) == 0xffff {
             full
         } else {
             count(stat::CSUM_PARTIAL_KEPT);
