@@ -1,4 +1,4 @@
-//! Developer and operator commands: `cargo xtask setup|build|run|test|bench`.
+//! Developer and operator commands: `cargo xtask setup|build|run|test|bench|fuzz`.
 
 use std::{
     path::{Path, PathBuf},
@@ -40,6 +40,12 @@ enum Cmd {
     /// Benchmarks: xdp, fwd, maglev, l7, dns.
     Bench {
         #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// A long fuzz run: `fuzz dns|zone|http|config|xdp --time 10m [--seed S]`.
+    Fuzz {
+        target: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
@@ -237,6 +243,13 @@ fn main() -> Result<()> {
             setup()?;
             sh(cargo()
                 .args(["run", "--release", "-p", "bench", "--"])
+                .args(&args))
+        }
+        Cmd::Fuzz { target, args } => {
+            setup()?;
+            sh(cargo()
+                .args(["run", "--release", "-p", "lb-fuzz", "--"])
+                .arg(&target)
                 .args(&args))
         }
     }

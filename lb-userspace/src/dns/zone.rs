@@ -9,7 +9,7 @@ use std::{
 
 use hickory_proto::{
     rr::{DNSClass, LowerName, Name, RData, Record, RecordType},
-    serialize::txt::Parser,
+    serialize::{binary::BinEncodable, txt::Parser},
 };
 
 /// Why a zone did not load. `line` is 1-based, when known.
@@ -127,6 +127,20 @@ impl Zone {
             }
             if records.iter().any(|r| r.dns_class != DNSClass::IN) {
                 return Err((line(&owner), format!("{owner}: only class IN is served")));
+            }
+            // Empty RDATA (e.g. a TXT without strings) reads as an UPDATE
+            // record on the wire, so clients reject the whole response.
+            if records
+                .iter()
+                .any(|r| r.data.to_bytes().map_or(true, |b| b.is_empty()))
+            {
+                return Err((
+                    line(&owner),
+                    format!(
+                        "{owner} {}: a record without data cannot be served",
+                        key.record_type
+                    ),
+                ));
             }
             record_count += records.len();
             let node = nodes.entry(lower).or_insert_with(|| Node {
@@ -406,6 +420,18 @@ mod tests {
 
     const HEAD: &str =
         "$TTL 300\n@ IN SOA ns1 host ( 7 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A 198.18.0.1\n";
+
+    /// Found by fuzzing (fuzz/regressions/zone/txt-without-strings): a TXT
+    /// without strings loaded, and every response carrying it failed to parse.
+    #[test]
+    fn records_without_data_are_rejected_with_their_line() {
+        for rr in ["empty IN TXT", "empty 60 IN TXT ; nothing"] {
+            let text = format!("{HEAD}{rr}\n");
+            let (line, reason) = Zone::parse(&name("example.com."), &text, None).unwrap_err();
+            assert_eq!(line, Some(5), "{rr}: {reason}");
+            assert!(reason.contains("without data"), "{rr}: {reason}");
+        }
+    }
 
     #[test]
     fn loads_and_indexes() {

@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::Semaphore,
 };
 use tokio_rustls::TlsAcceptor;
@@ -106,34 +106,16 @@ pub struct Listener {
 impl Listener {
     /// Binds `spec.listen` and starts accepting.
     pub async fn start(spec: ListenerSpec, monitor: &Monitor) -> anyhow::Result<Arc<Listener>> {
-        let resolver = spec.tls.as_ref().map(|_| {
-            Arc::new(SniResolver {
-                store: ArcSwap::from_pointee(CertStore::default()),
-            })
-        });
         let configured = spec.listen;
-        let max = spec.limits.max_connections;
         let name = spec.name.clone();
-        let (state, store) = ListenerState::build(spec, resolver.as_ref(), monitor)?;
-        if let (Some(r), Some(s)) = (&resolver, store) {
-            r.store.store(Arc::new(s));
-        }
+        let mut l = Listener::unbound(spec, monitor)?;
         let sock = bind(configured)
             .map_err(|e| anyhow::anyhow!("l7 {name}: cannot listen on {configured}: {e}"))?;
-        let local = sock.local_addr()?;
-        let l = Arc::new(Listener {
-            configured,
-            local,
-            state: Arc::new(ArcSwap::from_pointee(state)),
-            resolver,
-            cancel: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            limit: Arc::new(Semaphore::new(max)),
-            max_connections: AtomicUsize::new(max),
-            limit_debt: std::sync::Mutex::new(0),
-        });
+        l.local = sock.local_addr()?;
+        let l = Arc::new(l);
         log::info!(
-            "l7 {name}: listening on {local} ({})",
+            "l7 {name}: listening on {} ({})",
+            l.local,
             if l.resolver.is_some() {
                 "TLS"
             } else {
@@ -142,6 +124,38 @@ impl Listener {
         );
         tokio::spawn(accept_loop(l.clone(), sock));
         Ok(l)
+    }
+
+    /// A listener with its state built but no socket and no accept loop:
+    /// connections are handed to it with [`handle_connection`] (tests and
+    /// fuzzing drive it over in-memory streams). Needs a tokio runtime.
+    pub fn detached(spec: ListenerSpec, monitor: &Monitor) -> anyhow::Result<Arc<Listener>> {
+        Ok(Arc::new(Listener::unbound(spec, monitor)?))
+    }
+
+    fn unbound(spec: ListenerSpec, monitor: &Monitor) -> anyhow::Result<Listener> {
+        let resolver = spec.tls.as_ref().map(|_| {
+            Arc::new(SniResolver {
+                store: ArcSwap::from_pointee(CertStore::default()),
+            })
+        });
+        let configured = spec.listen;
+        let max = spec.limits.max_connections;
+        let (state, store) = ListenerState::build(spec, resolver.as_ref(), monitor)?;
+        if let (Some(r), Some(s)) = (&resolver, store) {
+            r.store.store(Arc::new(s));
+        }
+        Ok(Listener {
+            configured,
+            local: configured,
+            state: Arc::new(ArcSwap::from_pointee(state)),
+            resolver,
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            limit: Arc::new(Semaphore::new(max)),
+            max_connections: AtomicUsize::new(max),
+            limit_debt: std::sync::Mutex::new(0),
+        })
     }
 
     /// Swaps in a new state (routes, pools, certificates). Open connections
@@ -232,6 +246,7 @@ async fn accept_loop(l: Arc<Listener>, sock: TcpListener) {
                     drop(stream);
                     continue;
                 };
+                let _ = stream.set_nodelay(true);
                 let l2 = l.clone();
                 l.tracker.spawn(async move {
                     handle_connection(l2, stream, peer).await;
@@ -269,8 +284,14 @@ const RESET_FLOOD_MIN: u64 = 200;
 /// ...when they exceed completed requests by this factor.
 const RESET_FLOOD_RATIO: u64 = 2;
 
-async fn handle_connection(l: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+/// Serves one accepted client connection (TLS handshake when the listener
+/// has certificates, then HTTP/1.x or h2) until it ends. `stream` is any
+/// byte stream: the accept loop passes TCP sockets, tests and fuzzing pass
+/// in-memory pipes. The connection limit is the caller's.
+pub async fn handle_connection<S>(l: Arc<Listener>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let st = l.state.load_full();
     let timeouts = st.spec.timeouts;
     let limits = st.spec.limits;
@@ -1046,9 +1067,12 @@ async fn proxy(
         let addr = pool.servers[i].addr;
         entry.upstream = Some(addr);
         let host_value = match &pool.spec.host_header {
+            // An HTTP/1.0 client may send no Host, but the request goes
+            // upstream as HTTP/1.1, which must have one: the server's then.
             HostHeader::Preserve => raw_host
                 .as_deref()
-                .and_then(|h| HeaderValue::from_str(h).ok()),
+                .and_then(|h| HeaderValue::from_str(h).ok())
+                .or_else(|| HeaderValue::from_str(&addr.to_string()).ok()),
             HostHeader::Server => HeaderValue::from_str(&addr.to_string()).ok(),
             HostHeader::Fixed(v) => Some(v.clone()),
         };

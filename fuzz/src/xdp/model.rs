@@ -1,0 +1,396 @@
+//! What the data plane may do with a frame, and the check of what it did.
+//!
+//! The model knows the fuzzer's configuration (VIPs and their reals), the
+//! namespace's neighbours, and every flow the program has balanced so far
+//! (learnt from its outputs, as conntrack learns them). For each frame it
+//! decides the verdicts allowed and, for a frame sent on, the exact bytes
+//! expected apart from the two checksum fields, whose values are checked
+//! against the rules of the data-plane policy:
+//!
+//! - a right checksum stays right, and an IPv4 UDP datagram without a
+//!   checksum stays without;
+//! - a partial-looking checksum (the folded pseudo-header sum) is right
+//!   when the frame leaves bare (TX/REDIRECT) and may stay partial, for the
+//!   new addresses, when it is passed to the kernel;
+//! - a wrong checksum stays wrong by exactly the same amount: the NAT never
+//!   introduces an error and never hides one.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use super::wire::{self, Flow, Kind, L4Check, UDP};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+pub fn verdict_name(v: u32) -> String {
+    match v {
+        XDP_ABORTED => "ABORTED".into(),
+        XDP_DROP => "DROP".into(),
+        XDP_PASS => "PASS".into(),
+        XDP_TX => "TX".into(),
+        XDP_REDIRECT => "REDIRECT".into(),
+        v => format!("verdict {v}"),
+    }
+}
+
+/// One of the fuzz namespace's two interfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Port {
+    /// Client side (`in0`).
+    In,
+    /// Real side (`out1`).
+    Out,
+}
+
+#[derive(Clone, Debug)]
+pub struct Vip {
+    pub addr: IpAddr,
+    /// 0: all ports.
+    pub port: u16,
+    pub proto: u8,
+    /// (address, port); port 0 keeps the client's destination port.
+    pub reals: Vec<(IpAddr, u16)>,
+}
+
+/// The namespace as the FIB sees it.
+pub struct Net {
+    pub mac: HashMap<Port, [u8; 6]>,
+    /// Permanent neighbours: their MAC and the interface they are on.
+    pub neighbours: HashMap<IpAddr, ([u8; 6], Port)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl Tuple {
+    fn of(f: &Flow) -> Tuple {
+        Tuple {
+            src: f.src,
+            dst: f.dst,
+            sport: f.sport,
+            dport: f.dport,
+            proto: f.proto,
+        }
+    }
+}
+
+/// What a checked frame turned out to be (for the run's tally).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    PassNotIp,
+    PassOtherProto,
+    PassNonVip,
+    PassTtl,
+    PassMalformed,
+    DropMalformed,
+    /// Balanced to a real (forwarded, or passed rewritten on a FIB miss).
+    ToReal,
+    ToRealPassed,
+    /// A reply NATed back to the client.
+    ToClient,
+    ToClientPassed,
+}
+
+pub struct Model {
+    pub vips: Vec<Vip>,
+    pub net: Net,
+    /// Client → VIP tuple → (VIP, real address, real port).
+    flows: HashMap<Tuple, (usize, IpAddr, u16)>,
+    /// Real → client tuple → VIP address and port.
+    replies: HashMap<Tuple, (IpAddr, u16)>,
+}
+
+impl Model {
+    pub fn new(vips: Vec<Vip>, net: Net) -> Model {
+        Model {
+            vips,
+            net,
+            flows: HashMap::new(),
+            replies: HashMap::new(),
+        }
+    }
+
+    /// Forgets every flow (after conntrack was emptied).
+    pub fn forget(&mut self) {
+        self.flows.clear();
+        self.replies.clear();
+    }
+
+    /// Reply tuples of balanced flows (for the generator).
+    pub fn replies(&self) -> impl Iterator<Item = &Tuple> {
+        self.replies.keys()
+    }
+
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    fn is_vip_addr(&self, a: IpAddr) -> bool {
+        self.vips.iter().any(|v| v.addr == a)
+    }
+
+    fn vip_for(&self, dst: IpAddr, dport: u16, proto: u8) -> Option<usize> {
+        let find = |port| {
+            self.vips
+                .iter()
+                .position(|v| v.addr == dst && v.port == port && v.proto == proto)
+        };
+        find(dport).or_else(|| find(0))
+    }
+
+    /// Checks one run of the program: `input` received on `ingress` gave
+    /// `verdict` and `output`. Learns the flows it balanced.
+    pub fn check(
+        &mut self,
+        input: &[u8],
+        ingress: Port,
+        verdict: u32,
+        output: &[u8],
+    ) -> Result<Outcome, String> {
+        if !matches!(verdict, XDP_DROP | XDP_PASS | XDP_TX | XDP_REDIRECT) {
+            return Err(format!("the program returned {}", verdict_name(verdict)));
+        }
+        let unchanged = output == input;
+        let must_pass = |o: Outcome, what: &str| {
+            if verdict == XDP_PASS && unchanged {
+                Ok(o)
+            } else {
+                Err(format!(
+                    "{what}: must pass untouched, got {}{}",
+                    verdict_name(verdict),
+                    if unchanged { "" } else { " with changed bytes" }
+                ))
+            }
+        };
+        match wire::classify(input) {
+            Kind::NotIp => must_pass(Outcome::PassNotIp, "not IP"),
+            Kind::OtherProto { .. } => must_pass(Outcome::PassOtherProto, "neither TCP nor UDP"),
+            Kind::Malformed { dst, why } => {
+                let may_drop = dst.is_none_or(|d| self.is_vip_addr(d));
+                match verdict {
+                    XDP_DROP if may_drop => Ok(Outcome::DropMalformed),
+                    XDP_PASS if unchanged => Ok(Outcome::PassMalformed),
+                    _ if may_drop => Err(format!(
+                        "malformed ({why}) to a VIP: must be dropped or passed untouched, got {}{}",
+                        verdict_name(verdict),
+                        if unchanged { "" } else { " with changed bytes" }
+                    )),
+                    _ => must_pass(
+                        Outcome::PassMalformed,
+                        &format!("malformed ({why}), not to a VIP"),
+                    ),
+                }
+            }
+            Kind::Flow(f) => self.flow(input, ingress, verdict, output, &f),
+        }
+    }
+
+    fn flow(
+        &mut self,
+        input: &[u8],
+        ingress: Port,
+        verdict: u32,
+        output: &[u8],
+        f: &Flow,
+    ) -> Result<Outcome, String> {
+        let key = Tuple::of(f);
+        let unchanged = output == input;
+        // Which way, and to what: (reply?, new address, new port, VIP index
+        // of a forward flow, the real fixed by conntrack).
+        enum Dir {
+            Reply(IpAddr, u16),
+            Forward(usize, Option<(IpAddr, u16)>),
+        }
+        let dir = if let Some(&(a, p)) = self.replies.get(&key) {
+            Dir::Reply(a, p)
+        } else if let Some(&(vi, a, p)) = self.flows.get(&key) {
+            Dir::Forward(vi, Some((a, p)))
+        } else if let Some(vi) = self.vip_for(f.dst, f.dport, f.proto) {
+            Dir::Forward(vi, None)
+        } else {
+            return if verdict == XDP_PASS && unchanged {
+                Ok(Outcome::PassNonVip)
+            } else {
+                Err(format!(
+                    "not to a VIP nor a reply of a balanced flow: must pass untouched, got {}",
+                    verdict_name(verdict)
+                ))
+            };
+        };
+        if f.ttl <= 1 {
+            return if verdict == XDP_PASS && unchanged {
+                Ok(Outcome::PassTtl)
+            } else {
+                Err(format!(
+                    "TTL {}: must pass untouched (the kernel answers time exceeded), got {}",
+                    f.ttl,
+                    verdict_name(verdict)
+                ))
+            };
+        }
+        if verdict == XDP_DROP {
+            return Err("a sound packet of a VIP flow was dropped".into());
+        }
+        if output.len() != input.len() {
+            return Err(format!(
+                "sent on with {} bytes, received {}",
+                output.len(),
+                input.len()
+            ));
+        }
+        let port_at = |rewrite_src: bool| f.l4 + if rewrite_src { 0 } else { 2 };
+        let (rewrite_src, addr, port, hop) = match dir {
+            Dir::Reply(a, p) => (true, a, p, f.dst),
+            Dir::Forward(vi, fixed) => {
+                let got = (
+                    wire::addr_of(output, f.dst_at(), f.v6),
+                    u16::from_be_bytes([output[f.l4 + 2], output[f.l4 + 3]]),
+                );
+                let want = match fixed {
+                    Some(r) => r,
+                    None => {
+                        let vip = &self.vips[vi];
+                        let real = vip.reals.iter().find(|(a, p)| {
+                            *a == got.0 && (if *p == 0 { f.dport } else { *p }) == got.1
+                        });
+                        match real {
+                            Some(_) => got,
+                            None => {
+                                return Err(format!(
+                                    "new flow to {}:{} sent to {}:{}, not one of its reals {:?}",
+                                    vip.addr, vip.port, got.0, got.1, vip.reals
+                                ))
+                            }
+                        }
+                    }
+                };
+                if got != want {
+                    return Err(format!(
+                        "established flow sent to {}:{}, its real is {}:{}",
+                        got.0, got.1, want.0, want.1
+                    ));
+                }
+                (false, want.0, want.1, want.0)
+            }
+        };
+
+        // The expected frame, checksum fields aside.
+        let mut want = input.to_vec();
+        let at = if rewrite_src { f.src_at() } else { f.dst_at() };
+        wire::put_addr(&mut want, at, &addr);
+        want[port_at(rewrite_src)..port_at(rewrite_src) + 2].copy_from_slice(&port.to_be_bytes());
+        want[f.ttl_at()] = f.ttl - 1;
+        let (sent, passed_outcome, sent_outcome) = if rewrite_src {
+            (
+                verdict != XDP_PASS,
+                Outcome::ToClientPassed,
+                Outcome::ToClient,
+            )
+        } else {
+            (verdict != XDP_PASS, Outcome::ToRealPassed, Outcome::ToReal)
+        };
+        match self.net.neighbours.get(&hop) {
+            Some(&(mac, egress)) => {
+                let v = if egress == ingress { XDP_TX } else { XDP_REDIRECT };
+                if verdict != v {
+                    return Err(format!(
+                        "next hop {hop} has a neighbour on {egress:?} (received on {ingress:?}): want {}, got {}",
+                        verdict_name(v),
+                        verdict_name(verdict)
+                    ));
+                }
+                want[0..6].copy_from_slice(&mac);
+                want[6..12].copy_from_slice(&self.net.mac[&egress]);
+            }
+            None if verdict != XDP_PASS => {
+                return Err(format!(
+                    "next hop {hop} has no neighbour: want PASS (rewritten, for the kernel to resolve), got {}",
+                    verdict_name(verdict)
+                ))
+            }
+            None => {}
+        }
+        let check_at = f.check_at();
+        let mut skip = vec![check_at, check_at + 1];
+        if !f.v6 {
+            skip.extend([f.l3 + 10, f.l3 + 11]);
+        }
+        if let Some(i) = (0..want.len()).find(|i| !skip.contains(i) && want[*i] != output[*i]) {
+            return Err(format!(
+                "byte {i} of the frame sent on is {:#04x}, want {:#04x}",
+                output[i], want[i]
+            ));
+        }
+        // Checksums.
+        if !f.v6 {
+            let (a, b) = (wire::ip4_residue(input, f), wire::ip4_residue(output, f));
+            if !wire::same(a, b) {
+                return Err(format!(
+                    "IPv4 header checksum residue {a:#06x} became {b:#06x}"
+                ));
+            }
+        }
+        let field = u16::from_be_bytes([output[check_at], output[check_at + 1]]);
+        let out_residue = wire::l4_residue(output, f);
+        let out_right = wire::same(out_residue, 0xffff) && !(f.proto == UDP && field == 0);
+        let out_partial = field == wire::fold(wire::pseudo(output, f));
+        match wire::l4_check(input, f) {
+            L4Check::Absent => {
+                if field != 0 {
+                    return Err(format!("UDP without checksum got checksum {field:#06x}"));
+                }
+            }
+            L4Check::Right => {
+                if !out_right {
+                    return Err(format!(
+                        "right L4 checksum became wrong ({field:#06x}, residue {out_residue:#06x})"
+                    ));
+                }
+            }
+            L4Check::PartialLooking => {
+                if !(out_right || (!sent && out_partial)) {
+                    return Err(format!(
+                        "partial checksum {}: {field:#06x} is neither right nor the new pseudo-header sum",
+                        if sent { "on a frame sent on bare" } else { "on a passed frame" },
+                    ));
+                }
+                if sent && !out_right {
+                    return Err("partial checksum not completed on a frame sent on bare".into());
+                }
+            }
+            L4Check::Wrong(r) => {
+                if !wire::same(r, out_residue) {
+                    return Err(format!(
+                        "wrong L4 checksum (residue {r:#06x}) left with residue {out_residue:#06x}: the error must be carried through"
+                    ));
+                }
+            }
+        }
+        // Learn the flow as conntrack did.
+        // One table holds both directions: an insert replaces an entry of
+        // the other kind with the same tuple.
+        if let Dir::Forward(vi, _) = dir {
+            self.replies.remove(&key);
+            self.flows.insert(key, (vi, addr, port));
+            let reply = Tuple {
+                src: addr,
+                dst: f.src,
+                sport: port,
+                dport: f.sport,
+                proto: f.proto,
+            };
+            self.flows.remove(&reply);
+            self.replies.insert(reply, (f.dst, f.dport));
+        }
+        Ok(if sent { sent_outcome } else { passed_outcome })
+    }
+}
