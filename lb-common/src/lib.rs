@@ -274,12 +274,17 @@ fn word(b: &[u8; 16], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
+/// Seed of [`flow_hash`] when the config sets no `hash_seed`.
+pub const DEFAULT_HASH_SEED: u32 = 0x4c42_5f31;
+
 /// The flow hash: murmur3-style mixing of the 5-tuple's words, as stored in
-/// a [`FlowKey`]. The XDP program and the control plane must agree on it, so
-/// it lives here. Ring index = `flow_hash(..) % ring_size`.
+/// a [`FlowKey`], from `seed` (the deployment's `hash_seed`; the XDP program
+/// reads it from its `HASH_SEED` map). The XDP program and the control plane
+/// must agree on it, so it lives here. Ring index =
+/// `flow_hash_seeded(..) % ring_size`.
 #[inline(always)]
-pub fn flow_hash(key: &FlowKey) -> u32 {
-    let mut h: u32 = 0x4c42_5f31; // seed
+pub fn flow_hash_seeded(key: &FlowKey, seed: u32) -> u32 {
+    let mut h: u32 = seed;
     h = mix(h, word(&key.src, 0));
     h = mix(h, word(&key.src, 4));
     h = mix(h, word(&key.src, 8));
@@ -298,6 +303,12 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^= h >> 16;
     h
+}
+
+/// [`flow_hash_seeded`] with [`DEFAULT_HASH_SEED`].
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    flow_hash_seeded(key, DEFAULT_HASH_SEED)
 }
 
 #[cfg(feature = "user")]
@@ -329,9 +340,8 @@ mod tests {
         assert_eq!(stat::NAMES.len(), stat::COUNT as usize);
     }
 
-    #[test]
-    fn flow_hash_depends_on_every_field() {
-        let base = FlowKey {
+    fn key() -> FlowKey {
+        FlowKey {
             src: [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             dst: [198, 18, 100, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             sport: 40000u16.to_be(),
@@ -339,7 +349,12 @@ mod tests {
             proto: IPPROTO_TCP,
             family: FAMILY_V4,
             _pad: [0; 2],
-        };
+        }
+    }
+
+    #[test]
+    fn flow_hash_depends_on_every_field() {
+        let base = key();
         let h = flow_hash(&base);
         assert_eq!(h, flow_hash(&base), "deterministic");
         let mut k = base;
@@ -351,5 +366,16 @@ mod tests {
         let mut k = base;
         k.proto = IPPROTO_UDP;
         assert_ne!(h, flow_hash(&k));
+    }
+
+    #[test]
+    fn flow_hash_depends_on_the_seed() {
+        let k = key();
+        assert_eq!(flow_hash(&k), flow_hash_seeded(&k, DEFAULT_HASH_SEED));
+        assert_ne!(flow_hash_seeded(&k, 0), flow_hash_seeded(&k, 1));
+        // Fixed values: a change here moves flows without a conntrack
+        // entry when nodes are upgraded one by one.
+        assert_eq!(flow_hash(&k), 0xf04a_10c7);
+        assert_eq!(flow_hash_seeded(&k, 0x9e37_79b9), 0x0919_ee50);
     }
 }

@@ -36,10 +36,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    flow_hash, stat, Counters, CsumScratch, CtValue, FlowKey, GenTemplate, NextHop, RealDef,
-    ReplyHopKey, VipKey, VipMeta, CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, FAMILY_V4, FAMILY_V6,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REAL_F_VALID, REPLY_HOPS_SIZE,
-    RING_SLOTS, RING_STRIDE,
+    flow_hash_seeded, stat, Counters, CsumScratch, CtValue, FlowKey, GenTemplate, NextHop, RealDef,
+    ReplyHopKey, VipKey, VipMeta, CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, DEFAULT_HASH_SEED,
+    FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS, MAX_VIPS,
+    REAL_F_VALID, REPLY_HOPS_SIZE, RING_SLOTS, RING_STRIDE,
 };
 use parse::*;
 use stats::count;
@@ -52,6 +52,11 @@ static RINGS: Array<u32> = Array::with_max_entries(RING_SLOTS * RING_STRIDE, 0);
 
 #[map]
 static REALS: Array<RealDef> = Array::with_max_entries(MAX_REALS, 0);
+
+/// Slot 0: the deployment's flow hash seed (`hash_seed`), written by the
+/// control plane before the program is attached.
+#[map]
+static HASH_SEED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Both directions of every balanced flow (see `CtValue`).
 #[map]
@@ -442,7 +447,11 @@ fn try_new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u64, (
         count(stat::DROP_NO_REAL);
         return Ok(xdp_action::XDP_DROP as u64);
     }
-    let slot = flow_hash(&pkt.key) % meta.ring_size;
+    let seed = match HASH_SEED.get(0) {
+        Some(s) => *s,
+        None => DEFAULT_HASH_SEED,
+    };
+    let slot = flow_hash_seeded(&pkt.key, seed) % meta.ring_size;
     let idx = meta.ring_slot.wrapping_mul(RING_STRIDE).wrapping_add(slot);
     let real_id = match RINGS.get(idx) {
         Some(id) if *id != 0 => *id,

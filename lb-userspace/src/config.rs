@@ -219,6 +219,10 @@ pub struct Config {
     pub api: ApiConfig,
     /// Prometheus listener; `None`: no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Seed of the flow hash that picks a ring slot for a new flow. The same
+    /// on every LB node of a deployment; changing it moves every flow that
+    /// has no conntrack entry (like a changed ring).
+    pub hash_seed: u32,
 }
 
 /// Default path of the admin API socket.
@@ -295,6 +299,7 @@ struct RawConfig {
     pin_path: Option<String>,
     api: Option<RawApi>,
     metrics: Option<RawMetrics>,
+    hash_seed: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -771,6 +776,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         },
     };
 
+    let hash_seed = match raw.hash_seed {
+        None => lb_common::DEFAULT_HASH_SEED,
+        Some(n) => u32::try_from(n).unwrap_or_else(|_| {
+            errors.push(ConfigError::new(
+                "hash_seed",
+                format!(
+                    "{n} is outside 0..={} (an unsigned 32-bit integer)",
+                    u32::MAX
+                ),
+            ));
+            lb_common::DEFAULT_HASH_SEED
+        }),
+    };
+
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -783,6 +802,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         pin_path,
         api,
         metrics_listen,
+        hash_seed,
     })
 }
 

@@ -180,8 +180,27 @@ impl Control {
             started: Instant::now(),
             prev: None,
         };
+        if let Some(dp) = c.dp.as_mut() {
+            dp.set_hash_seed(config.hash_seed)?;
+        }
         c.set_vips(config.vips)?;
         Ok(c)
+    }
+
+    /// Makes `seed` the flow hash seed of the data path (the config's
+    /// `hash_seed`, on a reload that changes it). Flows with a conntrack
+    /// entry stay where they are; every other flow may move to another real.
+    pub fn set_hash_seed(&mut self, seed: u32) -> Result<()> {
+        let Some(dp) = self.dp.as_mut() else {
+            return Ok(());
+        };
+        if dp.hash_seed()? != seed {
+            dp.set_hash_seed(seed)?;
+            warn!(
+                "hash_seed changed: new flows, and packets of flows without a conntrack entry, may go to other reals"
+            );
+        }
+        Ok(())
     }
 
     pub fn monitor(&self) -> &Monitor {

@@ -124,6 +124,9 @@ async fn reload(
             failed.push(format!("DNS: {e:#}"));
         }
     }
+    if let Err(e) = ctl.set_hash_seed(new.hash_seed) {
+        failed.push(format!("L4: hash_seed not applied: {e:#}"));
+    }
     if let Err(e) = ctl.set_vips(new.vips.clone()) {
         failed.push(format!("L4: data plane update failed, L4 unchanged: {e:#}"));
     }

@@ -52,6 +52,25 @@ pub fn addr_bytes(a: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
+/// The conntrack and flow hash key of a client → VIP packet, as the XDP
+/// parser fills it: addresses as on the wire (IPv4 in the first four
+/// bytes), ports read as they lie in the header (network byte order).
+/// `flow_hash_seeded(&flow_key(..), seed) % ring_size` is the ring slot the
+/// data path gives a new flow.
+pub fn flow_key(client: SocketAddr, vip: SocketAddr, protocol: Protocol) -> FlowKey {
+    let (src, family) = addr_bytes(client.ip());
+    let (dst, _) = addr_bytes(vip.ip());
+    FlowKey {
+        src,
+        dst,
+        sport: u16::from_ne_bytes(client.port().to_be_bytes()),
+        dport: u16::from_ne_bytes(vip.port().to_be_bytes()),
+        proto: protocol.ip_proto(),
+        family,
+        _pad: [0; 2],
+    }
+}
+
 pub fn vip_key(address: IpAddr, port: u16, protocol: Protocol) -> VipKey {
     let (addr, family) = addr_bytes(address);
     VipKey {
@@ -89,10 +108,11 @@ impl Default for LoadOptions {
 }
 
 /// The maps that hold the balancer's state; these are pinned.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     "VIPS",
     "RINGS",
     "REALS",
+    "HASH_SEED",
     "CONNTRACK",
     "VIP_KEYS",
     "VIP_STATS",
@@ -235,6 +255,11 @@ impl Dataplane {
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        // A pinned seed is the one the running program uses: kept until the
+        // config's is applied. A new map starts at 0, not the default.
+        let seed_pinned = pin_paths
+            .iter()
+            .any(|(name, path)| *name == "HASH_SEED" && path.exists());
         let mut ebpf = loader
             .load(XDP_OBJECT)
             .map_err(|e| anyhow!("cannot load the XDP object: {}", explain(&e)))?;
@@ -266,10 +291,33 @@ impl Dataplane {
             pin_path: opts.pin_path.clone(),
             restored: (0, 0),
         };
+        if !seed_pinned {
+            dp.set_hash_seed(lb_common::DEFAULT_HASH_SEED)?;
+        }
         if dp.pin_path.is_some() {
             dp.restore().context("reading the pinned maps")?;
         }
         Ok(dp)
+    }
+
+    /// Sets the flow hash seed new flows are hashed with (the config's
+    /// `hash_seed`). Every flow without a conntrack entry may move to
+    /// another real, as with a changed ring.
+    pub fn set_hash_seed(&mut self, seed: u32) -> Result<()> {
+        let mut m: Array<&mut MapData, u32> = map(&mut self.ebpf, "HASH_SEED")?.try_into()?;
+        m.set(0, seed, 0)
+            .map_err(|e| anyhow!("cannot write HASH_SEED: {e}"))?;
+        Ok(())
+    }
+
+    /// The flow hash seed the data path uses.
+    pub fn hash_seed(&self) -> Result<u32> {
+        let m: Array<&MapData, u32> = self
+            .ebpf
+            .map("HASH_SEED")
+            .ok_or_else(|| anyhow!("the XDP object has no map `HASH_SEED`"))?
+            .try_into()?;
+        Ok(m.get(&0, 0)?)
     }
 
     /// Rebuilds the bookkeeping (VIP indexes, live ring slots, real ids)
@@ -1033,4 +1081,108 @@ fn gateways(iface: &str) -> Vec<IpAddr> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+
+    use lb_common::{flow_hash_seeded, DEFAULT_HASH_SEED};
+
+    use super::*;
+    use crate::{config::Config, packet::*, testbed};
+
+    /// With a seed written to the map, a SYN goes to the real user space
+    /// predicts from the same seed (and mostly not to the one the default
+    /// seed predicts), for IPv4 and IPv6. Ten reals per VIP on `out1`; only
+    /// the first has a neighbour, so the others end in a FIB miss, which
+    /// passes the already rewritten packet: the output's destination names
+    /// the real either way.
+    #[test]
+    fn syn_goes_to_the_real_the_seed_predicts() {
+        if !testbed::privileged() {
+            return;
+        }
+        let mut text = String::new();
+        for vip in ["198.18.100.1", "2001:db8:100::1"] {
+            text.push_str(&format!(
+                "[[vip]]\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\n"
+            ));
+            for i in 2..12 {
+                let real = if vip.contains(':') {
+                    format!("2001:db8:11::{i:x}")
+                } else {
+                    format!("198.18.11.{i}")
+                };
+                text.push_str(&format!(
+                    "[[vip.real]]\naddress = \"{real}\"\nport = 8080\n"
+                ));
+            }
+        }
+        let cfg = Config::parse(&text).unwrap();
+        let ns = fixture_net().unwrap();
+        let path = format!("/run/netns/{}", ns.name);
+        let seed = 0x9e37_79b9u32;
+        let res = std::thread::spawn(move || -> Result<(usize, usize)> {
+            testbed::enter(&path)?;
+            let mut dp = Dataplane::load(&LoadOptions::default())?;
+            assert_eq!(dp.hash_seed()?, DEFAULT_HASH_SEED);
+            dp.set_hash_seed(seed)?;
+            assert_eq!(dp.hash_seed()?, seed);
+            dp.apply(&cfg.vips)?;
+            let in0 = ifindex("in0")?;
+            dp.add_tx_port(in0)?;
+            dp.add_tx_port(ifindex("out1")?)?;
+            let (mut checked, mut other_than_default) = (0, 0);
+            for v in &cfg.vips {
+                let backends: Vec<maglev::Backend> = v
+                    .reals
+                    .iter()
+                    .map(|r| maglev::Backend {
+                        id: real_identity(r.address, r.port),
+                        weight: r.weight,
+                    })
+                    .collect();
+                let ring = maglev::build(&backends, v.ring_size);
+                let client: IpAddr = if v.address.is_ipv4() {
+                    CLIENT4.into()
+                } else {
+                    CLIENT6.into()
+                };
+                let predict = |sport: u16, seed: u32| {
+                    let k = flow_key(
+                        SocketAddr::new(client, sport),
+                        SocketAddr::new(v.address, v.port),
+                        v.protocol,
+                    );
+                    v.reals[ring[(flow_hash_seeded(&k, seed) % v.ring_size) as usize] as usize]
+                        .address
+                };
+                for sport in 40000..40040u16 {
+                    let syn = Pkt::tcp(client, sport, v.address, v.port, 0x02);
+                    let (_, out, _) = test_run(dp.program(PROGRAM)?, in0, &syn.bytes())?;
+                    let got: IpAddr = if v.address.is_ipv4() {
+                        <[u8; 4]>::try_from(&out[30..34])?.into()
+                    } else {
+                        <[u8; 16]>::try_from(&out[38..54])?.into()
+                    };
+                    let want = predict(sport, seed);
+                    assert_eq!(got, want, "{client}:{sport} → {}", v.key_string());
+                    checked += 1;
+                    other_than_default += (want != predict(sport, DEFAULT_HASH_SEED)) as usize;
+                }
+            }
+            Ok((checked, other_than_default))
+        })
+        .join()
+        .expect("test thread")
+        .unwrap();
+        assert_eq!(res.0, 80);
+        // 90% expected with ten reals.
+        assert!(
+            res.1 >= 56,
+            "only {} of 80 flows moved with the seed",
+            res.1
+        );
+    }
 }

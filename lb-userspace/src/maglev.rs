@@ -784,3 +784,315 @@ mod tests {
         assert_eq!(build(&b, 4099), build(&b.clone(), 4099));
     }
 }
+
+/// Flow hash quality through the chain the data path uses: a [`FlowKey`]
+/// as the XDP parser fills it ([`crate::dataplane::flow_key`]),
+/// [`lb_common::flow_hash_seeded`], `% ring
+/// size`, the ring [`build`] makes for N equal reals, the real. Each case
+/// is a fixed set of distinct flows; the spread over the reals must pass a
+/// chi-square test at a false-positive rate of 1e-6. (Repeated flows would
+/// inflate the statistic without saying anything about the hash: one flow
+/// always maps to one real.)
+#[cfg(test)]
+mod hash_quality {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use lb_common::{flow_hash_seeded, DEFAULT_HASH_SEED};
+
+    use super::{build, Backend};
+    use crate::{
+        config::{Protocol, DEFAULT_RING_SIZE},
+        dataplane::{flow_key, real_identity},
+    };
+
+    const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+    const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+    const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+    /// A seed other than the default.
+    const OTHER_SEED: u32 = 0x9e37_79b9;
+    const SAMPLES: usize = 20_000;
+    /// Upper-tail standard normal quantile for p = 1e-6.
+    const Z_1E6: f64 = 4.753_424;
+
+    /// The ring the control plane builds for equal reals (as real indexes).
+    fn ring_of(reals: &[IpAddr], port: u16) -> Vec<u32> {
+        let backends: Vec<Backend> = reals
+            .iter()
+            .map(|&a| Backend {
+                id: real_identity(a, port),
+                weight: 1,
+            })
+            .collect();
+        build(&backends, DEFAULT_RING_SIZE)
+    }
+
+    fn reals(n: usize, v6: bool) -> Vec<IpAddr> {
+        (0..n)
+            .map(|i| -> IpAddr {
+                if v6 {
+                    Ipv6Addr::new(0x2001, 0xdb8, 0x11, 0, 0, 0, 0, 2 + i as u16).into()
+                } else {
+                    Ipv4Addr::new(198, 18, 11 + (i / 250) as u8, 2 + (i % 250) as u8).into()
+                }
+            })
+            .collect()
+    }
+
+    /// Flows per real, for flows (client, source port) to `vip` port 80.
+    fn spread(flows: &[(IpAddr, u16)], vip: IpAddr, ring: &[u32], n: usize, seed: u32) -> Vec<u64> {
+        let mut c = vec![0u64; n];
+        for &(client, sport) in flows {
+            c[real_of(client, sport, vip, ring, seed)] += 1;
+        }
+        c
+    }
+
+    fn real_of(client: IpAddr, sport: u16, vip: IpAddr, ring: &[u32], seed: u32) -> usize {
+        // The key as the XDP parser fills it (see `flow_key`).
+        let k = flow_key(
+            SocketAddr::new(client, sport),
+            SocketAddr::new(vip, 80),
+            Protocol::Tcp,
+        );
+        ring[(flow_hash_seeded(&k, seed) % ring.len() as u32) as usize] as usize
+    }
+
+    /// Pearson's statistic of `counts` against each real's share of the
+    /// ring's slots.
+    fn chi_square(counts: &[u64], ring: &[u32]) -> f64 {
+        let mut slots = vec![0u64; counts.len()];
+        for &r in ring {
+            slots[r as usize] += 1;
+        }
+        let total: u64 = counts.iter().sum();
+        counts
+            .iter()
+            .zip(&slots)
+            .map(|(&o, &s)| {
+                let e = total as f64 * s as f64 / ring.len() as f64;
+                (o as f64 - e).powi(2) / e
+            })
+            .sum()
+    }
+
+    /// The value a chi-square statistic with `dof` degrees of freedom
+    /// exceeds with probability 1e-6 (Wilson–Hilferty; a little above the
+    /// exact value for few degrees of freedom: 30.3 against 27.6 for 2).
+    fn critical(dof: usize) -> f64 {
+        let k = dof as f64;
+        let a = 2.0 / (9.0 * k);
+        k * (1.0 - a + Z_1E6 * a.sqrt()).powi(3)
+    }
+
+    /// A fixed pseudo-random sequence (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Ports as Linux `connect()` hands them to one client talking to one
+    /// destination: even, each 2 to 16 above the last (`__inet_hash_connect`
+    /// steps by 2 and adds a random skip of 0 to 7 steps), from `first`,
+    /// wrapping within the default ephemeral range 32768..=60999. Captures
+    /// of curl bursts show exactly this pattern.
+    fn kernel_ports(rng: &mut Rng, first: u16, count: usize) -> Vec<u16> {
+        let mut p = first as u32 & !1;
+        (0..count)
+            .map(|_| {
+                let port = p as u16;
+                p += 2 + 2 * rng.below(8) as u32;
+                if p > 60999 {
+                    p = 32768 + (p - 61000);
+                }
+                port
+            })
+            .collect()
+    }
+
+    /// A sample set: name, IPv6, distinct flows as (client, port).
+    type Case = (String, bool, Vec<(IpAddr, u16)>);
+
+    fn cases() -> Vec<Case> {
+        let mut out = Vec::new();
+        for v6 in [false, true] {
+            let fam = if v6 { "v6" } else { "v4" };
+            let client: IpAddr = if v6 { CLIENT6.into() } else { CLIENT4.into() };
+            let with_client = |ports: Vec<u16>| ports.into_iter().map(|p| (client, p)).collect();
+            out.push((
+                format!("{fam} sequential ports"),
+                v6,
+                with_client((0..SAMPLES).map(|i| 32768 + i as u16).collect()),
+            ));
+            // One pass over 1024..=65535 in the kernel's pattern (~7,100
+            // distinct ports).
+            let mut rng = Rng(0xc0ff_ee00 + v6 as u64);
+            let mut p = 1024u32;
+            let mut ports = Vec::new();
+            while p <= 65534 {
+                ports.push(p as u16);
+                p += 2 + 2 * rng.below(8) as u32;
+            }
+            out.push((format!("{fam} kernel-like ports"), v6, with_client(ports)));
+            // Distinct random ports: a shuffle of 1024..=65535.
+            let mut ports: Vec<u16> = (1024..=65535).collect();
+            let mut rng = Rng(0x5eed_0000 + v6 as u64);
+            for i in (1..ports.len()).rev() {
+                ports.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            ports.truncate(SAMPLES);
+            out.push((format!("{fam} random ports"), v6, with_client(ports)));
+            let seq_client = |i: usize| -> IpAddr {
+                if v6 {
+                    Ipv6Addr::from(u128::from(CLIENT6) - 1 + i as u128).into()
+                } else {
+                    Ipv4Addr::from(u32::from(CLIENT4) - 1 + i as u32).into()
+                }
+            };
+            out.push((
+                format!("{fam} sequential clients"),
+                v6,
+                (0..SAMPLES).map(|i| (seq_client(i), 40000)).collect(),
+            ));
+        }
+        out
+    }
+
+    /// Every case over rings of 3, 10 and 100 reals with `seed`: one line
+    /// per case, and whether it passed.
+    fn check_all(seed: u32) -> Vec<(String, bool)> {
+        let cases = cases();
+        let mut out = Vec::new();
+        for n in [3usize, 10, 100] {
+            let bound = critical(n - 1);
+            for v6 in [false, true] {
+                let ring = ring_of(&reals(n, v6), 8080);
+                let vip: IpAddr = if v6 { VIP6.into() } else { VIP4.into() };
+                for (name, _, flows) in cases.iter().filter(|c| c.1 == v6) {
+                    let x = chi_square(&spread(flows, vip, &ring, n, seed), &ring);
+                    out.push((
+                        format!(
+                            "{n:>3} reals, {name:<22} ({:>5} flows), seed {seed:#010x}: chi2 {x:7.2} (dof {}, bound {bound:.1})",
+                            flows.len(),
+                            n - 1
+                        ),
+                        x < bound,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn flow_hash_spreads_evenly_over_3_10_100_reals() {
+        let mut failed = Vec::new();
+        for seed in [DEFAULT_HASH_SEED, OTHER_SEED] {
+            for (line, ok) in check_all(seed) {
+                println!("{line}");
+                if !ok {
+                    failed.push(line);
+                }
+            }
+        }
+        assert!(failed.is_empty(), "uneven spread:\n{}", failed.join("\n"));
+    }
+
+    #[test]
+    fn rings_of_equal_reals_are_balanced() {
+        for n in [3usize, 10, 100] {
+            for v6 in [false, true] {
+                let ring = ring_of(&reals(n, v6), 8080);
+                let mut slots = vec![0usize; n];
+                for &r in &ring {
+                    slots[r as usize] += 1;
+                }
+                let (min, max) = (slots.iter().min().unwrap(), slots.iter().max().unwrap());
+                println!(
+                    "{n:>3} reals ({}): {min}..={max} slots each",
+                    if v6 { "v6" } else { "v4" }
+                );
+                assert!(max - min <= 1, "{n} reals: {min}..={max} slots");
+            }
+        }
+    }
+
+    #[test]
+    fn chi_square_bound_is_close_to_the_exact_value() {
+        // Exact for 2 degrees of freedom: -2 ln p.
+        let exact = -2.0 * 1e-6f64.ln();
+        assert!(critical(2) >= exact && critical(2) < exact * 1.12);
+        assert!(critical(9) > critical(2) && critical(99) > critical(9));
+    }
+
+    /// Bursts shaped like `lb demo`'s (300 curl requests from one client
+    /// address to the IPv6 VIP, kernel-chosen ports, the demo's three
+    /// reals): over many clients the statistic behaves as chance predicts
+    /// for 2 degrees of freedom (mean 2, P(>= 13.58) = e^-6.79 = 0.0011).
+    #[test]
+    fn demo_sized_bursts_spread_like_chance() {
+        let reals: Vec<IpAddr> = (1..=3)
+            .map(|i| Ipv6Addr::new(0x2001, 0xdb8, 0x10 + i, 0, 0, 0, 0, 2).into())
+            .collect();
+        let ring = ring_of(&reals, 8080);
+        let mut rng = Rng(0xde30);
+        let bursts = 2000;
+        let (mut sum, mut high) = (0.0, 0);
+        for _ in 0..bursts {
+            let client = Ipv6Addr::from(
+                (0x2001_0db8u128 << 96) | (rng.next() as u128) << 32 | (rng.next() >> 32) as u128,
+            );
+            let first = 32768 + rng.below(61000 - 32768) as u16;
+            let flows: Vec<(IpAddr, u16)> = kernel_ports(&mut rng, first, 300)
+                .into_iter()
+                .map(|p| (client.into(), p))
+                .collect();
+            let x = chi_square(
+                &spread(&flows, VIP6.into(), &ring, 3, DEFAULT_HASH_SEED),
+                &ring,
+            );
+            sum += x;
+            high += (x >= 13.58) as u32;
+        }
+        let mean = sum / bursts as f64;
+        println!("{bursts} bursts: mean chi2 {mean:.3}, {high} at or above 13.58");
+        // The mean's standard error is 2 / sqrt(2000) = 0.045.
+        assert!((1.75..2.25).contains(&mean), "mean chi2 {mean}");
+        assert!(high <= 10, "{high} of {bursts} bursts at or above 13.58");
+    }
+
+    /// Another seed sends the same flows to other reals (as an independent
+    /// hash would: 1 - 1/N of them), and is as balanced (the chi-square
+    /// cases above run with both seeds).
+    #[test]
+    fn seeds_move_flows_and_each_stays_balanced() {
+        let n = 10;
+        for (name, v6, flows) in cases() {
+            let ring = ring_of(&reals(n, v6), 8080);
+            let vip: IpAddr = if v6 { VIP6.into() } else { VIP4.into() };
+            let moved = flows
+                .iter()
+                .filter(|&&(c, p)| {
+                    real_of(c, p, vip, &ring, DEFAULT_HASH_SEED)
+                        != real_of(c, p, vip, &ring, OTHER_SEED)
+                })
+                .count() as f64
+                / flows.len() as f64;
+            println!("{name}: {:.1}% of flows on another real", moved * 100.0);
+            assert!((moved - 0.9).abs() < 0.03, "{name}: {moved}");
+            for seed in [DEFAULT_HASH_SEED, OTHER_SEED] {
+                let x = chi_square(&spread(&flows, vip, &ring, n, seed), &ring);
+                assert!(x < critical(n - 1), "{name}, seed {seed:#x}: chi2 {x}");
+            }
+        }
+    }
+}

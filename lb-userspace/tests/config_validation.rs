@@ -262,6 +262,24 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "weight 0",
         ),
         (
+            "negative hash seed",
+            format!("hash_seed = -1\n{GOOD}"),
+            "hash_seed",
+            "outside 0..=4294967295",
+        ),
+        (
+            "hash seed above u32",
+            format!("hash_seed = 4294967296\n{GOOD}"),
+            "hash_seed",
+            "outside 0..=4294967295",
+        ),
+        (
+            "hash seed not an integer",
+            format!("hash_seed = \"random\"\n{GOOD}"),
+            "line 1",
+            "expected i64",
+        ),
+        (
             "unknown key",
             format!("{GOOD}colour = \"blue\"\n"),
             "line",
@@ -381,6 +399,20 @@ fn good_configs_parse_to_what_they_say() {
     let c = Config::parse(GOOD).unwrap();
     assert_eq!(c.vips[0].ring_size, 65537);
     assert_eq!(c.vips[0].reals[0].weight, 1);
+    assert_eq!(c.hash_seed, lb_common::DEFAULT_HASH_SEED);
+}
+
+#[test]
+fn hash_seed_takes_any_u32() {
+    for (text, want) in [
+        ("0", 0u32),
+        ("4294967295", u32::MAX),
+        ("0x9e3779b9", 0x9e37_79b9),
+        ("1_000_003", 1_000_003),
+    ] {
+        let c = Config::parse(&format!("hash_seed = {text}\n{GOOD}")).unwrap();
+        assert_eq!(c.hash_seed, want, "hash_seed = {text}");
+    }
 }
 
 #[test]
