@@ -7,6 +7,9 @@
 //! in the first four bytes, the rest zero, and `family` tells which it is.
 #![no_std]
 
+pub mod csum;
+pub mod hdr;
+
 /// Most VIPs the data plane holds (the size of the VIP stats array).
 pub const MAX_VIPS: u32 = 64;
 /// Size of the real table. Id 0 is reserved for "no real".
@@ -221,7 +224,19 @@ pub mod stat {
     /// A partial checksum on a bare frame too long to complete (cannot
     /// happen in native mode, where frames fit one page): dropped.
     pub const DROP_CSUM_TOO_LONG: u32 = 27;
-    pub const COUNT: u32 = 28;
+    /// A TCP/UDP header inconsistent with the IP length: the fixed header
+    /// beyond it, a TCP data offset under 5 words or past it, a UDP length
+    /// other than it.
+    pub const DROP_BAD_L4_LEN: u32 = 28;
+    /// A TCP packet without SYN that found no conntrack entry: its entry was
+    /// evicted (the table was full) or the flow began before this lb. It
+    /// takes its real from the ring, like a new flow.
+    pub const CT_MISS_MID_FLOW: u32 = 29;
+    /// A source address no packet may carry (unspecified, loopback,
+    /// multicast or broadcast; IPv6 link-local too, which is never
+    /// forwarded).
+    pub const DROP_BAD_SOURCE: u32 = 30;
+    pub const COUNT: u32 = 31;
 
     /// Names for logs, the API and metrics, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -253,6 +268,9 @@ pub mod stat {
         "csum_completed",
         "csum_partial_kept",
         "drop_csum_too_long",
+        "drop_bad_l4_length",
+        "conntrack_miss_mid_flow",
+        "drop_bad_source",
     ];
 }
 

@@ -36,8 +36,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    flow_hash_seeded, stat, Counters, CsumScratch, CtValue, FlowKey, GenTemplate, NextHop, RealDef,
-    ReplyHopKey, VipKey, VipMeta, CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, DEFAULT_HASH_SEED,
+    flow_hash_seeded, hdr, stat, Counters, CsumScratch, CtValue, FlowKey, GenTemplate, NextHop,
+    RealDef, ReplyHopKey, VipKey, VipMeta, CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, DEFAULT_HASH_SEED,
     FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS, MAX_VIPS,
     REAL_F_VALID, REPLY_HOPS_SIZE, RING_SLOTS, RING_STRIDE,
 };
@@ -229,6 +229,8 @@ struct Balanced {
     new: bool,
 }
 
+const TCP_SYN: u8 = 0x02;
+
 /// In [`new_flow`]'s result: the low 32 bits are a real id (its conntrack
 /// entries written), not a verdict.
 const PICKED: u64 = 1 << 32;
@@ -317,6 +319,7 @@ fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
         l3 = ETH_HLEN + VLAN_HLEN;
     }
     let mut key = FlowKey::default();
+    let mut l4_len = 0;
     let (family, proto, l4) = match ether_type {
         ETH_P_IP => {
             let ip: *const Ipv4Hdr = match ptr_at(ctx, l3) {
@@ -330,25 +333,19 @@ fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
             key.family = FAMILY_V4;
             key.src[..4].copy_from_slice(&ip.src);
             key.dst[..4].copy_from_slice(&ip.dst);
-            if ip.version_ihl >> 4 != 4 {
-                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_BAD_VERSION));
-            }
-            let ihl = (ip.version_ihl & 0x0f) as usize;
-            if ihl < 5 {
-                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_BAD_IHL));
-            }
-            let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
             let avail = ctx.data_end() - ctx.data() - l3;
-            if tot_len < ihl * 4 || tot_len > avail {
-                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_BAD_LEN));
-            }
-            let frag = u16::from_be_bytes(ip.frag_off);
-            if frag & 0x3fff != 0 {
-                // MF set or a non-zero offset.
-                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_FRAGMENT));
-            }
-            if ihl != 5 {
-                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_IP_OPTIONS));
+            let len = match hdr::ipv4(
+                ip.version_ihl,
+                u16::from_be_bytes(ip.tot_len),
+                u16::from_be_bytes(ip.frag_off),
+                avail,
+            ) {
+                Ok(len) => len,
+                Err(reason) => return Ok(malformed(ctx, &key.dst, FAMILY_V4, reason)),
+            };
+            l4_len = len;
+            if hdr::bad_source_v4(&ip.src) {
+                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_BAD_SOURCE));
             }
             (FAMILY_V4, ip.proto, l3 + IPV4_HLEN)
         }
@@ -364,21 +361,19 @@ fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
             key.family = FAMILY_V6;
             key.src = ip.src;
             key.dst = ip.dst;
-            if ip.vtc_flow[0] >> 4 != 6 {
-                return Ok(malformed(ctx, &key.dst, FAMILY_V6, stat::DROP_BAD_VERSION));
-            }
-            let payload = u16::from_be_bytes(ip.payload_len) as usize;
             let avail = ctx.data_end() - ctx.data() - l3 - IPV6_HLEN;
-            if payload > avail {
-                return Ok(malformed(ctx, &key.dst, FAMILY_V6, stat::DROP_BAD_LEN));
-            }
-            match ip.next_hdr {
-                IPPROTO_TCP | IPPROTO_UDP => {}
-                // Hop-by-hop, routing, fragment, destination options, AH, ESP-less ext.
-                0 | 43 | 44 | 60 | 51 | 135 | 139 | 140 => {
-                    return Ok(malformed(ctx, &key.dst, FAMILY_V6, stat::DROP_IPV6_EXT));
-                }
-                _ => {}
+            let len = match hdr::ipv6(
+                ip.vtc_flow[0],
+                u16::from_be_bytes(ip.payload_len),
+                ip.next_hdr,
+                avail,
+            ) {
+                Ok(len) => len,
+                Err(reason) => return Ok(malformed(ctx, &key.dst, FAMILY_V6, reason)),
+            };
+            l4_len = len;
+            if hdr::bad_source_v6(&ip.src) {
+                return Ok(malformed(ctx, &key.dst, FAMILY_V6, stat::DROP_BAD_SOURCE));
             }
             (FAMILY_V6, ip.next_hdr, l3 + IPV6_HLEN)
         }
@@ -394,6 +389,9 @@ fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
                 let t = unsafe { &*t };
                 key.sport = u16::from_ne_bytes(t.src);
                 key.dport = u16::from_ne_bytes(t.dst);
+                if let Err(reason) = hdr::tcp(l4_len, t.off) {
+                    return Ok(malformed(ctx, &key.dst, family, reason));
+                }
             }
             Err(()) => return Ok(malformed(ctx, &key.dst, family, stat::DROP_TRUNC_L4)),
         },
@@ -402,6 +400,9 @@ fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
                 let u = unsafe { &*u };
                 key.sport = u16::from_ne_bytes(u.src);
                 key.dport = u16::from_ne_bytes(u.dst);
+                if let Err(reason) = hdr::udp(l4_len, u16::from_be_bytes(u.len)) {
+                    return Ok(malformed(ctx, &key.dst, family, reason));
+                }
             }
             Err(()) => return Ok(malformed(ctx, &key.dst, family, stat::DROP_TRUNC_L4)),
         },
@@ -493,6 +494,13 @@ fn try_new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u64, (
     ct.vip_addr = pkt.key.dst;
     let _ = CONNTRACK.insert(&rkey, &ct, 0);
     count(stat::CT_MISS);
+    if pkt.proto == IPPROTO_TCP {
+        let t: *const TcpHdr = ptr_at(ctx, pkt.l4)?;
+        // SAFETY: `ptr_at` checked the header lies in the packet.
+        if unsafe { (*t).flags } & TCP_SYN == 0 {
+            count(stat::CT_MISS_MID_FLOW);
+        }
+    }
     Ok(PICKED | real_id as u64)
 }
 

@@ -320,6 +320,80 @@ fn fixtures() -> Vec<Fixture> {
         XDP_PASS,
         None,
     ));
+    // TCP/UDP headers must agree with the IP length (drop_bad_l4_length).
+    let mut b = tt.bytes();
+    b[16..18].copy_from_slice(&30u16.to_be_bytes());
+    fix_ip4_csum(&mut b, 14);
+    f.push(fx(
+        "TCP header beyond the IPv4 total length (the frame holds it as padding) → drop",
+        "in0",
+        b,
+        XDP_DROP,
+        None,
+    ));
+    let mut b = Pkt::tcp(c4, 43007, v4, 80, SYN).bytes();
+    b[14 + 20 + 12] = 4 << 4;
+    f.push(fx(
+        "TCP data offset 4 words → drop",
+        "in0",
+        b,
+        XDP_DROP,
+        None,
+    ));
+    let mut b = Pkt::tcp(c4, 43008, v4, 80, SYN).bytes();
+    b[14 + 20 + 12] = 15 << 4;
+    f.push(fx(
+        "TCP data offset past the segment → drop",
+        "in0",
+        b,
+        XDP_DROP,
+        None,
+    ));
+    let mut b = Pkt::udp(c4, 43009, v4, 53).bytes();
+    b[14 + 20 + 5] -= 1;
+    f.push(fx(
+        "UDP length short of the IP payload → drop",
+        "in0",
+        b,
+        XDP_DROP,
+        None,
+    ));
+    let mut b = Pkt::udp(c6, 43010, v6, 53).bytes();
+    b[14 + 40 + 5] += 1;
+    f.push(fx(
+        "v6 UDP length beyond the IP payload → drop",
+        "in0",
+        b,
+        XDP_DROP,
+        None,
+    ));
+    let pad = Pkt::udp(c4, 43011, v4, 53);
+    let mut b = pad.bytes();
+    let mut want = pad.nat(c4, 43011, r4, 5353, OUT_MAC, REAL_MAC).bytes();
+    b.extend_from_slice(&[0; 6]);
+    want.extend_from_slice(&[0; 6]);
+    f.push(fx(
+        "UDP with link padding after the IP length → balanced, padding kept",
+        "in0",
+        b,
+        XDP_REDIRECT,
+        Some(want),
+    ));
+    // Sources no packet may carry (drop_bad_source).
+    f.push(fx(
+        "IPv4 multicast source to a VIP → drop",
+        "in0",
+        Pkt::tcp(IpAddr::V4("224.0.0.5".parse().unwrap()), 43012, v4, 80, SYN).bytes(),
+        XDP_DROP,
+        None,
+    ));
+    f.push(fx(
+        "IPv6 link-local source to a VIP → drop",
+        "in0",
+        Pkt::tcp(IpAddr::V6("fe80::2".parse().unwrap()), 43013, v6, 80, SYN).bytes(),
+        XDP_DROP,
+        None,
+    ));
     let mut b = good.clone();
     b[14] = 0x44;
     f.push(fx(
@@ -679,6 +753,10 @@ fn xdp_fixtures() {
             ("drop_ipv6_extension", 1),
             ("pass_ttl_expired", 2),
             ("drop_truncated_vlan", 1),
+            ("drop_bad_l4_length", 5),
+            ("drop_bad_source", 2),
+            // The non-SYN conntrack miss.
+            ("conntrack_miss_mid_flow", 1),
             ("csum_completed", 5),
             ("csum_partial_kept", 2),
         ] {

@@ -248,13 +248,10 @@ impl Gen {
 
     /// A real's reply on a balanced flow.
     fn reply(&mut self, model: &Model, how: &mut Vec<String>) -> Option<(Vec<u8>, Port)> {
-        // The model's table iterates in no fixed order; pick by index into
-        // a sorted prefix so a seed replays.
-        let mut all: Vec<_> = model.replies().take(4096).copied().collect();
+        let all = model.replies();
         if all.is_empty() {
             return None;
         }
-        all.sort_by_key(|t| (t.src, t.dst, t.sport, t.dport, t.proto));
         let t = all[self.rng.below(all.len())];
         let mac = self
             .real_macs

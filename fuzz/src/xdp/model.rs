@@ -100,6 +100,21 @@ pub enum Outcome {
     ToClientPassed,
 }
 
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::PassNotIp,
+        Outcome::PassOtherProto,
+        Outcome::PassNonVip,
+        Outcome::PassTtl,
+        Outcome::PassMalformed,
+        Outcome::DropMalformed,
+        Outcome::ToReal,
+        Outcome::ToRealPassed,
+        Outcome::ToClient,
+        Outcome::ToClientPassed,
+    ];
+}
+
 pub struct Model {
     pub vips: Vec<Vip>,
     pub net: Net,
@@ -107,6 +122,9 @@ pub struct Model {
     flows: HashMap<Tuple, (usize, IpAddr, u16)>,
     /// Real → client tuple → VIP address and port.
     replies: HashMap<Tuple, (IpAddr, u16)>,
+    /// The reply tuples in the order learnt (for the generator to pick
+    /// from reproducibly; one may since have been replaced).
+    reply_list: Vec<Tuple>,
 }
 
 impl Model {
@@ -116,6 +134,7 @@ impl Model {
             net,
             flows: HashMap::new(),
             replies: HashMap::new(),
+            reply_list: Vec::new(),
         }
     }
 
@@ -123,15 +142,13 @@ impl Model {
     pub fn forget(&mut self) {
         self.flows.clear();
         self.replies.clear();
+        self.reply_list.clear();
     }
 
-    /// Reply tuples of balanced flows (for the generator).
-    pub fn replies(&self) -> impl Iterator<Item = &Tuple> {
-        self.replies.keys()
-    }
-
-    pub fn flow_count(&self) -> usize {
-        self.flows.len()
+    /// Reply tuples of balanced flows, in the order learnt (for the
+    /// generator).
+    pub fn replies(&self) -> &[Tuple] {
+        &self.reply_list
     }
 
     fn is_vip_addr(&self, a: IpAddr) -> bool {
@@ -298,7 +315,23 @@ impl Model {
         } else {
             (verdict != XDP_PASS, Outcome::ToRealPassed, Outcome::ToReal)
         };
-        match self.net.neighbours.get(&hop) {
+        // The kernel's FIB does not forward IPv6 with a link-local,
+        // multicast or loopback address on either side (`rt6_need_strict`):
+        // such a packet is passed, for the kernel to deal with.
+        let strict = |a: IpAddr| match a {
+            IpAddr::V6(a) => {
+                a.is_multicast() || a.is_loopback() || (a.segments()[0] & 0xffc0) == 0xfe80
+            }
+            IpAddr::V4(_) => false,
+        };
+        let src_after = if rewrite_src { addr } else { f.src };
+        let dst_after = if rewrite_src { f.dst } else { addr };
+        let neighbour = if strict(src_after) || strict(dst_after) {
+            None
+        } else {
+            self.net.neighbours.get(&hop)
+        };
+        match neighbour {
             Some(&(mac, egress)) => {
                 let v = if egress == ingress { XDP_TX } else { XDP_REDIRECT };
                 if verdict != v {
@@ -389,7 +422,9 @@ impl Model {
                 proto: f.proto,
             };
             self.flows.remove(&reply);
-            self.replies.insert(reply, (f.dst, f.dport));
+            if self.replies.insert(reply, (f.dst, f.dport)).is_none() {
+                self.reply_list.push(reply);
+            }
         }
         Ok(if sent { sent_outcome } else { passed_outcome })
     }

@@ -119,6 +119,15 @@ pub fn classify(b: &[u8]) -> Kind {
             if ihl != 20 {
                 return bad(Some(dst), "IPv4 options");
             }
+            if let IpAddr::V4(a) = src {
+                if a.is_unspecified()
+                    || a.octets()[0] == 0
+                    || a.is_loopback()
+                    || a.octets()[0] >= 224
+                {
+                    return bad(Some(dst), "IPv4 source address");
+                }
+            }
             (false, ip[9], src, dst, l3 + 20, l3 + tot, ip[8])
         }
         0x86dd => {
@@ -140,6 +149,15 @@ pub fn classify(b: &[u8]) -> Kind {
             }
             if IPV6_EXT.contains(&ip[6]) {
                 return bad(Some(dst), "IPv6 extension header");
+            }
+            if let IpAddr::V6(a) = src {
+                if a.is_unspecified()
+                    || a.is_loopback()
+                    || a.is_multicast()
+                    || (a.segments()[0] & 0xffc0) == 0xfe80
+                {
+                    return bad(Some(dst), "IPv6 source address");
+                }
             }
             (true, ip[6], src, dst, l3 + 40, l3 + 40 + payload, ip[7])
         }

@@ -1,0 +1,102 @@
+//! The data plane's header checks, as pure functions of the header fields:
+//! the XDP program calls them on what it read from the packet, and host
+//! tests compare them with a from-scratch reading of the same bytes. Each
+//! returns the TCP/UDP length the IP header gives, or the `stat` counter of
+//! the reason the packet is malformed.
+
+use crate::stat;
+
+pub const TCP_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
+
+/// IPv6 next-header values not parsed past: hop-by-hop, routing, fragment,
+/// destination options, AH, mobility, HIP, shim6.
+#[inline(always)]
+pub fn ipv6_ext(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 60 | 51 | 135 | 139 | 140)
+}
+
+/// An IPv4 header: `avail` bytes from its start to the end of the frame.
+/// Only a header without options, not a fragment, whose total length lies
+/// within the frame, is taken.
+#[inline(always)]
+pub fn ipv4(version_ihl: u8, tot_len: u16, frag_off: u16, avail: usize) -> Result<usize, u32> {
+    if version_ihl >> 4 != 4 {
+        return Err(stat::DROP_BAD_VERSION);
+    }
+    let ihl = (version_ihl & 0x0f) as usize * 4;
+    if ihl < 20 {
+        return Err(stat::DROP_BAD_IHL);
+    }
+    let tot = tot_len as usize;
+    if tot < ihl || tot > avail {
+        return Err(stat::DROP_BAD_LEN);
+    }
+    // MF set or a non-zero offset.
+    if frag_off & 0x3fff != 0 {
+        return Err(stat::DROP_FRAGMENT);
+    }
+    if ihl != 20 {
+        return Err(stat::DROP_IP_OPTIONS);
+    }
+    Ok(tot - 20)
+}
+
+/// An IPv6 header: `avail` bytes after its 40 to the end of the frame.
+#[inline(always)]
+pub fn ipv6(version: u8, payload_len: u16, next: u8, avail: usize) -> Result<usize, u32> {
+    if version >> 4 != 6 {
+        return Err(stat::DROP_BAD_VERSION);
+    }
+    if payload_len as usize > avail {
+        return Err(stat::DROP_BAD_LEN);
+    }
+    if ipv6_ext(next) {
+        return Err(stat::DROP_IPV6_EXT);
+    }
+    Ok(payload_len as usize)
+}
+
+/// A TCP header within an IP payload of `len` bytes: the fixed header and
+/// the data offset (byte 12) lie within it.
+#[inline(always)]
+pub fn tcp(len: usize, off_byte: u8) -> Result<(), u32> {
+    let doff = (off_byte >> 4) as usize * 4;
+    if len < TCP_HLEN || doff < TCP_HLEN || doff > len {
+        return Err(stat::DROP_BAD_L4_LEN);
+    }
+    Ok(())
+}
+
+/// A UDP header within an IP payload of `len` bytes, whose length field
+/// must equal it.
+#[inline(always)]
+pub fn udp(len: usize, ulen: u16) -> Result<(), u32> {
+    if len < UDP_HLEN || ulen as usize != len {
+        return Err(stat::DROP_BAD_L4_LEN);
+    }
+    Ok(())
+}
+
+/// An IPv4 source no packet may carry: 0.0.0.0/8, 127.0.0.0/8, multicast
+/// and reserved (224.0.0.0/3, which holds 255.255.255.255).
+#[inline(always)]
+pub fn bad_source_v4(src: &[u8; 4]) -> bool {
+    src[0] == 0 || src[0] == 127 || src[0] >= 224
+}
+
+/// An IPv6 source no forwarded packet may carry: unspecified, loopback,
+/// multicast (ff00::/8) or link-local (fe80::/10).
+#[inline(always)]
+pub fn bad_source_v6(src: &[u8; 16]) -> bool {
+    if src[0] == 0xff || (src[0] == 0xfe && src[1] & 0xc0 == 0x80) {
+        return true;
+    }
+    let mut zero = true;
+    let mut i = 0;
+    while i < 15 {
+        zero &= src[i] == 0;
+        i += 1;
+    }
+    zero && src[15] <= 1
+}
