@@ -236,7 +236,10 @@ pub mod stat {
     /// multicast or broadcast; IPv6 link-local too, which is never
     /// forwarded).
     pub const DROP_BAD_SOURCE: u32 = 30;
-    pub const COUNT: u32 = 31;
+    /// One direction's conntrack entry re-written from the other's, after
+    /// the LRU evicted it alone.
+    pub const CT_RESTORED: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// Names for logs, the API and metrics, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -271,6 +274,7 @@ pub mod stat {
         "drop_bad_l4_length",
         "conntrack_miss_mid_flow",
         "drop_bad_source",
+        "conntrack_restored",
     ];
 }
 

@@ -160,9 +160,15 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
     // An established flow, either direction: one lookup. The entry stays
     // valid for the rest of the program run (RCU).
     let established = match unsafe { CONNTRACK.get(&pkt.key) } {
-        Some(ct) if ct.kind == CT_REPLY => return Ok(to_client(ctx, &pkt, ct)),
+        Some(ct) if ct.kind == CT_REPLY => {
+            keep_forward(&pkt, ct);
+            return Ok(to_client(ctx, &pkt, ct));
+        }
         Some(ct) if vip_owns(ct.vip_index, &pkt.key) => match REALS.get(ct.real_id) {
-            Some(real) if real.flags & REAL_F_VALID != 0 => Some((ct.vip_index, ct.real_id, real)),
+            Some(real) if real.flags & REAL_F_VALID != 0 => {
+                keep_reply(&pkt, ct.vip_index, ct.real_id, real);
+                Some((ct.vip_index, ct.real_id, real))
+            }
             _ => None,
         },
         // Stale (VIP gone or real removed): treated as a new flow.
@@ -218,6 +224,74 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
             new,
         },
     ))
+}
+
+// --- The two entries of a flow -----------------------------------------
+//
+// The LRU evicts entries one by one, so under pressure one direction's
+// entry can go while the other stays. A lost forward entry is harmless (the
+// ring gives the same real while it is unchanged), but a lost reply entry
+// would leave the real's replies un-translated, and the connection hangs.
+// So each packet of an established flow also looks up its partner entry:
+// that keeps both equally recent for the LRU, and re-writes the partner if
+// it is gone.
+
+/// A client → VIP packet hit its entry: keeps the reply entry.
+#[inline(never)]
+fn keep_reply(pkt: &Packet, vip_index: u32, real_id: u32, real: &RealDef) -> u32 {
+    let rkey = FlowKey {
+        src: real.addr,
+        dst: pkt.key.src,
+        sport: real_port(real, pkt),
+        dport: pkt.key.sport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    if unsafe { CONNTRACK.get(&rkey) }.is_some() {
+        return 0;
+    }
+    let ct = CtValue {
+        real_id,
+        vip_index,
+        kind: CT_REPLY,
+        _pad: 0,
+        vip_port: pkt.key.dport,
+        vip_addr: pkt.key.dst,
+        _pad2: 0,
+    };
+    let _ = CONNTRACK.insert(&rkey, &ct, 0);
+    count(stat::CT_RESTORED);
+    1
+}
+
+/// A reply hit its entry: keeps the client → VIP entry.
+#[inline(never)]
+fn keep_forward(pkt: &Packet, rev: &CtValue) -> u32 {
+    let fkey = FlowKey {
+        src: pkt.key.dst,
+        dst: rev.vip_addr,
+        sport: pkt.key.dport,
+        dport: rev.vip_port,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    if unsafe { CONNTRACK.get(&fkey) }.is_some() {
+        return 0;
+    }
+    let ct = CtValue {
+        real_id: rev.real_id,
+        vip_index: rev.vip_index,
+        kind: CT_FORWARD,
+        _pad: 0,
+        vip_port: 0,
+        vip_addr: [0; 16],
+        _pad2: 0,
+    };
+    let _ = CONNTRACK.insert(&fkey, &ct, 0);
+    count(stat::CT_RESTORED);
+    1
 }
 
 /// A client → VIP packet's flow and real.

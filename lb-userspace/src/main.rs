@@ -124,8 +124,10 @@ enum Command {
         /// Attach XDP here instead of the config's `interfaces` (repeatable).
         #[arg(long = "iface")]
         iface: Vec<String>,
-        /// Flows conntrack holds (each takes an entry per direction).
-        #[arg(long, default_value_t = lb_common::CONNTRACK_SIZE)]
+        /// Flows conntrack holds (each takes an entry per direction, 136
+        /// bytes of kernel memory each).
+        #[arg(long, default_value_t = lb_common::CONNTRACK_SIZE,
+              value_parser = clap::value_parser!(u32).range(1..=(u32::MAX / 2) as i64))]
         conntrack_size: u32,
         /// Most verbose XDP log level forwarded to the host log
         /// (error, warn, info, debug, trace). Debug reports malformed packets.

@@ -243,6 +243,38 @@ impl Model {
                 ))
             };
         };
+        // An established packet first looks up its flow's other entry and
+        // re-writes it if gone (whatever happens to the packet next).
+        match dir {
+            Dir::Reply(vaddr, vport) => {
+                let fwd = Tuple {
+                    src: f.dst,
+                    dst: vaddr,
+                    sport: f.dport,
+                    dport: vport,
+                    proto: f.proto,
+                };
+                if !self.flows.contains_key(&fwd) && !self.replies.contains_key(&fwd) {
+                    if let Some(vi) = self.vip_for(vaddr, vport, f.proto) {
+                        self.flows.insert(fwd, (vi, f.src, f.sport));
+                    }
+                }
+            }
+            Dir::Forward(_, Some((raddr, rport))) => {
+                let rev = Tuple {
+                    src: raddr,
+                    dst: f.src,
+                    sport: rport,
+                    dport: f.sport,
+                    proto: f.proto,
+                };
+                if !self.flows.contains_key(&rev) && !self.replies.contains_key(&rev) {
+                    self.replies.insert(rev, (f.dst, f.dport));
+                    self.reply_list.push(rev);
+                }
+            }
+            Dir::Forward(_, None) => {}
+        }
         if f.ttl <= 1 {
             return if verdict == XDP_PASS && unchanged {
                 Ok(Outcome::PassTtl)
