@@ -108,7 +108,9 @@ pub struct CtValue {
     pub vip_port: u16,
     /// Reply entries: the VIP address the reply's source is rewritten to.
     pub vip_addr: [u8; 16],
-    pub _pad2: u32,
+    /// The coarse clock tick (2^24 ns, about 17 ms) at which a packet of
+    /// this entry last looked up the flow's other entry.
+    pub checked: u32,
 }
 
 /// [`CtValue::kind`] of a client → VIP entry.

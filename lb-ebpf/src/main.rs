@@ -30,6 +30,7 @@ mod stats;
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
@@ -159,14 +160,20 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
 
     // An established flow, either direction: one lookup. The entry stays
     // valid for the rest of the program run (RCU).
-    let established = match unsafe { CONNTRACK.get(&pkt.key) } {
+    let hit = CONNTRACK.get_ptr_mut(&pkt.key);
+    // SAFETY: a map value pointer, valid for the program run.
+    let established = match hit.map(|p| unsafe { &*p }) {
         Some(ct) if ct.kind == CT_REPLY => {
-            keep_forward(&pkt, ct);
+            if partner_due(hit) {
+                keep_forward(&pkt, ct);
+            }
             return Ok(to_client(ctx, &pkt, ct));
         }
         Some(ct) if vip_owns(ct.vip_index, &pkt.key) => match REALS.get(ct.real_id) {
             Some(real) if real.flags & REAL_F_VALID != 0 => {
-                keep_reply(&pkt, ct.vip_index, ct.real_id, real);
+                if partner_due(hit) {
+                    keep_reply(&pkt, ct.vip_index, ct.real_id, real);
+                }
                 Some((ct.vip_index, ct.real_id, real))
             }
             _ => None,
@@ -232,9 +239,28 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
 // entry can go while the other stays. A lost forward entry is harmless (the
 // ring gives the same real while it is unchanged), but a lost reply entry
 // would leave the real's replies un-translated, and the connection hangs.
-// So each packet of an established flow also looks up its partner entry:
-// that keeps both equally recent for the LRU, and re-writes the partner if
-// it is gone.
+// So packets of an established flow also look up the partner entry (once
+// per tick, see `partner_due`): that keeps both recent for the LRU, and
+// re-writes the partner if it is gone.
+
+/// Is it time for this entry's packet to look up the flow's other entry?
+/// Once per coarse clock tick (2^24 ns, about 17 ms) per entry: a busy flow
+/// pays one extra lookup per tick, not per packet, and an entry looked at
+/// within the last tick is among the most recent, far from eviction.
+#[inline(always)]
+fn partner_due(ct: Option<*mut CtValue>) -> bool {
+    let Some(ct) = ct else { return false };
+    let tick = (unsafe { bpf_ktime_get_coarse_ns() } >> 24) as u32;
+    // SAFETY: a map value pointer, valid for the program run; a racing
+    // write from another CPU only repeats or skips one look.
+    unsafe {
+        if (*ct).checked == tick {
+            return false;
+        }
+        (*ct).checked = tick;
+    }
+    true
+}
 
 /// A client → VIP packet hit its entry: keeps the reply entry.
 #[inline(never)]
@@ -258,7 +284,7 @@ fn keep_reply(pkt: &Packet, vip_index: u32, real_id: u32, real: &RealDef) -> u32
         _pad: 0,
         vip_port: pkt.key.dport,
         vip_addr: pkt.key.dst,
-        _pad2: 0,
+        checked: 0,
     };
     let _ = CONNTRACK.insert(&rkey, &ct, 0);
     count(stat::CT_RESTORED);
@@ -287,7 +313,7 @@ fn keep_forward(pkt: &Packet, rev: &CtValue) -> u32 {
         _pad: 0,
         vip_port: 0,
         vip_addr: [0; 16],
-        _pad2: 0,
+        checked: 0,
     };
     let _ = CONNTRACK.insert(&fkey, &ct, 0);
     count(stat::CT_RESTORED);
@@ -340,13 +366,21 @@ fn is_vip_addr(addr: &[u8; 16], family: u8) -> bool {
 /// untouched otherwise.
 #[inline(always)]
 fn malformed(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) -> Parsed {
+    Parsed::Done(malformed_verdict(ctx, dst, family, reason))
+}
+
+/// Out of line: the log record is built on this function's own stack,
+/// not the parser's.
+#[inline(never)]
+fn malformed_verdict(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) -> u32 {
+    let ctx = opaque(ctx);
     if is_vip_addr(dst, family) {
         count(reason);
         debug!(ctx, "drop: malformed packet to a VIP, reason {}", reason);
-        Parsed::Done(xdp_action::XDP_DROP)
+        xdp_action::XDP_DROP
     } else {
         count(stat::PASS_NON_VIP);
-        Parsed::Done(xdp_action::XDP_PASS)
+        xdp_action::XDP_PASS
     }
 }
 
@@ -357,7 +391,7 @@ const FLOW: u32 = u32::MAX;
 /// Parses the packet into `out` and returns [`FLOW`], or returns the
 /// verdict already decided (and counted). Not inlined, and a scalar result:
 /// see `to_real`.
-#[inline(never)]
+#[inline(always)]
 fn parse(ctx: &XdpContext, out: &mut Packet) -> u32 {
     let ctx = opaque(ctx);
     match try_parse(ctx) {
@@ -549,7 +583,7 @@ fn try_new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u64, (
         _pad: 0,
         vip_port: 0,
         vip_addr: [0; 16],
-        _pad2: 0,
+        checked: 0,
     };
     let _ = CONNTRACK.insert(&pkt.key, &ct, 0);
     // The reply will come from real:port to client:sport; map it back to the
