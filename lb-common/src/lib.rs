@@ -77,7 +77,7 @@ pub struct RealDef {
 }
 
 /// A 5-tuple as it appears in a packet. Used for both conntrack directions.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -95,7 +95,7 @@ pub struct FlowKey {
 /// so any packet of an established flow costs one lookup: the client's
 /// tuple (client → VIP, kind [`CT_FORWARD`]) and the reply's tuple
 /// (real → client, kind [`CT_REPLY`]).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
     pub real_id: u32,
@@ -140,7 +140,7 @@ pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
 /// Key of the next-hop cache of replies (`REPLY_HOPS`): the client
 /// a reply goes to, and the device the reply came in on.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ReplyHopKey {
     pub addr: [u8; 16],

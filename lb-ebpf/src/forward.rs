@@ -65,7 +65,8 @@ fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32
             return send(ctx, ingress, nh.egress, &nh.smac, &nh.dmac);
         }
     }
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let p = &mut fib;
     p.ifindex = ingress;
     if family == FAMILY_V4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
@@ -109,7 +110,7 @@ fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut p as *mut FibParams,
+            p as *mut FibParams,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )

@@ -141,19 +141,12 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Outcome of parsing.
-enum Parsed {
-    /// A TCP/UDP packet whose headers are all present.
-    Flow(Packet),
-    /// Verdict already decided (and counted).
-    Done(u32),
-}
-
 #[inline(always)]
 fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
     count(stat::RX);
-    let mut pkt = Packet::default();
-    let verdict = parse(ctx, &mut pkt);
+    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
+    let pkt = zeroed_in(&mut slot);
+    let verdict = parse(ctx, pkt);
     if verdict != FLOW {
         return Ok(verdict);
     }
@@ -365,8 +358,8 @@ fn is_vip_addr(addr: &[u8; 16], family: u8) -> bool {
 /// Drops (and counts) a malformed packet addressed to a VIP; passes it
 /// untouched otherwise.
 #[inline(always)]
-fn malformed(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) -> Parsed {
-    Parsed::Done(malformed_verdict(ctx, dst, family, reason))
+fn malformed(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) -> u32 {
+    malformed_verdict(ctx, dst, family, reason)
 }
 
 /// Out of line: the log record is built on this function's own stack,
@@ -394,23 +387,16 @@ const FLOW: u32 = u32::MAX;
 #[inline(always)]
 fn parse(ctx: &XdpContext, out: &mut Packet) -> u32 {
     let ctx = opaque(ctx);
-    match try_parse(ctx) {
-        Ok(Parsed::Flow(p)) => {
-            *out = p;
-            FLOW
-        }
-        Ok(Parsed::Done(action)) => action,
-        Err(()) => xdp_action::XDP_DROP,
-    }
+    try_parse(ctx, out).unwrap_or(xdp_action::XDP_DROP)
 }
 
 #[inline(always)]
-fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
+fn try_parse(ctx: &XdpContext, out: &mut Packet) -> Result<u32, ()> {
     let eth: *const EthHdr = match ptr_at(ctx, 0) {
         Ok(p) => p,
         Err(()) => {
             count(stat::DROP_TRUNC_ETH);
-            return Ok(Parsed::Done(xdp_action::XDP_DROP));
+            return Ok(xdp_action::XDP_DROP);
         }
     };
     let mut ether_type = u16::from_be_bytes(unsafe { (*eth).proto });
@@ -420,21 +406,21 @@ fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
             Ok(p) => p,
             Err(()) => {
                 count(stat::DROP_TRUNC_VLAN);
-                return Ok(Parsed::Done(xdp_action::XDP_DROP));
+                return Ok(xdp_action::XDP_DROP);
             }
         };
         ether_type = u16::from_be_bytes(unsafe { (*vlan).proto });
         l3 = ETH_HLEN + VLAN_HLEN;
     }
-    let mut key = FlowKey::default();
-    let mut l4_len = 0;
+    let key = &mut out.key;
+    let l4_len;
     let (family, proto, l4) = match ether_type {
         ETH_P_IP => {
             let ip: *const Ipv4Hdr = match ptr_at(ctx, l3) {
                 Ok(p) => p,
                 Err(()) => {
                     count(stat::DROP_TRUNC_IP);
-                    return Ok(Parsed::Done(xdp_action::XDP_DROP));
+                    return Ok(xdp_action::XDP_DROP);
                 }
             };
             let ip = unsafe { &*ip };
@@ -462,13 +448,13 @@ fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
                 Ok(p) => p,
                 Err(()) => {
                     count(stat::DROP_TRUNC_IP);
-                    return Ok(Parsed::Done(xdp_action::XDP_DROP));
+                    return Ok(xdp_action::XDP_DROP);
                 }
             };
             let ip = unsafe { &*ip };
             key.family = FAMILY_V6;
-            key.src = ip.src;
-            key.dst = ip.dst;
+            copy16(&mut key.src, &ip.src);
+            copy16(&mut key.dst, &ip.dst);
             let avail = ctx.data_end() - ctx.data() - l3 - IPV6_HLEN;
             let len = match hdr::ipv6(
                 ip.vtc_flow[0],
@@ -487,7 +473,7 @@ fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
         }
         _ => {
             count(stat::PASS_NON_VIP);
-            return Ok(Parsed::Done(xdp_action::XDP_PASS));
+            return Ok(xdp_action::XDP_PASS);
         }
     };
     key.proto = proto;
@@ -520,16 +506,14 @@ fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
             } else {
                 count(stat::PASS_NON_VIP);
             }
-            return Ok(Parsed::Done(xdp_action::XDP_PASS));
+            return Ok(xdp_action::XDP_PASS);
         }
     }
-    Ok(Parsed::Flow(Packet {
-        l3,
-        l4,
-        family,
-        proto,
-        key,
-    }))
+    out.l3 = l3;
+    out.l4 = l4;
+    out.family = family;
+    out.proto = proto;
+    Ok(FLOW)
 }
 
 /// First packet of a client → VIP flow (or one whose entry went stale):
@@ -692,8 +676,9 @@ fn try_to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, (
 /// Floor for the per-packet benchmark: the same parse, then XDP_TX.
 #[xdp]
 pub fn floor_tx(ctx: XdpContext) -> u32 {
-    let mut pkt = Packet::default();
-    match parse(&ctx, &mut pkt) {
+    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
+    let pkt = zeroed_in(&mut slot);
+    match parse(&ctx, pkt) {
         FLOW => xdp_action::XDP_TX,
         verdict => verdict,
     }
@@ -738,8 +723,9 @@ fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
     // Not overlapping (map value → packet): a memcpy, which is inlined as
     // 8-byte copies, where an assignment would call a byte-wise memmove.
     unsafe { core::ptr::copy_nonoverlapping(template, frame, 1) };
-    let mut p = Packet::default();
-    match parse(ctx, &mut p) {
+    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
+    let p = zeroed_in(&mut slot);
+    match parse(ctx, p) {
         FLOW => {
             nat::set_sport(ctx, p.l4, p.family, p.proto, port)?;
             match GEN_MODE.get(0).copied().unwrap_or(0) {
@@ -759,8 +745,9 @@ fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
 /// else (ARP, neighbour discovery) passes so the receiver stays reachable.
 #[xdp]
 pub fn sink(ctx: XdpContext) -> u32 {
-    let mut pkt = Packet::default();
-    match parse(&ctx, &mut pkt) {
+    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
+    let pkt = zeroed_in(&mut slot);
+    match parse(&ctx, pkt) {
         FLOW => {
             if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
                 unsafe { *c += 1 };

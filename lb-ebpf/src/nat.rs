@@ -5,7 +5,7 @@ use lb_common::{stat, FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     csum::{self, Update},
-    parse::{opaque, ptr_at, Ipv4Hdr, Ipv6Hdr, Packet, TcpHdr, UdpHdr, IPV4_HLEN},
+    parse::{copy16, opaque, ptr_at, Ipv4Hdr, Ipv6Hdr, Packet, TcpHdr, UdpHdr, IPV4_HLEN},
     segment,
     stats::count,
 };
@@ -137,8 +137,8 @@ fn try_rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum,
         } else {
             &mut ip.src
         };
-        l4sum_delta_old = *field;
-        *field = *addr;
+        copy16(&mut l4sum_delta_old, field);
+        copy16(field, addr);
         ip.hop_limit -= 1;
     }
     let partial = |old_port: [u8; 2], udp: bool| -> Result<L4Sum, ()> {
