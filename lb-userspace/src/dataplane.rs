@@ -612,15 +612,7 @@ impl Dataplane {
 
         for vip in vips {
             let key = (vip.address, vip.port, vip.protocol);
-            let backends: Vec<maglev::Backend> = vip
-                .reals
-                .iter()
-                .map(|r| maglev::Backend {
-                    id: real_identity(r.address, r.port),
-                    weight: r.weight,
-                })
-                .collect();
-            let table = maglev::build(&backends, vip.ring_size);
+            let table = vip_ring(vip);
             let ring: Vec<u32> = table
                 .iter()
                 .map(|&i| {
@@ -1004,6 +996,20 @@ pub fn real_string(address: IpAddr, port: u16) -> String {
     }
 }
 
+/// The Maglev ring of a VIP as configured (every real at its weight): the
+/// ring `apply` installs, slot → index into `vip.reals`.
+pub fn vip_ring(vip: &Vip) -> Vec<u32> {
+    let backends: Vec<maglev::Backend> = vip
+        .reals
+        .iter()
+        .map(|r| maglev::Backend {
+            id: real_identity(r.address, r.port),
+            weight: r.weight,
+        })
+        .collect();
+    maglev::build(&backends, vip.ring_size)
+}
+
 /// The bytes Maglev hashes for a real: stable across nodes and restarts.
 pub fn real_identity(address: IpAddr, port: u16) -> Vec<u8> {
     real_string(address, port).into_bytes()
@@ -1135,15 +1141,7 @@ mod tests {
             dp.add_tx_port(ifindex("out1")?)?;
             let (mut checked, mut other_than_default) = (0, 0);
             for v in &cfg.vips {
-                let backends: Vec<maglev::Backend> = v
-                    .reals
-                    .iter()
-                    .map(|r| maglev::Backend {
-                        id: real_identity(r.address, r.port),
-                        weight: r.weight,
-                    })
-                    .collect();
-                let ring = maglev::build(&backends, v.ring_size);
+                let ring = vip_ring(v);
                 let client: IpAddr = if v.address.is_ipv4() {
                     CLIENT4.into()
                 } else {

@@ -36,8 +36,7 @@ use lb_common::{
 };
 use lb_userspace::{
     config::{Config, Protocol},
-    dataplane::{addr_bytes, flow_key, real_identity},
-    maglev,
+    dataplane::{self, addr_bytes, flow_key},
     testbed::{self, Netns, Topology},
 };
 
@@ -301,17 +300,9 @@ impl Ring {
         let cfg = Config::parse(config).unwrap_or_else(|e| panic!("config: {e}"));
         assert_eq!(cfg.hash_seed, DEFAULT_HASH_SEED);
         let v = &cfg.vips[0];
-        let backends: Vec<maglev::Backend> = v
-            .reals
-            .iter()
-            .map(|r| maglev::Backend {
-                id: real_identity(r.address, r.port),
-                weight: r.weight,
-            })
-            .collect();
         Ring {
             reals: v.reals.iter().map(|r| r.address).collect(),
-            table: maglev::build(&backends, v.ring_size),
+            table: dataplane::vip_ring(v),
             size: v.ring_size,
             vip: SocketAddr::new(v.address, v.port),
         }

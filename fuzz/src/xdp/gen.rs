@@ -289,51 +289,29 @@ impl Gen {
         how.push("not to a VIP".into());
         let macs = (self.client_mac, self.in_mac);
         match pick {
-            0 => {
-                let others: Vec<_> = self
-                    .others
-                    .iter()
-                    .copied()
-                    .filter(|a| a.is_ipv6() == v6)
-                    .collect();
-                let dst = *self.rng.pick(&others);
-                (
-                    self.build(
-                        Tuple {
-                            src: client,
-                            sport,
-                            dst,
-                            dport,
-                            proto,
-                        },
-                        macs,
-                        how,
-                    ),
-                    Port::In,
-                )
-            }
-            1 => {
-                let vips: Vec<_> = model
-                    .vips
-                    .iter()
-                    .filter(|v| v.addr.is_ipv6() == v6 && v.port != 0)
-                    .map(|v| v.addr)
-                    .collect();
-                let dst = *self.rng.pick(&vips);
-                (
-                    self.build(
-                        Tuple {
-                            src: client,
-                            sport,
-                            dst,
-                            dport,
-                            proto,
-                        },
-                        macs,
-                        how,
-                    ),
-                    Port::In,
-                )
+            0 | 1 => {
+                // Another address, or a VIP address on a port it does not
+                // balance.
+                let dsts: Vec<IpAddr> = if pick == 0 {
+                    self.others.clone()
+                } else {
+                    model
+                        .vips
+                        .iter()
+                        .filter(|v| v.port != 0)
+                        .map(|v| v.addr)
+                        .collect()
+                };
+                let dsts: Vec<IpAddr> = dsts.into_iter().filter(|a| a.is_ipv6() == v6).collect();
+                let dst = *self.rng.pick(&dsts);
+                let t = Tuple {
+                    src: client,
+                    sport,
+                    dst,
+                    dport,
+                    proto,
+                };
+                (self.build(t, macs, how), Port::In)
             }
             _ => {
                 let reals: Vec<_> = self
