@@ -1,10 +1,10 @@
-//! The data plane's header checks (`lb_common::hdr`, as the XDP parser
+//! The data plane's header checks (`lb_ebpf::hdr`, as the XDP parser
 //! applies them) against the fuzzer's from-scratch reading of the same
 //! bytes (`lb_fuzz::xdp::wire`): both must call every frame the same.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_common::hdr;
+use lb_ebpf::hdr;
 use lb_fuzz::xdp::wire::{self, Kind};
 use lb_userspace::packet::Pkt;
 use proptest::prelude::*;

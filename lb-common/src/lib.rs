@@ -7,9 +7,6 @@
 //! in the first four bytes, the rest zero, and `family` tells which it is.
 #![no_std]
 
-pub mod csum;
-pub mod hdr;
-
 /// Most VIPs the data plane holds (the size of the VIP stats array).
 pub const MAX_VIPS: u32 = 64;
 /// Size of the real table. Id 0 is reserved for "no real".

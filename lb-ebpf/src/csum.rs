@@ -1,7 +1,8 @@
-//! Checksums: the pure arithmetic lives in `lb_common::csum` (host-tested);
+//! Checksums: the pure arithmetic lives in the library half
+//! (`lb_ebpf::checksum`, host-tested);
 //! here, the sums that read the packet.
 
-pub use lb_common::csum::{add, fold, Update};
+pub use lb_ebpf::checksum::{add, fold, Update};
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::FAMILY_V4;

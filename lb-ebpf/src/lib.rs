@@ -1,5 +1,12 @@
-//! Library half of the XDP crate. It is empty on purpose: `lb-userspace`
-//! lists this crate as a build dependency so that cargo rebuilds the embedded
-//! object when anything here changes; the programs themselves are the `lb`
-//! binary target, built for `bpfel-unknown-none` by `lb-userspace/build.rs`.
+//! Library half of the XDP crate: the pure helpers of the fast path
+//! (checksum arithmetic, header checks), functions of integers only, so
+//! that they compile for the host too and are tested there
+//! (`fuzz/tests/checksum_props.rs`, `fuzz/tests/headers.rs`). The programs
+//! are the `lb-xdp` binary target, built for `bpfel-unknown-none` by
+//! `lb-userspace/build.rs`, which also lists this crate as a build
+//! dependency so that cargo rebuilds the embedded object when anything here
+//! changes.
 #![no_std]
+
+pub mod checksum;
+pub mod hdr;

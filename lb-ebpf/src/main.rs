@@ -37,11 +37,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    flow_hash_seeded, hdr, stat, Counters, CsumScratch, CtValue, FlowKey, GenTemplate, NextHop,
-    RealDef, ReplyHopKey, VipKey, VipMeta, CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, DEFAULT_HASH_SEED,
+    flow_hash_seeded, stat, Counters, CsumScratch, CtValue, FlowKey, GenTemplate, NextHop, RealDef,
+    ReplyHopKey, VipKey, VipMeta, CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, DEFAULT_HASH_SEED,
     FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS, MAX_VIPS,
     REAL_F_VALID, REPLY_HOPS_SIZE, RING_SLOTS, RING_STRIDE,
 };
+use lb_ebpf::hdr;
 use parse::*;
 use stats::count;
 

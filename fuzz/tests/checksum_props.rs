@@ -1,7 +1,7 @@
 //! The checksum arithmetic the XDP program uses, against checksums computed
 //! from scratch over the bytes (RFC 1071).
 
-use lb_common::csum::{add, fold, Update};
+use lb_ebpf::checksum::{add, fold, Update};
 use proptest::prelude::*;
 
 /// The Internet checksum of `data` from scratch: the inverted ones'

@@ -4,7 +4,7 @@
 //! returns the TCP/UDP length the IP header gives, or the `stat` counter of
 //! the reason the packet is malformed.
 
-use crate::stat;
+use lb_common::stat;
 
 pub const TCP_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
