@@ -9,7 +9,10 @@ use std::{
 
 use hickory_proto::{
     rr::{DNSClass, LowerName, Name, RData, Record, RecordType},
-    serialize::{binary::BinEncodable, txt::Parser},
+    serialize::{
+        binary::{BinDecoder, BinEncodable, Restrict},
+        txt::Parser,
+    },
 };
 
 /// Why a zone did not load. `line` is 1-based, when known.
@@ -128,19 +131,13 @@ impl Zone {
             if records.iter().any(|r| r.dns_class != DNSClass::IN) {
                 return Err((line(&owner), format!("{owner}: only class IN is served")));
             }
-            // Empty RDATA (e.g. a TXT without strings) reads as an UPDATE
-            // record on the wire, so clients reject the whole response.
-            if records
-                .iter()
-                .any(|r| r.data.to_bytes().map_or(true, |b| b.is_empty()))
-            {
-                return Err((
-                    line(&owner),
-                    format!(
-                        "{owner} {}: a record without data cannot be served",
-                        key.record_type
-                    ),
-                ));
+            // What is served must read back as what was loaded: empty RDATA
+            // (e.g. a TXT without strings) reads as an UPDATE record, and
+            // some data the text parser takes (e.g. a CAA tag that is not
+            // ASCII) encodes to bytes that do not decode; either way clients
+            // reject the whole response.
+            if let Some(why) = records.iter().find_map(|r| wire_problem(&r.data)) {
+                return Err((line(&owner), format!("{owner} {}: {why}", key.record_type)));
             }
             record_count += records.len();
             let node = nodes.entry(lower).or_insert_with(|| Node {
@@ -410,6 +407,27 @@ fn find_owner_line(text: &str, name: &Name) -> Option<usize> {
     })
 }
 
+/// Why a record's data cannot be served, if it cannot: it encodes to
+/// nothing, or its encoding does not decode to the same data.
+fn wire_problem(data: &RData) -> Option<String> {
+    let bytes = match data.to_bytes() {
+        Ok(b) if b.is_empty() => return Some("a record without data cannot be served".into()),
+        Ok(b) => b,
+        Err(e) => return Some(format!("the record data cannot be encoded: {e}")),
+    };
+    let Ok(len) = u16::try_from(bytes.len()) else {
+        return Some("the record data is longer than 65535 bytes".into());
+    };
+    let mut dec = BinDecoder::new(&bytes);
+    match RData::read(&mut dec, data.record_type(), Restrict::new(len)) {
+        Ok(back) if back == *data && dec.is_empty() => None,
+        Ok(_) => Some("the record data does not read back as written (check its syntax)".into()),
+        Err(e) => Some(format!(
+            "the record data does not read back on the wire: {e}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,6 +449,20 @@ mod tests {
             assert_eq!(line, Some(5), "{rr}: {reason}");
             assert!(reason.contains("without data"), "{rr}: {reason}");
         }
+    }
+
+    /// Found by fuzzing (fuzz/regressions/zone/caa-tag-not-ascii): a CAA
+    /// tag that is not ASCII loaded, and its encoding did not decode, so
+    /// every response carrying it failed to parse.
+    #[test]
+    fn records_that_do_not_read_back_are_rejected_with_their_line() {
+        let text = format!("{HEAD}caa IN CAA 0 issu\u{e9}e \"ca.example.net\"\n");
+        let (line, reason) = Zone::parse(&name("example.com."), &text, None).unwrap_err();
+        assert_eq!(line, Some(5), "{reason}");
+        assert!(reason.contains("read back"), "{reason}");
+        // A sound CAA still loads.
+        let text = format!("{HEAD}caa IN CAA 0 issue \"ca.example.net\"\n");
+        Zone::parse(&name("example.com."), &text, None).expect("sound CAA");
     }
 
     #[test]
