@@ -40,14 +40,14 @@ fn fuzz(name: &str) {
         .map(|(_, b)| b)
         .collect();
     let fresh = lb_fuzz::rng::fresh_seed();
-    eprintln!("{name}: fixed seed 1, fresh seed {fresh}");
+    log(&format!("{name}: fixed seed 1, fresh seed {fresh}"));
     for seed in [1, fresh] {
         let mut o = Options::new(seed);
         o.iterations = Some(budget(t));
         o.seeds = seeds.clone();
         o.max_failures = 3;
         let r = engine::run(t, &o);
-        eprintln!("{}", r);
+        log(&r.to_string());
         assert!(r.failures.is_empty(), "{r}");
     }
 }
@@ -70,4 +70,11 @@ fn http_request_head() {
 #[test]
 fn config_loader() {
     fuzz("config");
+}
+
+/// Writes to the test log even when the test passes (the test harness
+/// captures `eprintln!` of passing tests; the seeds must stay visible).
+fn log(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -4,11 +4,11 @@
 use lb_fuzz::{rng, xdp};
 
 fn pass(seed: u64, packets: u64) {
-    eprintln!(
+    log(&format!(
         "xdp fuzz: seed {seed} (replay: cargo xtask fuzz xdp --seed {seed} --packets {packets})"
-    );
+    ));
     let report = xdp::run(&xdp::Options { packets, seed }).expect("fuzz run");
-    eprintln!("{report}");
+    log(&report.to_string());
     assert!(
         report.violations.is_empty(),
         "invariant violations (replay with --seed {seed}):\n{report}"
@@ -34,4 +34,11 @@ fn xdp_fuzz_bounded() {
     }
     pass(20261202, 100_000);
     pass(rng::fresh_seed(), 100_000);
+}
+
+/// Writes to the test log even when the test passes (the test harness
+/// captures `eprintln!` of passing tests; the seeds must stay visible).
+fn log(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
