@@ -54,6 +54,7 @@ struct Target<'a> {
 }
 
 /// What the TCP/UDP checksum field holds after a rewrite.
+#[repr(u8)]
 pub enum L4Sum {
     /// A full checksum, updated incrementally (or an IPv4 UDP datagram
     /// without checksum, which stays without).
