@@ -259,15 +259,7 @@ fn partner_due(ct: Option<*mut CtValue>) -> bool {
 /// A client → VIP packet hit its entry: keeps the reply entry.
 #[inline(never)]
 fn keep_reply(pkt: &Packet, vip_index: u32, real_id: u32, real: &RealDef) -> u32 {
-    let rkey = FlowKey {
-        src: real.addr,
-        dst: pkt.key.src,
-        sport: real_port(real, pkt),
-        dport: pkt.key.sport,
-        proto: pkt.proto,
-        family: pkt.family,
-        _pad: [0; 2],
-    };
+    let rkey = reply_key(pkt, real);
     if unsafe { CONNTRACK.get(&rkey) }.is_some() {
         return 0;
     }
@@ -573,15 +565,7 @@ fn try_new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u64, (
     let _ = CONNTRACK.insert(&pkt.key, &ct, 0);
     // The reply will come from real:port to client:sport; map it back to the
     // VIP. Replies keep this entry fresh in the LRU.
-    let rkey = FlowKey {
-        src: real.addr,
-        dst: pkt.key.src,
-        sport: real_port(real, pkt),
-        dport: pkt.key.sport,
-        proto: pkt.proto,
-        family: pkt.family,
-        _pad: [0; 2],
-    };
+    let rkey = reply_key(pkt, real);
     ct.kind = CT_REPLY;
     ct.vip_port = pkt.key.dport;
     ct.vip_addr = pkt.key.dst;
@@ -598,6 +582,20 @@ fn try_new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u64, (
 }
 
 /// The real's port for this flow (a real of port 0 keeps the client's).
+/// The tuple of a client → VIP flow's replies: real:port → client.
+#[inline(always)]
+fn reply_key(pkt: &Packet, real: &RealDef) -> FlowKey {
+    FlowKey {
+        src: real.addr,
+        dst: pkt.key.src,
+        sport: real_port(real, pkt),
+        dport: pkt.key.sport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    }
+}
+
 #[inline(always)]
 fn real_port(real: &RealDef, pkt: &Packet) -> u16 {
     if real.port == 0 {
