@@ -332,6 +332,43 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     flow_hash_seeded(key, DEFAULT_HASH_SEED)
 }
 
+// --- Layouts -------------------------------------------------------------
+//
+// Every map key and value both sides read: its size and field offsets,
+// checked at compile time (for the BPF target and the host alike), so that
+// no implicit padding or reordering can creep in. A key with padding the
+// compiler added would hash and compare uninitialised bytes.
+
+/// `offset_of!` for each listed field equals the given offset.
+macro_rules! assert_layout {
+    ($t:ty, size $size:expr, align $align:expr, { $($field:ident: $off:expr),* $(,)? }) => {
+        const _: () = {
+            assert!(core::mem::size_of::<$t>() == $size);
+            assert!(core::mem::align_of::<$t>() == $align);
+            $(assert!(core::mem::offset_of!($t, $field) == $off);)*
+        };
+    };
+}
+
+assert_layout!(VipKey, size 20, align 2, { addr: 0, port: 16, proto: 18, family: 19 });
+assert_layout!(VipMeta, size 16, align 4, { vip_index: 0, ring_slot: 4, ring_size: 8, flags: 12 });
+assert_layout!(RealDef, size 24, align 4, { addr: 0, port: 16, family: 18, _pad: 19, flags: 20 });
+assert_layout!(FlowKey, size 40, align 8, {
+    src: 0, dst: 16, sport: 32, dport: 34, proto: 36, family: 37, _pad: 38,
+});
+assert_layout!(CtValue, size 32, align 8, {
+    real_id: 0, vip_index: 4, kind: 8, _pad: 9, vip_port: 10, vip_addr: 12, checked: 28,
+});
+assert_layout!(NextHop, size 40, align 8, {
+    expires_ns: 0, ingress: 8, egress: 12, max_len: 16, smac: 18, dmac: 24, _pad: 30,
+});
+assert_layout!(ReplyHopKey, size 24, align 8, { addr: 0, ingress: 16, family: 20, _pad: 21 });
+assert_layout!(Counters, size 32, align 8, {
+    packets: 0, bytes: 8, new_flows: 16, reply_packets: 24,
+});
+assert_layout!(GenTemplate, size GEN_FRAME_LEN, align 8, { bytes: 0 });
+assert_layout!(CsumScratch, size CSUM_CHUNK, align 8, { bytes: 0 });
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -348,18 +385,6 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<VipKey>(), 20);
-        assert_eq!(core::mem::size_of::<VipMeta>(), 16);
-        assert_eq!(core::mem::size_of::<RealDef>(), 24);
-        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
-        assert_eq!(core::mem::size_of::<CtValue>(), 32);
-        assert_eq!(core::mem::size_of::<Counters>(), 32);
-        assert_eq!(core::mem::size_of::<NextHop>(), 40);
-        assert_eq!(stat::NAMES.len(), stat::COUNT as usize);
-    }
 
     fn key() -> FlowKey {
         FlowKey {
