@@ -186,95 +186,83 @@ pub struct CsumScratch {
     pub bytes: [u8; CSUM_CHUNK],
 }
 
-/// Global counter indexes (per-CPU u64 array `GLOBAL_STATS`).
+/// Global counter indexes (per-CPU u64 array `GLOBAL_STATS`) and their
+/// names, generated from one list by [`stat_list!`]: each entry is the index
+/// constant and its name for logs, the API and metrics, numbered in order.
+/// The numbering is part of the pinned `GLOBAL_STATS` map's meaning:
+/// entries are only ever added at the end.
 pub mod stat {
-    pub const RX: u32 = 0;
-    pub const PASS_NON_VIP: u32 = 1;
-    pub const TX: u32 = 2;
-    pub const REDIRECT: u32 = 3;
-    pub const CT_HIT: u32 = 4;
-    pub const CT_MISS: u32 = 5;
-    pub const FIB_MISS: u32 = 6;
-    pub const FIB_FRAG_NEEDED: u32 = 7;
-    pub const PASS_TTL_EXPIRED: u32 = 8;
-    pub const REPLY_NAT: u32 = 9;
-    pub const DROP_TRUNC_ETH: u32 = 10;
-    pub const DROP_TRUNC_VLAN: u32 = 11;
-    pub const DROP_TRUNC_IP: u32 = 12;
-    pub const DROP_BAD_IHL: u32 = 13;
-    pub const DROP_BAD_LEN: u32 = 14;
-    pub const DROP_TRUNC_L4: u32 = 15;
-    pub const DROP_IP_OPTIONS: u32 = 16;
-    pub const DROP_FRAGMENT: u32 = 17;
-    pub const DROP_IPV6_EXT: u32 = 18;
-    pub const DROP_NO_REAL: u32 = 19;
-    pub const PASS_NO_TX_PORT: u32 = 20;
-    pub const PASS_VIP_OTHER_PROTO: u32 = 21;
-    pub const DROP_BAD_VERSION: u32 = 22;
-    pub const FIB_LOOKUP: u32 = 23;
-    pub const NEXT_HOP_CACHED: u32 = 24;
-    /// A partial (offload) L4 checksum completed over the segment, because
-    /// the frame left as a bare frame (XDP_TX or a native redirect).
-    pub const CSUM_COMPLETED: u32 = 25;
-    /// A partial L4 checksum kept partial (pseudo header updated) because
-    /// the frame kept its socket buffer: passed to the kernel, or generic
-    /// mode; the kernel or the egress device completes it.
-    pub const CSUM_PARTIAL_KEPT: u32 = 26;
-    /// A partial checksum on a bare frame too long to complete (cannot
-    /// happen in native mode, where frames fit one page): dropped.
-    pub const DROP_CSUM_TOO_LONG: u32 = 27;
-    /// A TCP/UDP header inconsistent with the IP length: the fixed header
-    /// beyond it, a TCP data offset under 5 words or past it, a UDP length
-    /// other than it.
-    pub const DROP_BAD_L4_LEN: u32 = 28;
-    /// A TCP packet without SYN that found no conntrack entry: its entry was
-    /// evicted (the table was full) or the flow began before this lb. It
-    /// takes its real from the ring, like a new flow.
-    pub const CT_MISS_MID_FLOW: u32 = 29;
-    /// A source address no packet may carry (unspecified, loopback,
-    /// multicast or broadcast; IPv6 link-local too, which is never
-    /// forwarded).
-    pub const DROP_BAD_SOURCE: u32 = 30;
-    /// One direction's conntrack entry re-written from the other's, after
-    /// the LRU evicted it alone.
-    pub const CT_RESTORED: u32 = 31;
-    pub const COUNT: u32 = 32;
+    /// Defines `$name: u32` for each entry, numbered from 0 in list order,
+    /// `COUNT`, and `NAMES` (the names in index order).
+    macro_rules! stat_list {
+        ($($(#[$doc:meta])* $name:ident = $label:literal,)*) => {
+            /// The list's positions: `Index::X as u32` is `X`'s index.
+            #[allow(non_camel_case_types, clippy::upper_case_acronyms, dead_code)]
+            #[repr(u32)]
+            enum Index {
+                $($name,)*
+                __Count,
+            }
+            $($(#[$doc])* pub const $name: u32 = Index::$name as u32;)*
+            /// Number of counters.
+            pub const COUNT: u32 = Index::__Count as u32;
+            /// Names for logs, the API and metrics, in index order.
+            pub const NAMES: [&str; COUNT as usize] = [$($label,)*];
+        };
+    }
 
-    /// Names for logs, the API and metrics, in index order.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "rx",
-        "pass_non_vip",
-        "tx",
-        "redirect",
-        "conntrack_hit",
-        "conntrack_miss",
-        "fib_miss",
-        "fib_frag_needed",
-        "pass_ttl_expired",
-        "reply_nat",
-        "drop_truncated_ethernet",
-        "drop_truncated_vlan",
-        "drop_truncated_ip",
-        "drop_bad_ihl",
-        "drop_bad_length",
-        "drop_truncated_l4",
-        "drop_ip_options",
-        "drop_fragment",
-        "drop_ipv6_extension",
-        "drop_no_real",
-        "pass_egress_not_attached",
-        "pass_vip_other_protocol",
-        "drop_bad_version",
-        "fib_lookup",
-        "next_hop_cached",
-        "csum_completed",
-        "csum_partial_kept",
-        "drop_csum_too_long",
-        "drop_bad_l4_length",
-        "conntrack_miss_mid_flow",
-        "drop_bad_source",
-        "conntrack_restored",
-    ];
+    stat_list! {
+        RX = "rx",
+        PASS_NON_VIP = "pass_non_vip",
+        TX = "tx",
+        REDIRECT = "redirect",
+        CT_HIT = "conntrack_hit",
+        CT_MISS = "conntrack_miss",
+        FIB_MISS = "fib_miss",
+        FIB_FRAG_NEEDED = "fib_frag_needed",
+        PASS_TTL_EXPIRED = "pass_ttl_expired",
+        REPLY_NAT = "reply_nat",
+        DROP_TRUNC_ETH = "drop_truncated_ethernet",
+        DROP_TRUNC_VLAN = "drop_truncated_vlan",
+        DROP_TRUNC_IP = "drop_truncated_ip",
+        DROP_BAD_IHL = "drop_bad_ihl",
+        DROP_BAD_LEN = "drop_bad_length",
+        DROP_TRUNC_L4 = "drop_truncated_l4",
+        DROP_IP_OPTIONS = "drop_ip_options",
+        DROP_FRAGMENT = "drop_fragment",
+        DROP_IPV6_EXT = "drop_ipv6_extension",
+        DROP_NO_REAL = "drop_no_real",
+        PASS_NO_TX_PORT = "pass_egress_not_attached",
+        PASS_VIP_OTHER_PROTO = "pass_vip_other_protocol",
+        DROP_BAD_VERSION = "drop_bad_version",
+        FIB_LOOKUP = "fib_lookup",
+        NEXT_HOP_CACHED = "next_hop_cached",
+        /// A partial (offload) L4 checksum completed over the segment, because
+        /// the frame left as a bare frame (XDP_TX or a native redirect).
+        CSUM_COMPLETED = "csum_completed",
+        /// A partial L4 checksum kept partial (pseudo header updated) because
+        /// the frame kept its socket buffer: passed to the kernel, or generic
+        /// mode; the kernel or the egress device completes it.
+        CSUM_PARTIAL_KEPT = "csum_partial_kept",
+        /// A partial checksum on a bare frame too long to complete (cannot
+        /// happen in native mode, where frames fit one page): dropped.
+        DROP_CSUM_TOO_LONG = "drop_csum_too_long",
+        /// A TCP/UDP header inconsistent with the IP length: the fixed header
+        /// beyond it, a TCP data offset under 5 words or past it, a UDP length
+        /// other than it.
+        DROP_BAD_L4_LEN = "drop_bad_l4_length",
+        /// A TCP packet without SYN that found no conntrack entry: its entry was
+        /// evicted (the table was full) or the flow began before this lb. It
+        /// takes its real from the ring, like a new flow.
+        CT_MISS_MID_FLOW = "conntrack_miss_mid_flow",
+        /// A source address no packet may carry (unspecified, loopback,
+        /// multicast or broadcast; IPv6 link-local too, which is never
+        /// forwarded).
+        DROP_BAD_SOURCE = "drop_bad_source",
+        /// One direction's conntrack entry re-written from the other's, after
+        /// the LRU evicted it alone.
+        CT_RESTORED = "conntrack_restored",
+    }
 }
 
 #[inline(always)]
@@ -385,6 +373,57 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every index as it was numbered by hand before the list generated
+    /// them: the pinned `GLOBAL_STATS` map of a running `lb` is read by
+    /// index, so a new list must keep them.
+    #[test]
+    fn stat_indexes_and_names_agree() {
+        use stat::*;
+        let expected: [(u32, u32, &str); COUNT as usize] = [
+            (RX, 0, "rx"),
+            (PASS_NON_VIP, 1, "pass_non_vip"),
+            (TX, 2, "tx"),
+            (REDIRECT, 3, "redirect"),
+            (CT_HIT, 4, "conntrack_hit"),
+            (CT_MISS, 5, "conntrack_miss"),
+            (FIB_MISS, 6, "fib_miss"),
+            (FIB_FRAG_NEEDED, 7, "fib_frag_needed"),
+            (PASS_TTL_EXPIRED, 8, "pass_ttl_expired"),
+            (REPLY_NAT, 9, "reply_nat"),
+            (DROP_TRUNC_ETH, 10, "drop_truncated_ethernet"),
+            (DROP_TRUNC_VLAN, 11, "drop_truncated_vlan"),
+            (DROP_TRUNC_IP, 12, "drop_truncated_ip"),
+            (DROP_BAD_IHL, 13, "drop_bad_ihl"),
+            (DROP_BAD_LEN, 14, "drop_bad_length"),
+            (DROP_TRUNC_L4, 15, "drop_truncated_l4"),
+            (DROP_IP_OPTIONS, 16, "drop_ip_options"),
+            (DROP_FRAGMENT, 17, "drop_fragment"),
+            (DROP_IPV6_EXT, 18, "drop_ipv6_extension"),
+            (DROP_NO_REAL, 19, "drop_no_real"),
+            (PASS_NO_TX_PORT, 20, "pass_egress_not_attached"),
+            (PASS_VIP_OTHER_PROTO, 21, "pass_vip_other_protocol"),
+            (DROP_BAD_VERSION, 22, "drop_bad_version"),
+            (FIB_LOOKUP, 23, "fib_lookup"),
+            (NEXT_HOP_CACHED, 24, "next_hop_cached"),
+            (CSUM_COMPLETED, 25, "csum_completed"),
+            (CSUM_PARTIAL_KEPT, 26, "csum_partial_kept"),
+            (DROP_CSUM_TOO_LONG, 27, "drop_csum_too_long"),
+            (DROP_BAD_L4_LEN, 28, "drop_bad_l4_length"),
+            (CT_MISS_MID_FLOW, 29, "conntrack_miss_mid_flow"),
+            (DROP_BAD_SOURCE, 30, "drop_bad_source"),
+            (CT_RESTORED, 31, "conntrack_restored"),
+        ];
+        assert_eq!(COUNT, 32);
+        assert_eq!(NAMES.len(), COUNT as usize);
+        for (index, number, name) in expected {
+            assert_eq!(index, number, "{name}");
+            assert_eq!(NAMES[index as usize], name, "index {index}");
+        }
+        for (i, a) in NAMES.iter().enumerate() {
+            assert!(!NAMES[..i].contains(a), "{a} named twice");
+        }
+    }
 
     fn key() -> FlowKey {
         FlowKey {
