@@ -100,3 +100,100 @@ pub fn bad_source_v6(src: &[u8; 16]) -> bool {
     }
     zero && src[15] <= 1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_fields() {
+        // A plain header: version 4, IHL 5, total length 60 in 80 bytes.
+        assert_eq!(ipv4(0x45, 60, 0, 80), Ok(40));
+        assert_eq!(ipv4(0x45, 20, 0, 20), Ok(0));
+        // DF alone is not a fragment.
+        assert_eq!(ipv4(0x45, 60, 0x4000, 60), Ok(40));
+        assert_eq!(ipv4(0x65, 60, 0, 80), Err(stat::DROP_BAD_VERSION));
+        assert_eq!(ipv4(0x44, 60, 0, 80), Err(stat::DROP_BAD_IHL));
+        assert_eq!(ipv4(0x45, 61, 0, 60), Err(stat::DROP_BAD_LEN));
+        assert_eq!(ipv4(0x45, 19, 0, 60), Err(stat::DROP_BAD_LEN));
+        // MF set, or a fragment offset.
+        assert_eq!(ipv4(0x45, 60, 0x2000, 60), Err(stat::DROP_FRAGMENT));
+        assert_eq!(ipv4(0x45, 60, 0x0001, 60), Err(stat::DROP_FRAGMENT));
+        // IHL 6: options.
+        assert_eq!(ipv4(0x46, 60, 0, 60), Err(stat::DROP_IP_OPTIONS));
+        // Total length shorter than a 24-byte header.
+        assert_eq!(ipv4(0x46, 22, 0, 60), Err(stat::DROP_BAD_LEN));
+    }
+
+    #[test]
+    fn ipv6_fields() {
+        // Version in the high nibble of the first byte.
+        assert_eq!(ipv6(0x60, 20, 6, 20), Ok(20));
+        assert_eq!(ipv6(0x6f, 8, 17, 100), Ok(8));
+        assert_eq!(ipv6(0x40, 20, 6, 20), Err(stat::DROP_BAD_VERSION));
+        assert_eq!(ipv6(0x60, 21, 6, 20), Err(stat::DROP_BAD_LEN));
+        assert_eq!(ipv6(0x60, 20, 44, 20), Err(stat::DROP_IPV6_EXT));
+        // ICMPv6 (58) is not an extension header.
+        assert_eq!(ipv6(0x60, 20, 58, 20), Ok(20));
+    }
+
+    #[test]
+    fn ipv6_extension_headers() {
+        for next in [0, 43, 44, 60, 51, 135, 139, 140] {
+            assert!(ipv6_ext(next), "{next}");
+        }
+        for next in [6, 17, 58, 59, 50, 41] {
+            assert!(!ipv6_ext(next), "{next}");
+        }
+    }
+
+    #[test]
+    fn tcp_data_offset() {
+        assert_eq!(tcp(20, 0x50), Ok(()));
+        assert_eq!(tcp(40, 0xa0), Ok(()));
+        assert_eq!(tcp(19, 0x50), Err(stat::DROP_BAD_L4_LEN));
+        assert_eq!(tcp(40, 0x40), Err(stat::DROP_BAD_L4_LEN));
+        assert_eq!(tcp(40, 0xb0), Err(stat::DROP_BAD_L4_LEN));
+    }
+
+    #[test]
+    fn udp_length() {
+        assert_eq!(udp(8, 8), Ok(()));
+        assert_eq!(udp(30, 30), Ok(()));
+        assert_eq!(udp(30, 29), Err(stat::DROP_BAD_L4_LEN));
+        assert_eq!(udp(7, 7), Err(stat::DROP_BAD_L4_LEN));
+    }
+
+    #[test]
+    fn bad_sources() {
+        assert!(!bad_source_v4(&[198, 18, 0, 2]));
+        assert!(!bad_source_v4(&[223, 255, 255, 255]));
+        for bad in [
+            [0, 1, 2, 3],
+            [127, 0, 0, 1],
+            [224, 0, 0, 1],
+            [255, 255, 255, 255],
+        ] {
+            assert!(bad_source_v4(&bad), "{bad:?}");
+        }
+        let mut doc = [0u8; 16];
+        doc[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        doc[15] = 1;
+        assert!(!bad_source_v6(&doc));
+        let mut unspecified = [0u8; 16];
+        assert!(bad_source_v6(&unspecified));
+        unspecified[15] = 1;
+        assert!(bad_source_v6(&unspecified), "::1");
+        unspecified[15] = 2;
+        assert!(!bad_source_v6(&unspecified), "::2");
+        let mut multicast = [0u8; 16];
+        multicast[0] = 0xff;
+        assert!(bad_source_v6(&multicast));
+        let mut link_local = [0u8; 16];
+        link_local[..2].copy_from_slice(&[0xfe, 0x80]);
+        assert!(bad_source_v6(&link_local));
+        // fec0::/10 (site-local, deprecated) is not link-local.
+        link_local[1] = 0xc0;
+        assert!(!bad_source_v6(&link_local));
+    }
+}

@@ -236,6 +236,12 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             setup()?;
+            // lb-ebpf is not a default member (its programs build for BPF
+            // only): its library half's unit tests run on the host here.
+            // Extra arguments select among the workspace's own tests.
+            if args.is_empty() {
+                sh(cargo().args(["test", "-p", "lb-ebpf", "--lib"]))?;
+            }
             sh(cargo().args(["test", "--all-targets"]).args(&args))?;
             Ok(())
         }
