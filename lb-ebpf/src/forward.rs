@@ -12,9 +12,9 @@ use aya_ebpf::{
 use lb_common::{stat, NextHop, ReplyHopKey, FAMILY_V4, NEXT_HOP_TTL_NS};
 
 use crate::{
+    maps::{NEXT_HOPS, REPLY_HOPS, TX_PORTS},
     parse::{opaque, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr},
     stats::count,
-    NEXT_HOPS, REPLY_HOPS, TX_PORTS,
 };
 
 /// Where the packet goes, which picks its next-hop cache entry.

@@ -23,116 +23,29 @@
 
 mod csum;
 mod forward;
+mod maps;
 mod nat;
 mod parse;
 mod segment;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated::bpf_ktime_get_coarse_ns,
-    macros::{map, xdp},
-    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp,
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    flow_hash_seeded, stat, Counters, CsumScratch, CtValue, FlowKey, GenTemplate, NextHop, RealDef,
-    ReplyHopKey, VipKey, VipMeta, CONNTRACK_SIZE, CT_FORWARD, CT_REPLY, DEFAULT_HASH_SEED,
-    FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_TX_PORTS, MAX_VIPS,
-    REAL_F_VALID, REPLY_HOPS_SIZE, RING_SLOTS, RING_STRIDE,
+    flow_hash_seeded, stat, CtValue, FlowKey, GenTemplate, RealDef, ReplyHopKey, VipKey, VipMeta,
+    CT_FORWARD, CT_REPLY, DEFAULT_HASH_SEED, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
+    REAL_F_VALID, RING_STRIDE,
 };
 use lb_ebpf::hdr;
+use maps::{
+    CONNTRACK, FLOOR_PORT, GEN_MODE, GEN_NEXT, GEN_STATE, GEN_TEMPLATE, HASH_SEED, REALS, RINGS,
+    SINK_COUNT, SKB_IFACES, VIPS, VIP_KEYS,
+};
 use parse::*;
 use stats::count;
-
-#[map]
-static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 4, 0);
-
-#[map]
-static RINGS: Array<u32> = Array::with_max_entries(RING_SLOTS * RING_STRIDE, 0);
-
-#[map]
-static REALS: Array<RealDef> = Array::with_max_entries(MAX_REALS, 0);
-
-/// Slot 0: the deployment's flow hash seed (`hash_seed`), written by the
-/// control plane before the program is attached.
-#[map]
-static HASH_SEED: Array<u32> = Array::with_max_entries(1, 0);
-
-/// Both directions of every balanced flow (see `CtValue`).
-#[map]
-static CONNTRACK: LruHashMap<FlowKey, CtValue> =
-    LruHashMap::with_max_entries(CONNTRACK_SIZE * 2, 0);
-
-/// The key of the VIP that has each VIP index (all zero: no VIP). A
-/// conntrack entry counts only while its VIP index still belongs to the VIP
-/// the packet is addressed to, so entries of a removed VIP are not used
-/// (even once the index is reused) without flushing the table.
-#[map]
-static VIP_KEYS: Array<VipKey> = Array::with_max_entries(MAX_VIPS, 0);
-
-#[map]
-static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
-
-#[map]
-static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
-
-#[map]
-static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
-
-/// Next hop of each real, per CPU (see `forward::forward`).
-#[map]
-static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_REALS, 0);
-
-/// Next hop of replies to each client (see `forward::forward`). Shared by
-/// the CPUs (a per-CPU map would hold a copy per CPU of every client);
-/// entries are replaced whole, never written in place, so a reader on
-/// another CPU sees the old or the new one (short of the rare immediate
-/// reuse of a replaced element that preallocated maps allow, as for
-/// conntrack).
-#[map]
-static REPLY_HOPS: LruHashMap<ReplyHopKey, NextHop> =
-    LruHashMap::with_max_entries(REPLY_HOPS_SIZE, 0);
-
-/// Egress devices, keyed by ifindex: every interface `lb` is attached to.
-#[map]
-static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
-
-/// Interfaces `lb` is attached to in generic (skb) mode, by ifindex. There a
-/// frame keeps its socket buffer, and with it a partial checksum's mark,
-/// whatever the verdict (see `nat::settle`).
-#[map]
-static SKB_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
-
-/// Scratch space for completing partial checksums (see `segment::sum`).
-#[map]
-static CSUM_SCRATCH: PerCpuArray<CsumScratch> = PerCpuArray::with_max_entries(1, 0);
-
-/// `floor_redirect`'s one egress device (slot 0).
-#[map]
-static FLOOR_PORT: DevMap = DevMap::with_max_entries(1, 0);
-
-/// `gen`'s per-CPU state: slot 0 counts frames, slot 1 is the number of
-/// distinct source ports to cycle through (0 = 16384).
-#[map]
-static GEN_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
-
-/// What `gen` does with a frame: 0 XDP_TX, 1 XDP_PASS (into the kernel
-/// stack), 2 tail call to `GEN_NEXT[0]` (the program under test).
-#[map]
-static GEN_MODE: Array<u32> = Array::with_max_entries(1, 0);
-
-#[map]
-static GEN_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
-
-/// `gen`'s frame template (slot 0).
-#[map]
-static GEN_TEMPLATE: Array<GenTemplate> = Array::with_max_entries(1, 0);
-
-/// `sink`'s packet counter (slot 0).
-#[map]
-static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {

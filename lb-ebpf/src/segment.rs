@@ -16,8 +16,8 @@ use lb_common::{CsumScratch, CSUM_CHUNK};
 
 use crate::{
     csum,
+    maps::CSUM_SCRATCH,
     parse::{opaque, ptr_at},
-    CSUM_SCRATCH,
 };
 
 /// Enough chunks for a 9000-byte jumbo frame. A native-mode XDP frame

@@ -2,7 +2,7 @@
 
 use lb_common::Counters;
 
-use crate::{GLOBAL_STATS, REAL_STATS, VIP_STATS};
+use crate::maps::{GLOBAL_STATS, REAL_STATS, VIP_STATS};
 
 #[inline(always)]
 pub fn count(index: u32) {
