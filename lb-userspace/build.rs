@@ -1,5 +1,8 @@
-//! Builds the XDP object (`lb-ebpf`, nightly, bpfel-unknown-none) and leaves it
-//! in OUT_DIR so that `dataplane` embeds it with `include_bytes!`.
+//! Builds the XDP objects (`lb-ebpf`, nightly, bpfel-unknown-none) and leaves
+//! them in OUT_DIR: aya-build copies every binary target of the package
+//! there, `lb-xdp` (the production object, embedded by `dataplane`) and
+//! `lb-xdp-test` (the measurement and test programs, embedded by
+//! `xdp_test`), each with `include_bytes!`.
 //!
 //! `AYA_BUILD_SKIP=1` skips the eBPF build (for hosts without bpf-linker that
 //! only work on the L7 or DNS roles); the binary then reports at run time that
@@ -8,14 +11,16 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let object = out_dir.join("lb-xdp");
+    let objects = [out_dir.join("lb-xdp"), out_dir.join("lb-xdp-test")];
     let skip = env::var("AYA_BUILD_SKIP")
         .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
         .unwrap_or(false);
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
-        if !object.exists() {
-            fs::write(&object, b"")?;
+        for object in &objects {
+            if !object.exists() {
+                fs::write(object, b"")?;
+            }
         }
         return Ok(());
     }

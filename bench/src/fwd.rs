@@ -14,6 +14,8 @@
 //! frame to the kernel stack (set-up 2). All three set-ups see the same
 //! frames entering at the same point. The real's veth runs `sink`, which
 //! counts and drops TCP/UDP, so the rate is what arrived at the real.
+//! `gen`, `sink` and `floor_redirect` are the test object's (`xdp_test`);
+//! `lb_xdp` is the production object's, tail-called across the two.
 
 use std::{
     path::PathBuf,
@@ -23,7 +25,8 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, DevMap, MapData, PerCpuArray, PerCpuValues, ProgramArray},
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{ProgramFd, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    Ebpf,
 };
 use clap::Args;
 use lb_common::{GenTemplate, GEN_FRAME_LEN};
@@ -32,6 +35,7 @@ use lb_userspace::{
     dataplane::{self, Dataplane, LoadOptions},
     packet::Pkt,
     testbed::{self, Netns, Topology},
+    xdp_test::TestPrograms,
 };
 use serde_json::json;
 
@@ -57,9 +61,8 @@ pub struct FwdBenchArgs {
     pub out: PathBuf,
 }
 
-fn prog<'a>(dp: &'a mut Dataplane, name: &str) -> Result<&'a mut Xdp> {
-    let p: &mut Xdp = dp
-        .ebpf()
+fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let p: &mut Xdp = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("no program {name}"))?
         .try_into()?;
@@ -95,8 +98,8 @@ fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
     Ok(m)
 }
 
-fn sink_count(dp: &mut Dataplane) -> Result<u64> {
-    let m: PerCpuArray<&MapData, u64> = dp
+fn sink_count(tp: &mut TestPrograms) -> Result<u64> {
+    let m: PerCpuArray<&MapData, u64> = tp
         .ebpf()
         .map("SINK_COUNT")
         .ok_or_else(|| anyhow!("no SINK_COUNT"))?
@@ -106,7 +109,7 @@ fn sink_count(dp: &mut Dataplane) -> Result<u64> {
 
 /// Injects `n` frames built from `frame` (source port varied by `gen`) at
 /// `l0`; returns (frames counted at the real, generator seconds).
-fn measure(dp: &mut Dataplane, topo: &Topology, frame: &[u8], n: u32) -> Result<(u64, f64)> {
+fn measure(tp: &mut TestPrograms, topo: &Topology, frame: &[u8], n: u32) -> Result<(u64, f64)> {
     let mut template = GenTemplate {
         bytes: [0; GEN_FRAME_LEN],
     };
@@ -118,16 +121,16 @@ fn measure(dp: &mut Dataplane, topo: &Topology, frame: &[u8], n: u32) -> Result<
     }
     template.bytes.copy_from_slice(frame);
     {
-        let mut t: Array<&mut MapData, GenTemplate> = dp
+        let mut t: Array<&mut MapData, GenTemplate> = tp
             .ebpf()
             .map_mut("GEN_TEMPLATE")
             .ok_or_else(|| anyhow!("no GEN_TEMPLATE"))?
             .try_into()?;
         t.set(0, template, 0)?;
     }
-    let before = sink_count(dp)?;
+    let before = sink_count(tp)?;
     let l0 = in_ns(&topo.lb, || dataplane::ifindex("l0"))?;
-    let gen = prog(dp, "gen")?;
+    let gen = prog(tp.ebpf(), "gen")?;
     let secs = in_ns(&topo.lb, || {
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
@@ -142,23 +145,22 @@ fn measure(dp: &mut Dataplane, topo: &Topology, frame: &[u8], n: u32) -> Result<
         Ok(t.elapsed().as_secs_f64())
     })?;
     std::thread::sleep(Duration::from_millis(300));
-    let after = sink_count(dp)?;
+    let after = sink_count(tp)?;
     Ok((after - before, secs))
 }
 
 /// What `gen` does after building a frame: 1 = pass to the kernel stack,
-/// 2 = tail-call `next`.
-fn gen_mode(dp: &mut Dataplane, mode: u32, next: Option<&str>) -> Result<()> {
-    if let Some(name) = next {
-        let fd = prog(dp, name)?.fd()?.try_clone()?;
-        let mut pa: ProgramArray<&mut MapData> = dp
+/// 2 = tail-call `next` (a program of either object).
+fn gen_mode(tp: &mut TestPrograms, mode: u32, next: Option<ProgramFd>) -> Result<()> {
+    if let Some(fd) = next {
+        let mut pa: ProgramArray<&mut MapData> = tp
             .ebpf()
             .map_mut("GEN_NEXT")
             .ok_or_else(|| anyhow!("no GEN_NEXT"))?
             .try_into()?;
         pa.set(0, &fd, 0)?;
     }
-    let mut m: Array<&mut MapData, u32> = dp
+    let mut m: Array<&mut MapData, u32> = tp
         .ebpf()
         .map_mut("GEN_MODE")
         .ok_or_else(|| anyhow!("no GEN_MODE"))?
@@ -205,9 +207,10 @@ pub fn run(args: &FwdBenchArgs) -> Result<()> {
     .map_err(|e| anyhow!("{e}"))?;
     let mut dp = Dataplane::load(&LoadOptions::default())?;
     dp.apply(&cfg.vips)?;
+    let mut tp = TestPrograms::load()?;
     {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let mut st: PerCpuArray<&mut MapData, u64> = dp
+        let mut st: PerCpuArray<&mut MapData, u64> = tp
             .ebpf()
             .map_mut("GEN_STATE")
             .ok_or_else(|| anyhow!("no GEN_STATE"))?
@@ -221,7 +224,7 @@ pub fn run(args: &FwdBenchArgs) -> Result<()> {
 
     // The sink on the real's interface, for all three set-ups.
     {
-        let sink = prog(&mut dp, "sink")?;
+        let sink = prog(tp.ebpf(), "sink")?;
         in_ns(&topo.reals[0], || {
             sink.attach_to_if_index(dataplane::ifindex("r0")?, XdpMode::Driver)?;
             Ok(())
@@ -229,14 +232,14 @@ pub fn run(args: &FwdBenchArgs) -> Result<()> {
     }
 
     let mut results: Vec<(String, &str, f64, f64)> = Vec::new();
-    let best = |dp: &mut Dataplane,
+    let best = |tp: &mut TestPrograms,
                 setup: &str,
                 results: &mut Vec<(String, &str, f64, f64)>|
      -> Result<()> {
         for (proto, frame) in &frames {
             let mut top = (0.0f64, 0.0f64);
             for _ in 0..args.runs.max(1) {
-                let (got, secs) = measure(dp, &topo, frame, args.packets)?;
+                let (got, secs) = measure(tp, &topo, frame, args.packets)?;
                 let mpps = got as f64 / secs / 1e6;
                 let delivered = got as f64 / args.packets as f64;
                 if mpps > top.0 {
@@ -273,9 +276,10 @@ pub fn run(args: &FwdBenchArgs) -> Result<()> {
         }
         Ok(())
     })?;
-    gen_mode(&mut dp, 2, Some(dataplane::PROGRAM))?;
+    let lb_xdp = prog(dp.ebpf(), dataplane::PROGRAM)?.fd()?.try_clone()?;
+    gen_mode(&mut tp, 2, Some(lb_xdp))?;
     if wanted("lb") {
-        best(&mut dp, "lb_xdp (this data plane)", &mut results)?;
+        best(&mut tp, "lb_xdp (this data plane)", &mut results)?;
     }
 
     // 2. The kernel: nftables DNAT + forwarding.
@@ -289,15 +293,15 @@ pub fn run(args: &FwdBenchArgs) -> Result<()> {
             r = testbed::real4(1)
         )],
     )?;
-    gen_mode(&mut dp, 1, None)?;
+    gen_mode(&mut tp, 1, None)?;
     if wanted("kernel") {
-        best(&mut dp, "kernel (nftables DNAT + forwarding)", &mut results)?;
+        best(&mut tp, "kernel (nftables DNAT + forwarding)", &mut results)?;
     }
     topo.lb.exec("nft", &["delete table ip lbbench"])?;
 
     // 3. Floor: redirect only.
     {
-        let ebpf = dp.ebpf();
+        let ebpf = tp.ebpf();
         in_ns(&topo.lb, || {
             let l1 = dataplane::ifindex("l1")?;
             let mut m: DevMap<&mut MapData> = ebpf
@@ -308,9 +312,10 @@ pub fn run(args: &FwdBenchArgs) -> Result<()> {
             Ok(())
         })?;
     }
-    gen_mode(&mut dp, 2, Some("floor_redirect"))?;
+    let floor = prog(tp.ebpf(), "floor_redirect")?.fd()?.try_clone()?;
+    gen_mode(&mut tp, 2, Some(floor))?;
     if wanted("floor") {
-        best(&mut dp, "floor (XDP redirect only)", &mut results)?;
+        best(&mut tp, "floor (XDP redirect only)", &mut results)?;
     }
     if !args.only.is_empty() {
         return Ok(());

@@ -1,7 +1,8 @@
 //! `bench xdp`: per-packet cost of `lb_xdp` by packet class, measured with
 //! BPF_PROG_TEST_RUN (`repeat = 1`, N calls, the kernel-reported duration of
 //! each call), side by side with the floor program `floor_tx` (the same
-//! parse, then XDP_TX) run on the same packets in the same run.
+//! parse, then XDP_TX; in the test object, `xdp_test`) run on the same
+//! packets in the same run.
 //!
 //! `repeat = 1` because a NAT rewrite changes the packet: with `repeat > 1`
 //! the kernel would run the program again on the rewritten frame and measure
@@ -16,6 +17,7 @@ use lb_userspace::{
     dataplane::{self, Dataplane, LoadOptions},
     packet::{self, Pkt, CLIENT4, CLIENT6, OUT_MAC, REAL4, REAL6, REAL_MAC, VIP4, VIP6},
     testbed,
+    xdp_test::TestPrograms,
 };
 use serde_json::json;
 
@@ -181,6 +183,7 @@ pub fn run(args: &XdpBenchArgs) -> Result<()> {
             ..Default::default()
         })?;
         dp.apply(&cfg.vips)?;
+        let floors = TestPrograms::load()?;
         let in0 = dataplane::ifindex("in0")?;
         let out1 = dataplane::ifindex("out1")?;
         dp.add_tx_port(in0)?;
@@ -194,7 +197,7 @@ pub fn run(args: &XdpBenchArgs) -> Result<()> {
             }
             // Interleave the two programs in blocks so that drift on a busy
             // machine hits both alike.
-            let floor = dp.program("floor_tx")?;
+            let floor = floors.program("floor_tx")?;
             let mut lb_t = Vec::with_capacity(calls);
             let mut fl_t = Vec::with_capacity(calls);
             for chunk in class.frames.chunks(1000) {

@@ -16,8 +16,9 @@
 //! - A FIB miss (no route, no neighbour, MTU) passes the already rewritten
 //!   packet to the kernel and is counted.
 //!
-//! The other programs are measurement and test aids: `floor_tx` (parse +
-//! XDP_TX), `floor_redirect` (redirect only) and `sink` (count + drop).
+//! This object holds `lb_xdp` only. The measurement and test programs
+//! (floors, generator, sink) are the `lb-xdp-test` object, built from
+//! `test_progs.rs` with the same parser.
 #![no_std]
 #![no_main]
 
@@ -33,17 +34,11 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp,
     programs::XdpContext,
 };
-use aya_log_ebpf::debug;
 use lb_common::{
-    flow_hash_seeded, stat, CtValue, FlowKey, GenTemplate, RealDef, ReplyHopKey, VipKey, VipMeta,
-    CT_FORWARD, CT_REPLY, DEFAULT_HASH_SEED, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
-    REAL_F_VALID, RING_STRIDE,
+    flow_hash_seeded, stat, CtValue, FlowKey, RealDef, ReplyHopKey, VipKey, VipMeta, CT_FORWARD,
+    CT_REPLY, DEFAULT_HASH_SEED, IPPROTO_TCP, REAL_F_VALID, RING_STRIDE,
 };
-use lb_ebpf::hdr;
-use maps::{
-    CONNTRACK, FLOOR_PORT, GEN_MODE, GEN_NEXT, GEN_STATE, GEN_TEMPLATE, HASH_SEED, REALS, RINGS,
-    SINK_COUNT, SKB_IFACES, VIPS, VIP_KEYS,
-};
+use maps::{CONNTRACK, HASH_SEED, REALS, RINGS, SKB_IFACES, VIPS, VIP_KEYS};
 use parse::*;
 use stats::count;
 
@@ -249,179 +244,6 @@ fn vip_owns(index: u32, key: &FlowKey) -> bool {
     }
 }
 
-/// Is `addr` one of our VIP addresses (any port, any protocol)?
-#[inline(always)]
-fn is_vip_addr(addr: &[u8; 16], family: u8) -> bool {
-    let key = VipKey {
-        addr: *addr,
-        port: 0,
-        proto: 0,
-        family,
-    };
-    unsafe { VIPS.get(&key) }.is_some()
-}
-
-/// Drops (and counts) a malformed packet addressed to a VIP; passes it
-/// untouched otherwise.
-#[inline(always)]
-fn malformed(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) -> u32 {
-    malformed_verdict(ctx, dst, family, reason)
-}
-
-/// Out of line: the log record is built on this function's own stack,
-/// not the parser's.
-#[inline(never)]
-fn malformed_verdict(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) -> u32 {
-    let ctx = opaque(ctx);
-    if is_vip_addr(dst, family) {
-        count(reason);
-        debug!(ctx, "drop: malformed packet to a VIP, reason {}", reason);
-        xdp_action::XDP_DROP
-    } else {
-        count(stat::PASS_NON_VIP);
-        xdp_action::XDP_PASS
-    }
-}
-
-/// What [`parse`] returns when the packet is a flow (no XDP verdict has
-/// this value).
-const FLOW: u32 = u32::MAX;
-
-/// Parses the packet into `out` and returns [`FLOW`], or returns the
-/// verdict already decided (and counted). Not inlined, and a scalar result:
-/// see `to_real`.
-#[inline(always)]
-fn parse(ctx: &XdpContext, out: &mut Packet) -> u32 {
-    let ctx = opaque(ctx);
-    try_parse(ctx, out).unwrap_or(xdp_action::XDP_DROP)
-}
-
-#[inline(always)]
-fn try_parse(ctx: &XdpContext, out: &mut Packet) -> Result<u32, ()> {
-    let eth: *const EthHdr = match ptr_at(ctx, 0) {
-        Ok(p) => p,
-        Err(()) => {
-            count(stat::DROP_TRUNC_ETH);
-            return Ok(xdp_action::XDP_DROP);
-        }
-    };
-    let mut ether_type = u16::from_be_bytes(unsafe { (*eth).proto });
-    let mut l3 = ETH_HLEN;
-    if ether_type == ETH_P_8021Q {
-        let vlan: *const VlanHdr = match ptr_at(ctx, ETH_HLEN) {
-            Ok(p) => p,
-            Err(()) => {
-                count(stat::DROP_TRUNC_VLAN);
-                return Ok(xdp_action::XDP_DROP);
-            }
-        };
-        ether_type = u16::from_be_bytes(unsafe { (*vlan).proto });
-        l3 = ETH_HLEN + VLAN_HLEN;
-    }
-    let key = &mut out.key;
-    let l4_len;
-    let (family, proto, l4) = match ether_type {
-        ETH_P_IP => {
-            let ip: *const Ipv4Hdr = match ptr_at(ctx, l3) {
-                Ok(p) => p,
-                Err(()) => {
-                    count(stat::DROP_TRUNC_IP);
-                    return Ok(xdp_action::XDP_DROP);
-                }
-            };
-            let ip = unsafe { &*ip };
-            key.family = FAMILY_V4;
-            key.src[..4].copy_from_slice(&ip.src);
-            key.dst[..4].copy_from_slice(&ip.dst);
-            let avail = ctx.data_end() - ctx.data() - l3;
-            let len = match hdr::ipv4(
-                ip.version_ihl,
-                u16::from_be_bytes(ip.tot_len),
-                u16::from_be_bytes(ip.frag_off),
-                avail,
-            ) {
-                Ok(len) => len,
-                Err(reason) => return Ok(malformed(ctx, &key.dst, FAMILY_V4, reason)),
-            };
-            l4_len = len;
-            if hdr::bad_source_v4(&ip.src) {
-                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_BAD_SOURCE));
-            }
-            (FAMILY_V4, ip.proto, l3 + IPV4_HLEN)
-        }
-        ETH_P_IPV6 => {
-            let ip: *const Ipv6Hdr = match ptr_at(ctx, l3) {
-                Ok(p) => p,
-                Err(()) => {
-                    count(stat::DROP_TRUNC_IP);
-                    return Ok(xdp_action::XDP_DROP);
-                }
-            };
-            let ip = unsafe { &*ip };
-            key.family = FAMILY_V6;
-            copy16(&mut key.src, &ip.src);
-            copy16(&mut key.dst, &ip.dst);
-            let avail = ctx.data_end() - ctx.data() - l3 - IPV6_HLEN;
-            let len = match hdr::ipv6(
-                ip.vtc_flow[0],
-                u16::from_be_bytes(ip.payload_len),
-                ip.next_hdr,
-                avail,
-            ) {
-                Ok(len) => len,
-                Err(reason) => return Ok(malformed(ctx, &key.dst, FAMILY_V6, reason)),
-            };
-            l4_len = len;
-            if hdr::bad_source_v6(&ip.src) {
-                return Ok(malformed(ctx, &key.dst, FAMILY_V6, stat::DROP_BAD_SOURCE));
-            }
-            (FAMILY_V6, ip.next_hdr, l3 + IPV6_HLEN)
-        }
-        _ => {
-            count(stat::PASS_NON_VIP);
-            return Ok(xdp_action::XDP_PASS);
-        }
-    };
-    key.proto = proto;
-    match proto {
-        IPPROTO_TCP => match ptr_at::<TcpHdr>(ctx, l4) {
-            Ok(t) => {
-                let t = unsafe { &*t };
-                key.sport = u16::from_ne_bytes(t.src);
-                key.dport = u16::from_ne_bytes(t.dst);
-                if let Err(reason) = hdr::tcp(l4_len, t.off) {
-                    return Ok(malformed(ctx, &key.dst, family, reason));
-                }
-            }
-            Err(()) => return Ok(malformed(ctx, &key.dst, family, stat::DROP_TRUNC_L4)),
-        },
-        IPPROTO_UDP => match ptr_at::<UdpHdr>(ctx, l4) {
-            Ok(u) => {
-                let u = unsafe { &*u };
-                key.sport = u16::from_ne_bytes(u.src);
-                key.dport = u16::from_ne_bytes(u.dst);
-                if let Err(reason) = hdr::udp(l4_len, u16::from_be_bytes(u.len)) {
-                    return Ok(malformed(ctx, &key.dst, family, reason));
-                }
-            }
-            Err(()) => return Ok(malformed(ctx, &key.dst, family, stat::DROP_TRUNC_L4)),
-        },
-        _ => {
-            if is_vip_addr(&key.dst, family) {
-                count(stat::PASS_VIP_OTHER_PROTO);
-            } else {
-                count(stat::PASS_NON_VIP);
-            }
-            return Ok(xdp_action::XDP_PASS);
-        }
-    }
-    out.l3 = l3;
-    out.l4 = l4;
-    out.family = family;
-    out.proto = proto;
-    Ok(FLOW)
-}
-
 /// First packet of a client → VIP flow (or one whose entry went stale):
 /// a real from the VIP's ring, both conntrack entries, then as established.
 ///
@@ -583,91 +405,6 @@ fn try_to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, (
     };
     let action = forward::forward(ctx, pkt.l3, pkt.family, &forward::Hop::Client(client));
     settle(ctx, &sum, action)
-}
-
-/// Floor for the per-packet benchmark: the same parse, then XDP_TX.
-#[xdp]
-pub fn floor_tx(ctx: XdpContext) -> u32 {
-    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
-    let pkt = zeroed_in(&mut slot);
-    match parse(&ctx, pkt) {
-        FLOW => xdp_action::XDP_TX,
-        verdict => verdict,
-    }
-}
-
-/// Floor for the forwarding benchmark: redirect every frame, no lookups.
-#[xdp]
-pub fn floor_redirect(_ctx: XdpContext) -> u32 {
-    FLOOR_PORT.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
-}
-
-/// Traffic generator for the forwarding benchmark, run with test-run in
-/// live-frames mode on the balancer's client-side interface: restores the
-/// frame from `GEN_TEMPLATE`, gives it the next source port (checksum
-/// updated), then, by `GEN_MODE`, sends it out again (XDP_TX), hands it to
-/// the kernel stack (XDP_PASS) or tail-calls the program under test.
-#[xdp]
-pub fn gen(ctx: XdpContext) -> u32 {
-    match try_gen(&ctx) {
-        Ok(a) => a,
-        Err(()) => xdp_action::XDP_DROP,
-    }
-}
-
-#[inline(always)]
-fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
-    let (n, flows) = match (GEN_STATE.get_ptr_mut(0), GEN_STATE.get(1)) {
-        (Some(c), Some(f)) => {
-            let n = unsafe { *c };
-            unsafe { *c = n + 1 };
-            (n, if *f == 0 { 16384 } else { *f })
-        }
-        _ => return Ok(xdp_action::XDP_DROP),
-    };
-    let port = (1024 + n % flows) as u16;
-    // Restore the frame: the page may come back rewritten by the receiver.
-    let template = match GEN_TEMPLATE.get(0) {
-        Some(t) => t,
-        None => return Ok(xdp_action::XDP_DROP),
-    };
-    let frame: *mut GenTemplate = ptr_at(ctx, 0)?;
-    // Not overlapping (map value → packet): a memcpy, which is inlined as
-    // 8-byte copies, where an assignment would call a byte-wise memmove.
-    unsafe { core::ptr::copy_nonoverlapping(template, frame, 1) };
-    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
-    let p = zeroed_in(&mut slot);
-    match parse(ctx, p) {
-        FLOW => {
-            nat::set_sport(ctx, p.l4, p.family, p.proto, port)?;
-            match GEN_MODE.get(0).copied().unwrap_or(0) {
-                1 => Ok(xdp_action::XDP_PASS),
-                2 => {
-                    let _ = unsafe { GEN_NEXT.tail_call(ctx, 0) };
-                    Ok(xdp_action::XDP_DROP)
-                }
-                _ => Ok(xdp_action::XDP_TX),
-            }
-        }
-        _ => Ok(xdp_action::XDP_DROP),
-    }
-}
-
-/// Receiver side of benchmarks: counts and drops TCP/UDP frames; everything
-/// else (ARP, neighbour discovery) passes so the receiver stays reachable.
-#[xdp]
-pub fn sink(ctx: XdpContext) -> u32 {
-    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
-    let pkt = zeroed_in(&mut slot);
-    match parse(&ctx, pkt) {
-        FLOW => {
-            if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
-                unsafe { *c += 1 };
-            }
-            xdp_action::XDP_DROP
-        }
-        _ => xdp_action::XDP_PASS,
-    }
 }
 
 #[cfg(not(test))]

@@ -1,15 +1,14 @@
-//! Every map of the XDP object, in one place. The control plane finds them
+//! Every map of the production object (`lb-xdp`), in one place. The control plane finds them
 //! by name (`lb-userspace/src/dataplane.rs`); keys and values are the
 //! `#[repr(C)]` types of `lb-common`.
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    stat, Counters, CsumScratch, CtValue, FlowKey, GenTemplate, NextHop, RealDef, ReplyHopKey,
-    VipKey, VipMeta, CONNTRACK_SIZE, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REPLY_HOPS_SIZE,
-    RING_SLOTS, RING_STRIDE,
+    stat, Counters, CsumScratch, CtValue, FlowKey, NextHop, RealDef, ReplyHopKey, VipKey, VipMeta,
+    CONNTRACK_SIZE, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REPLY_HOPS_SIZE, RING_SLOTS, RING_STRIDE,
 };
 
 #[map]
@@ -74,28 +73,3 @@ pub static SKB_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TX_PORT
 /// Scratch space for completing partial checksums (see `segment::sum`).
 #[map]
 pub static CSUM_SCRATCH: PerCpuArray<CsumScratch> = PerCpuArray::with_max_entries(1, 0);
-
-/// `floor_redirect`'s one egress device (slot 0).
-#[map]
-pub static FLOOR_PORT: DevMap = DevMap::with_max_entries(1, 0);
-
-/// `gen`'s per-CPU state: slot 0 counts frames, slot 1 is the number of
-/// distinct source ports to cycle through (0 = 16384).
-#[map]
-pub static GEN_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
-
-/// What `gen` does with a frame: 0 XDP_TX, 1 XDP_PASS (into the kernel
-/// stack), 2 tail call to `GEN_NEXT[0]` (the program under test).
-#[map]
-pub static GEN_MODE: Array<u32> = Array::with_max_entries(1, 0);
-
-#[map]
-pub static GEN_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
-
-/// `gen`'s frame template (slot 0).
-#[map]
-pub static GEN_TEMPLATE: Array<GenTemplate> = Array::with_max_entries(1, 0);
-
-/// `sink`'s packet counter (slot 0).
-#[map]
-pub static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -319,36 +319,3 @@ fn l4_update(
     }
     c.word(u16::from_be_bytes(*old_port), u16::from_be_bytes(*new_port));
 }
-
-/// Sets the source port (host order) with an incremental L4 checksum update;
-/// used by the benchmark generator.
-#[inline(always)]
-pub fn set_sport(ctx: &XdpContext, l4: usize, family: u8, proto: u8, port: u16) -> Result<(), ()> {
-    let new = port.to_be_bytes();
-    match proto {
-        IPPROTO_TCP => {
-            let t: *mut TcpHdr = ptr_at(ctx, l4)?;
-            let t = unsafe { &mut *t };
-            let mut c = Update::new(t.check);
-            c.word(u16::from_be_bytes(t.src), port);
-            t.src = new;
-            t.check = c.finish();
-        }
-        IPPROTO_UDP => {
-            let u: *mut UdpHdr = ptr_at(ctx, l4)?;
-            let u = unsafe { &mut *u };
-            if !(family == FAMILY_V4 && u.check == [0, 0]) {
-                let mut c = Update::new(u.check);
-                c.word(u16::from_be_bytes(u.src), port);
-                let mut check = c.finish();
-                if check == [0, 0] {
-                    check = [0xff, 0xff];
-                }
-                u.check = check;
-            }
-            u.src = new;
-        }
-        _ => {}
-    }
-    Ok(())
-}

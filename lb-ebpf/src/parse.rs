@@ -1,10 +1,17 @@
-//! Header layouts and the one bounds-checked accessor every header read uses.
+//! Header layouts, the one bounds-checked accessor every header read uses,
+//! and the parser: Ethernet (one VLAN tag), IPv4/IPv6, TCP/UDP into a
+//! [`Packet`]. The test object's programs (`test_progs.rs`) use the same
+//! parser.
 //!
 //! Fields are byte arrays so that no access depends on alignment; multi-byte
 //! values are network order and read with `from_be_bytes`.
 
-use aya_ebpf::programs::XdpContext;
-use lb_common::FlowKey;
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_log_ebpf::debug;
+use lb_common::{stat, FlowKey, VipKey, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP};
+use lb_ebpf::hdr;
+
+use crate::{maps::VIPS, stats::count};
 
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
@@ -139,4 +146,177 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
         return Err(());
     }
     Ok((start + offset) as *mut T)
+}
+
+/// Is `addr` one of our VIP addresses (any port, any protocol)?
+#[inline(always)]
+fn is_vip_addr(addr: &[u8; 16], family: u8) -> bool {
+    let key = VipKey {
+        addr: *addr,
+        port: 0,
+        proto: 0,
+        family,
+    };
+    unsafe { VIPS.get(&key) }.is_some()
+}
+
+/// Drops (and counts) a malformed packet addressed to a VIP; passes it
+/// untouched otherwise.
+#[inline(always)]
+fn malformed(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) -> u32 {
+    malformed_verdict(ctx, dst, family, reason)
+}
+
+/// Out of line: the log record is built on this function's own stack,
+/// not the parser's.
+#[inline(never)]
+fn malformed_verdict(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) -> u32 {
+    let ctx = opaque(ctx);
+    if is_vip_addr(dst, family) {
+        count(reason);
+        debug!(ctx, "drop: malformed packet to a VIP, reason {}", reason);
+        xdp_action::XDP_DROP
+    } else {
+        count(stat::PASS_NON_VIP);
+        xdp_action::XDP_PASS
+    }
+}
+
+/// What [`parse`] returns when the packet is a flow (no XDP verdict has
+/// this value).
+pub const FLOW: u32 = u32::MAX;
+
+/// Parses the packet into `out` and returns [`FLOW`], or returns the
+/// verdict already decided (and counted). Not inlined, and a scalar result:
+/// see `to_real`.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, out: &mut Packet) -> u32 {
+    let ctx = opaque(ctx);
+    try_parse(ctx, out).unwrap_or(xdp_action::XDP_DROP)
+}
+
+#[inline(always)]
+fn try_parse(ctx: &XdpContext, out: &mut Packet) -> Result<u32, ()> {
+    let eth: *const EthHdr = match ptr_at(ctx, 0) {
+        Ok(p) => p,
+        Err(()) => {
+            count(stat::DROP_TRUNC_ETH);
+            return Ok(xdp_action::XDP_DROP);
+        }
+    };
+    let mut ether_type = u16::from_be_bytes(unsafe { (*eth).proto });
+    let mut l3 = ETH_HLEN;
+    if ether_type == ETH_P_8021Q {
+        let vlan: *const VlanHdr = match ptr_at(ctx, ETH_HLEN) {
+            Ok(p) => p,
+            Err(()) => {
+                count(stat::DROP_TRUNC_VLAN);
+                return Ok(xdp_action::XDP_DROP);
+            }
+        };
+        ether_type = u16::from_be_bytes(unsafe { (*vlan).proto });
+        l3 = ETH_HLEN + VLAN_HLEN;
+    }
+    let key = &mut out.key;
+    let l4_len;
+    let (family, proto, l4) = match ether_type {
+        ETH_P_IP => {
+            let ip: *const Ipv4Hdr = match ptr_at(ctx, l3) {
+                Ok(p) => p,
+                Err(()) => {
+                    count(stat::DROP_TRUNC_IP);
+                    return Ok(xdp_action::XDP_DROP);
+                }
+            };
+            let ip = unsafe { &*ip };
+            key.family = FAMILY_V4;
+            key.src[..4].copy_from_slice(&ip.src);
+            key.dst[..4].copy_from_slice(&ip.dst);
+            let avail = ctx.data_end() - ctx.data() - l3;
+            let len = match hdr::ipv4(
+                ip.version_ihl,
+                u16::from_be_bytes(ip.tot_len),
+                u16::from_be_bytes(ip.frag_off),
+                avail,
+            ) {
+                Ok(len) => len,
+                Err(reason) => return Ok(malformed(ctx, &key.dst, FAMILY_V4, reason)),
+            };
+            l4_len = len;
+            if hdr::bad_source_v4(&ip.src) {
+                return Ok(malformed(ctx, &key.dst, FAMILY_V4, stat::DROP_BAD_SOURCE));
+            }
+            (FAMILY_V4, ip.proto, l3 + IPV4_HLEN)
+        }
+        ETH_P_IPV6 => {
+            let ip: *const Ipv6Hdr = match ptr_at(ctx, l3) {
+                Ok(p) => p,
+                Err(()) => {
+                    count(stat::DROP_TRUNC_IP);
+                    return Ok(xdp_action::XDP_DROP);
+                }
+            };
+            let ip = unsafe { &*ip };
+            key.family = FAMILY_V6;
+            copy16(&mut key.src, &ip.src);
+            copy16(&mut key.dst, &ip.dst);
+            let avail = ctx.data_end() - ctx.data() - l3 - IPV6_HLEN;
+            let len = match hdr::ipv6(
+                ip.vtc_flow[0],
+                u16::from_be_bytes(ip.payload_len),
+                ip.next_hdr,
+                avail,
+            ) {
+                Ok(len) => len,
+                Err(reason) => return Ok(malformed(ctx, &key.dst, FAMILY_V6, reason)),
+            };
+            l4_len = len;
+            if hdr::bad_source_v6(&ip.src) {
+                return Ok(malformed(ctx, &key.dst, FAMILY_V6, stat::DROP_BAD_SOURCE));
+            }
+            (FAMILY_V6, ip.next_hdr, l3 + IPV6_HLEN)
+        }
+        _ => {
+            count(stat::PASS_NON_VIP);
+            return Ok(xdp_action::XDP_PASS);
+        }
+    };
+    key.proto = proto;
+    match proto {
+        IPPROTO_TCP => match ptr_at::<TcpHdr>(ctx, l4) {
+            Ok(t) => {
+                let t = unsafe { &*t };
+                key.sport = u16::from_ne_bytes(t.src);
+                key.dport = u16::from_ne_bytes(t.dst);
+                if let Err(reason) = hdr::tcp(l4_len, t.off) {
+                    return Ok(malformed(ctx, &key.dst, family, reason));
+                }
+            }
+            Err(()) => return Ok(malformed(ctx, &key.dst, family, stat::DROP_TRUNC_L4)),
+        },
+        IPPROTO_UDP => match ptr_at::<UdpHdr>(ctx, l4) {
+            Ok(u) => {
+                let u = unsafe { &*u };
+                key.sport = u16::from_ne_bytes(u.src);
+                key.dport = u16::from_ne_bytes(u.dst);
+                if let Err(reason) = hdr::udp(l4_len, u16::from_be_bytes(u.len)) {
+                    return Ok(malformed(ctx, &key.dst, family, reason));
+                }
+            }
+            Err(()) => return Ok(malformed(ctx, &key.dst, family, stat::DROP_TRUNC_L4)),
+        },
+        _ => {
+            if is_vip_addr(&key.dst, family) {
+                count(stat::PASS_VIP_OTHER_PROTO);
+            } else {
+                count(stat::PASS_NON_VIP);
+            }
+            return Ok(xdp_action::XDP_PASS);
+        }
+    }
+    out.l3 = l3;
+    out.l4 = l4;
+    out.family = family;
+    out.proto = proto;
+    Ok(FLOW)
 }

@@ -270,15 +270,18 @@ impl Dataplane {
                 None
             }
         };
-        for name in [PROGRAM, "floor_tx", "floor_redirect", "sink"] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
-                .try_into()?;
-            prog.load().map_err(|e| {
-                anyhow!("the kernel rejected XDP program `{name}`: {}", explain(&e))
-            })?;
-        }
+        // The object holds `lb_xdp` only; the measurement programs are the
+        // test object's (`xdp_test`).
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM}`"))?
+            .try_into()?;
+        prog.load().map_err(|e| {
+            anyhow!(
+                "the kernel rejected XDP program `{PROGRAM}`: {}",
+                explain(&e)
+            )
+        })?;
         let mut dp = Dataplane {
             ebpf,
             logger,

@@ -20,3 +20,4 @@ pub mod metrics;
 pub mod packet;
 pub mod proxy;
 pub mod testbed;
+pub mod xdp_test;

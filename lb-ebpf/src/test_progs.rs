@@ -1,0 +1,207 @@
+//! The test object (`lb-xdp-test`): measurement and test programs, kept
+//! out of the production object (`lb-xdp`, `main.rs`) that `lb` loads.
+//! `lb-userspace/build.rs` builds both; `lb_userspace::xdp_test` embeds this
+//! one for `bench` and the tests.
+//!
+//! - `floor_tx`: `lb_xdp`'s parser (`parse.rs`, the same code), then
+//!   XDP_TX: the floor of the per-packet benchmark.
+//! - `floor_redirect`: redirects every frame, no lookups: the floor of the
+//!   forwarding benchmark.
+//! - `gen`: the forwarding benchmark's traffic generator. It tail-calls the
+//!   program under test through `GEN_NEXT`, which may hold a program of
+//!   another object (`lb_xdp`).
+//! - `sink`: counts and drops at the receiver.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{GenTemplate, FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP};
+use lb_ebpf::checksum::Update;
+use maps::{FLOOR_PORT, GEN_MODE, GEN_NEXT, GEN_STATE, GEN_TEMPLATE, SINK_COUNT};
+use parse::*;
+
+/// The test programs' maps, and the two the parser uses, defined as in the
+/// production object's `maps.rs` (this object has its own copies).
+mod maps {
+    use aya_ebpf::{
+        macros::map,
+        maps::{Array, DevMap, HashMap, PerCpuArray, ProgramArray},
+    };
+    use lb_common::{stat, GenTemplate, VipKey, VipMeta, MAX_VIPS};
+
+    /// Read by the parser for malformed packets (to a VIP address:
+    /// dropped, else passed); empty here.
+    #[map]
+    pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 4, 0);
+
+    /// The parser's drop and pass counters.
+    #[map]
+    pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+    /// `floor_redirect`'s one egress device (slot 0).
+    #[map]
+    pub static FLOOR_PORT: DevMap = DevMap::with_max_entries(1, 0);
+
+    /// `gen`'s per-CPU state: slot 0 counts frames, slot 1 is the number of
+    /// distinct source ports to cycle through (0 = 16384).
+    #[map]
+    pub static GEN_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+    /// What `gen` does with a frame: 0 XDP_TX, 1 XDP_PASS (into the kernel
+    /// stack), 2 tail call to `GEN_NEXT[0]` (the program under test).
+    #[map]
+    pub static GEN_MODE: Array<u32> = Array::with_max_entries(1, 0);
+
+    #[map]
+    pub static GEN_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+    /// `gen`'s frame template (slot 0).
+    #[map]
+    pub static GEN_TEMPLATE: Array<GenTemplate> = Array::with_max_entries(1, 0);
+
+    /// `sink`'s packet counter (slot 0).
+    #[map]
+    pub static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+}
+
+/// The parser's counter, as `stats::count` of the production object.
+mod stats {
+    use crate::maps::GLOBAL_STATS;
+
+    #[inline(always)]
+    pub fn count(index: u32) {
+        if let Some(c) = GLOBAL_STATS.get_ptr_mut(index) {
+            unsafe { *c += 1 };
+        }
+    }
+}
+
+/// Floor for the per-packet benchmark: the same parse, then XDP_TX.
+#[xdp]
+pub fn floor_tx(ctx: XdpContext) -> u32 {
+    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
+    let pkt = zeroed_in(&mut slot);
+    match parse(&ctx, pkt) {
+        FLOW => xdp_action::XDP_TX,
+        verdict => verdict,
+    }
+}
+
+/// Floor for the forwarding benchmark: redirect every frame, no lookups.
+#[xdp]
+pub fn floor_redirect(_ctx: XdpContext) -> u32 {
+    FLOOR_PORT.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// Traffic generator for the forwarding benchmark, run with test-run in
+/// live-frames mode on the balancer's client-side interface: restores the
+/// frame from `GEN_TEMPLATE`, gives it the next source port (checksum
+/// updated), then, by `GEN_MODE`, sends it out again (XDP_TX), hands it to
+/// the kernel stack (XDP_PASS) or tail-calls the program under test.
+#[xdp]
+pub fn gen(ctx: XdpContext) -> u32 {
+    match try_gen(&ctx) {
+        Ok(a) => a,
+        Err(()) => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
+    let (n, flows) = match (GEN_STATE.get_ptr_mut(0), GEN_STATE.get(1)) {
+        (Some(c), Some(f)) => {
+            let n = unsafe { *c };
+            unsafe { *c = n + 1 };
+            (n, if *f == 0 { 16384 } else { *f })
+        }
+        _ => return Ok(xdp_action::XDP_DROP),
+    };
+    let port = (1024 + n % flows) as u16;
+    // Restore the frame: the page may come back rewritten by the receiver.
+    let template = match GEN_TEMPLATE.get(0) {
+        Some(t) => t,
+        None => return Ok(xdp_action::XDP_DROP),
+    };
+    let frame: *mut GenTemplate = ptr_at(ctx, 0)?;
+    // Not overlapping (map value → packet): a memcpy, which is inlined as
+    // 8-byte copies, where an assignment would call a byte-wise memmove.
+    unsafe { core::ptr::copy_nonoverlapping(template, frame, 1) };
+    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
+    let p = zeroed_in(&mut slot);
+    match parse(ctx, p) {
+        FLOW => {
+            set_sport(ctx, p.l4, p.family, p.proto, port)?;
+            match GEN_MODE.get(0).copied().unwrap_or(0) {
+                1 => Ok(xdp_action::XDP_PASS),
+                2 => {
+                    let _ = unsafe { GEN_NEXT.tail_call(ctx, 0) };
+                    Ok(xdp_action::XDP_DROP)
+                }
+                _ => Ok(xdp_action::XDP_TX),
+            }
+        }
+        _ => Ok(xdp_action::XDP_DROP),
+    }
+}
+
+/// Receiver side of benchmarks: counts and drops TCP/UDP frames; everything
+/// else (ARP, neighbour discovery) passes so the receiver stays reachable.
+#[xdp]
+pub fn sink(ctx: XdpContext) -> u32 {
+    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
+    let pkt = zeroed_in(&mut slot);
+    match parse(&ctx, pkt) {
+        FLOW => {
+            if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
+                unsafe { *c += 1 };
+            }
+            xdp_action::XDP_DROP
+        }
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// Sets the source port (host order) with an incremental L4 checksum update;
+/// used by the benchmark generator.
+#[inline(always)]
+pub fn set_sport(ctx: &XdpContext, l4: usize, family: u8, proto: u8, port: u16) -> Result<(), ()> {
+    let new = port.to_be_bytes();
+    match proto {
+        IPPROTO_TCP => {
+            let t: *mut TcpHdr = ptr_at(ctx, l4)?;
+            let t = unsafe { &mut *t };
+            let mut c = Update::new(t.check);
+            c.word(u16::from_be_bytes(t.src), port);
+            t.src = new;
+            t.check = c.finish();
+        }
+        IPPROTO_UDP => {
+            let u: *mut UdpHdr = ptr_at(ctx, l4)?;
+            let u = unsafe { &mut *u };
+            if !(family == FAMILY_V4 && u.check == [0, 0]) {
+                let mut c = Update::new(u.check);
+                c.word(u16::from_be_bytes(u.src), port);
+                let mut check = c.finish();
+                if check == [0, 0] {
+                    check = [0xff, 0xff];
+                }
+                u.check = check;
+            }
+            u.src = new;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
