@@ -55,22 +55,28 @@ fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32
         Hop::Client(key) => REPLY_HOPS.get_ptr_mut(key),
     };
     if let Some(nh) = cached {
+        // SAFETY: a map value pointer, valid and aligned for the program run
+        // (RCU); a concurrent replacement of a shared entry is a new element.
         let nh = unsafe { &*nh };
         if nh.ingress == ingress
             && nh.egress != 0
             && ip_len <= nh.max_len
+            // SAFETY: a helper without arguments.
             && unsafe { bpf_ktime_get_coarse_ns() } < nh.expires_ns
         {
             count(stat::NEXT_HOP_CACHED);
             return send(ctx, ingress, nh.egress, &nh.smac, &nh.dmac);
         }
     }
+    // SAFETY: a C struct of integers and unions of integers: all zero is a
+    // valid value.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     let p = &mut fib;
     p.ifindex = ingress;
     if family == FAMILY_V4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
-        let ip = unsafe { &*ip };
+        // SAFETY: `ptr_at` checked the header lies in the packet; bytes only,
+        // only read, and its last use comes before the FIB lookup.
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3)? };
         p.family = AF_INET;
         p.l4_protocol = ip.proto;
         p.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
@@ -78,8 +84,8 @@ fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32
         p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
         p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
     } else {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
-        let ip = unsafe { &*ip };
+        // SAFETY: as for IPv4.
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3)? };
         p.family = AF_INET6;
         p.l4_protocol = ip.next_hdr;
         p.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.payload_len);
@@ -107,6 +113,8 @@ fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32
         p.__bindgen_anon_4.ipv6_dst = dst;
     }
     count(stat::FIB_LOOKUP);
+    // SAFETY: the program's own context, and `p` points to a live
+    // `FibParams` of the size passed.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
@@ -124,6 +132,7 @@ fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32
         return Ok(xdp_action::XDP_PASS);
     }
     let mut fresh = NextHop {
+        // SAFETY: a helper without arguments.
         expires_ns: unsafe { bpf_ktime_get_coarse_ns() } + NEXT_HOP_TTL_NS,
         ingress,
         egress: p.ifindex,
@@ -133,6 +142,7 @@ fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32
         _pad: [0; 6],
     };
     if let Some(nh) = cached {
+        // SAFETY: as above.
         let nh = unsafe { &*nh };
         // The same path: keep the largest length the FIB approved.
         if nh.ingress == ingress
@@ -146,6 +156,8 @@ fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32
     }
     match (hop, cached) {
         // This CPU's own entry: written in place.
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the program
+        // run; no other CPU writes it, and no reference to it is alive.
         (Hop::Real(_), Some(nh)) => unsafe { *nh = fresh },
         // Shared by the CPUs: replaced whole.
         (Hop::Client(key), _) => {
@@ -160,11 +172,15 @@ fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32
 #[inline(always)]
 fn ip_len(ctx: &XdpContext, l3: usize, family: u8) -> Result<u16, ()> {
     if family == FAMILY_V4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
-        Ok(u16::from_be_bytes(unsafe { (*ip).tot_len }))
+        // SAFETY: `ptr_at` checked the header lies in the packet; one byte
+        // array is read, right away.
+        Ok(u16::from_be_bytes(unsafe {
+            (*ptr_at::<Ipv4Hdr>(ctx, l3)?).tot_len
+        }))
     } else {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
-        Ok(u16::from_be_bytes(unsafe { (*ip).payload_len }).saturating_add(40))
+        // SAFETY: as for IPv4.
+        let len = unsafe { (*ptr_at::<Ipv6Hdr>(ctx, l3)?).payload_len };
+        Ok(u16::from_be_bytes(len).saturating_add(40))
     }
 }
 
@@ -178,8 +194,11 @@ fn send(
     smac: &[u8; 6],
     dmac: &[u8; 6],
 ) -> Result<u32, ()> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: `ptr_at` checked the header lies in the packet; bytes only,
+    // written right away, and no reference to it is alive (`smac` and `dmac`
+    // are a map value's or the FIB parameters', not the packet's).
     unsafe {
+        let eth: *mut EthHdr = ptr_at(ctx, 0)?;
         (*eth).dst = *dmac;
         (*eth).src = *smac;
     }

@@ -9,6 +9,8 @@
 //! dependency so that cargo rebuilds the embedded object when anything here
 //! changes.
 #![cfg_attr(not(test), no_std)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod checksum;
 pub mod hdr;

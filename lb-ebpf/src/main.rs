@@ -21,6 +21,10 @@
 //! `test_progs.rs` with the same parser.
 #![no_std]
 #![no_main]
+// Every unsafe block says why it is sound; an unsafe fn's body is no
+// licence for unchecked unsafe operations.
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod csum;
 mod forward;
@@ -63,8 +67,13 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
     // An established flow, either direction: one lookup. The entry stays
     // valid for the rest of the program run (RCU).
     let hit = CONNTRACK.get_ptr_mut(&pkt.key);
-    // SAFETY: a map value pointer, valid for the program run.
-    let established = match hit.map(|p| unsafe { &*p }) {
+    let established = match hit.map(|p| {
+        // SAFETY: a map value pointer, valid and aligned for the program run
+        // (RCU). Caveat: `partner_due` writes the entry's `checked` through
+        // the raw pointer while this reference lives, which Rust's aliasing
+        // rules do not allow; nothing reads `checked` through it.
+        unsafe { &*p }
+    }) {
         Some(ct) if ct.kind == CT_REPLY => {
             if partner_due(hit) {
                 keep_forward(&pkt, ct);
@@ -100,9 +109,13 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
                 proto: pkt.proto,
                 family: pkt.family,
             };
+            // SAFETY: the value stays valid memory for the program run
+            // (RCU); the control plane replaces a VIP's entry in one update
+            // and only reads of it follow.
             let mut meta = unsafe { VIPS.get(&vkey) };
             if meta.is_none() {
                 vkey.port = 0;
+                // SAFETY: as above.
                 meta = unsafe { VIPS.get(&vkey) };
             }
             let meta = match meta {
@@ -152,6 +165,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
 #[inline(always)]
 fn partner_due(ct: Option<*mut CtValue>) -> bool {
     let Some(ct) = ct else { return false };
+    // SAFETY: a helper without arguments.
     let tick = (unsafe { bpf_ktime_get_coarse_ns() } >> 24) as u32;
     // SAFETY: a map value pointer, valid for the program run; a racing
     // write from another CPU only repeats or skips one look.
@@ -168,6 +182,7 @@ fn partner_due(ct: Option<*mut CtValue>) -> bool {
 #[inline(never)]
 fn keep_reply(pkt: &Packet, vip_index: u32, real_id: u32, real: &RealDef) -> u32 {
     let rkey = reply_key(pkt, real);
+    // SAFETY: only whether the entry exists is used; the value is not read.
     if unsafe { CONNTRACK.get(&rkey) }.is_some() {
         return 0;
     }
@@ -197,6 +212,7 @@ fn keep_forward(pkt: &Packet, rev: &CtValue) -> u32 {
         family: pkt.family,
         _pad: [0; 2],
     };
+    // SAFETY: only whether the entry exists is used; the value is not read.
     if unsafe { CONNTRACK.get(&fkey) }.is_some() {
         return 0;
     }
@@ -307,9 +323,9 @@ fn try_new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u64, (
     let _ = CONNTRACK.insert(&rkey, &ct, 0);
     count(stat::CT_MISS);
     if pkt.proto == IPPROTO_TCP {
-        let t: *const TcpHdr = ptr_at(ctx, pkt.l4)?;
-        // SAFETY: `ptr_at` checked the header lies in the packet.
-        if unsafe { (*t).flags } & TCP_SYN == 0 {
+        // SAFETY: `ptr_at` checked the header lies in the packet; one byte
+        // is read, right away.
+        if unsafe { (*ptr_at::<TcpHdr>(ctx, pkt.l4)?).flags } & TCP_SYN == 0 {
             count(stat::CT_MISS_MID_FLOW);
         }
     }
@@ -372,6 +388,8 @@ fn try_to_real(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> Result<u32, (
 #[inline(always)]
 fn settle(ctx: &XdpContext, sum: &nat::L4Sum, action: u32) -> Result<u32, ()> {
     if let nat::L4Sum::Partial(p) = sum {
+        // SAFETY: only whether the entry exists is used; the value is not
+        // read.
         let skb_kept = action == xdp_action::XDP_PASS
             || unsafe { SKB_IFACES.get(&(ctx.ingress_ifindex() as u32)) }.is_some();
         nat::settle(ctx, p, skb_kept)?;

@@ -14,11 +14,12 @@ use crate::{
 #[inline(always)]
 pub fn ttl_expired(ctx: &XdpContext, l3: usize, family: u8) -> Result<bool, ()> {
     if family == FAMILY_V4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
-        Ok(unsafe { (*ip).ttl } <= 1)
+        // SAFETY: `ptr_at` checked the header lies in the packet; one byte
+        // is read, right away.
+        Ok(unsafe { (*ptr_at::<Ipv4Hdr>(ctx, l3)?).ttl } <= 1)
     } else {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
-        Ok(unsafe { (*ip).hop_limit } <= 1)
+        // SAFETY: as for IPv4.
+        Ok(unsafe { (*ptr_at::<Ipv6Hdr>(ctx, l3)?).hop_limit } <= 1)
     }
 }
 
@@ -112,8 +113,11 @@ fn try_rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum,
     let l4_len = pkt_l4_len(ctx, pkt)?;
     let pseudo_old = csum::fold(csum::pseudo(ctx, l3, family, proto, l4_len)?);
     if family == FAMILY_V4 {
-        let ip: *mut Ipv4Hdr = ptr_at(ctx, l3)?;
-        let ip = unsafe { &mut *ip };
+        // SAFETY: `ptr_at` checked the header lies in the packet; it is
+        // bytes only, and this is the one reference to it while it lives
+        // (`pseudo` re-reads the packet only after its last use); no helper
+        // moves packet data.
+        let ip = unsafe { &mut *ptr_at::<Ipv4Hdr>(ctx, l3)? };
         let mut new_addr = [0u8; 4];
         new_addr.copy_from_slice(&addr[..4]);
         let field = if side == Side::Dst {
@@ -131,8 +135,8 @@ fn try_rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum,
         c.word(old_ttl_word, u16::from_be_bytes([ip.ttl, ip.proto]));
         ip.check = c.finish();
     } else {
-        let ip: *mut Ipv6Hdr = ptr_at(ctx, l3)?;
-        let ip = unsafe { &mut *ip };
+        // SAFETY: as for IPv4.
+        let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, l3)? };
         let field = if side == Side::Dst {
             &mut ip.dst
         } else {
@@ -156,8 +160,10 @@ fn try_rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum,
 
     match proto {
         IPPROTO_TCP => {
-            let t: *mut TcpHdr = ptr_at(ctx, l4)?;
-            let t = unsafe { &mut *t };
+            // SAFETY: `ptr_at` checked the header lies in the packet; bytes
+            // only, the one reference to it (`partial` reads the IP header
+            // only), and no helper moves packet data.
+            let t = unsafe { &mut *ptr_at::<TcpHdr>(ctx, l4)? };
             let pf = if side == Side::Dst {
                 &mut t.dst
             } else {
@@ -177,8 +183,8 @@ fn try_rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum,
             t.check = c.finish();
         }
         IPPROTO_UDP => {
-            let u: *mut UdpHdr = ptr_at(ctx, l4)?;
-            let u = unsafe { &mut *u };
+            // SAFETY: as for TCP.
+            let u = unsafe { &mut *ptr_at::<UdpHdr>(ctx, l4)? };
             let pf = if side == Side::Dst {
                 &mut u.dst
             } else {
@@ -216,11 +222,15 @@ fn try_rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum,
 #[inline(always)]
 fn pkt_l4_len(ctx: &XdpContext, pkt: &Packet) -> Result<u16, ()> {
     if pkt.family == FAMILY_V4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, pkt.l3)?;
-        Ok(u16::from_be_bytes(unsafe { (*ip).tot_len }).wrapping_sub(IPV4_HLEN as u16))
+        // SAFETY: `ptr_at` checked the header lies in the packet; one byte
+        // array is read, right away.
+        let len = unsafe { (*ptr_at::<Ipv4Hdr>(ctx, pkt.l3)?).tot_len };
+        Ok(u16::from_be_bytes(len).wrapping_sub(IPV4_HLEN as u16))
     } else {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, pkt.l3)?;
-        Ok(u16::from_be_bytes(unsafe { (*ip).payload_len }))
+        // SAFETY: as for IPv4.
+        Ok(u16::from_be_bytes(unsafe {
+            (*ptr_at::<Ipv6Hdr>(ctx, pkt.l3)?).payload_len
+        }))
     }
 }
 
@@ -263,7 +273,8 @@ pub fn settle(ctx: &XdpContext, p: &Partial, skb_kept: bool) -> Result<(), ()> {
         count(stat::DROP_CSUM_TOO_LONG);
         return Err(());
     }
-    let field: *mut [u8; 2] = ptr_at(ctx, at)?;
+    // SAFETY: a byte array, written at once, below.
+    let field: *mut [u8; 2] = unsafe { ptr_at(ctx, at)? };
     // SAFETY: `ptr_at` checked the field lies in the packet; nothing else
     // refers to it while this runs.
     unsafe { *field = [0, 0] };
@@ -293,8 +304,9 @@ pub fn settle(ctx: &XdpContext, p: &Partial, skb_kept: bool) -> Result<(), ()> {
             p.pseudo_new
         }
     };
-    let field: *mut [u8; 2] = ptr_at(ctx, at)?;
     // SAFETY: as above; re-derived after the helper calls.
+    let field: *mut [u8; 2] = unsafe { ptr_at(ctx, at)? };
+    // SAFETY: as above.
     unsafe { *field = write.to_ne_bytes() };
     Ok(())
 }

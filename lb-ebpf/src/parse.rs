@@ -136,9 +136,25 @@ pub fn opaque(ctx: &XdpContext) -> &XdpContext {
 }
 
 /// A pointer to a `T` at `offset` from the start of the packet, or `Err` when
-/// the packet is too short to hold it.
+/// the packet is too short to hold it. On `Ok`, the `size_of::<T>()` bytes
+/// at the pointer lie within the packet (the verifier sees the same check).
+///
+/// # Safety
+///
+/// The bounds are all this checks. The caller must use the pointer only:
+///
+/// - as a `T` that every byte pattern is a valid value of, accessed in place
+///   only if its alignment is 1 (the header layouts of this module: bytes and
+///   byte arrays); a wider type must be accessed unaligned or by a helper,
+///   as a packet offset promises no alignment (or the caller must show the
+///   alignment otherwise);
+/// - while the packet stays where it is: no helper that moves or resizes
+///   packet data (`bpf_xdp_adjust_head`, `_tail`, `_meta`; this crate calls
+///   none) may run between this call and the pointer's last use;
+/// - without a `&mut` made from it overlapping another live reference to the
+///   same bytes.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+pub unsafe fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
     let start = ctx.data();
     let end = ctx.data_end();
     let len = core::mem::size_of::<T>();
@@ -157,6 +173,8 @@ fn is_vip_addr(addr: &[u8; 16], family: u8) -> bool {
         proto: 0,
         family,
     };
+    // SAFETY: only whether an entry exists is used; the reference the
+    // lookup returns is not read.
     unsafe { VIPS.get(&key) }.is_some()
 }
 
@@ -197,23 +215,27 @@ pub fn parse(ctx: &XdpContext, out: &mut Packet) -> u32 {
 
 #[inline(always)]
 fn try_parse(ctx: &XdpContext, out: &mut Packet) -> Result<u32, ()> {
-    let eth: *const EthHdr = match ptr_at(ctx, 0) {
+    // SAFETY: `EthHdr` is bytes only, read once, right below.
+    let eth: *const EthHdr = match unsafe { ptr_at(ctx, 0) } {
         Ok(p) => p,
         Err(()) => {
             count(stat::DROP_TRUNC_ETH);
             return Ok(xdp_action::XDP_DROP);
         }
     };
+    // SAFETY: `ptr_at` checked the header lies in the packet.
     let mut ether_type = u16::from_be_bytes(unsafe { (*eth).proto });
     let mut l3 = ETH_HLEN;
     if ether_type == ETH_P_8021Q {
-        let vlan: *const VlanHdr = match ptr_at(ctx, ETH_HLEN) {
+        // SAFETY: `VlanHdr` is bytes only, read once, right below.
+        let vlan: *const VlanHdr = match unsafe { ptr_at(ctx, ETH_HLEN) } {
             Ok(p) => p,
             Err(()) => {
                 count(stat::DROP_TRUNC_VLAN);
                 return Ok(xdp_action::XDP_DROP);
             }
         };
+        // SAFETY: `ptr_at` checked the tag lies in the packet.
         ether_type = u16::from_be_bytes(unsafe { (*vlan).proto });
         l3 = ETH_HLEN + VLAN_HLEN;
     }
@@ -221,13 +243,16 @@ fn try_parse(ctx: &XdpContext, out: &mut Packet) -> Result<u32, ()> {
     let l4_len;
     let (family, proto, l4) = match ether_type {
         ETH_P_IP => {
-            let ip: *const Ipv4Hdr = match ptr_at(ctx, l3) {
+            // SAFETY: `Ipv4Hdr` is bytes only, only read, and nothing that
+            // moves packet data runs while it is used.
+            let ip: *const Ipv4Hdr = match unsafe { ptr_at(ctx, l3) } {
                 Ok(p) => p,
                 Err(()) => {
                     count(stat::DROP_TRUNC_IP);
                     return Ok(xdp_action::XDP_DROP);
                 }
             };
+            // SAFETY: `ptr_at` checked the header lies in the packet.
             let ip = unsafe { &*ip };
             key.family = FAMILY_V4;
             key.src[..4].copy_from_slice(&ip.src);
@@ -249,13 +274,15 @@ fn try_parse(ctx: &XdpContext, out: &mut Packet) -> Result<u32, ()> {
             (FAMILY_V4, ip.proto, l3 + IPV4_HLEN)
         }
         ETH_P_IPV6 => {
-            let ip: *const Ipv6Hdr = match ptr_at(ctx, l3) {
+            // SAFETY: as for IPv4.
+            let ip: *const Ipv6Hdr = match unsafe { ptr_at(ctx, l3) } {
                 Ok(p) => p,
                 Err(()) => {
                     count(stat::DROP_TRUNC_IP);
                     return Ok(xdp_action::XDP_DROP);
                 }
             };
+            // SAFETY: `ptr_at` checked the header lies in the packet.
             let ip = unsafe { &*ip };
             key.family = FAMILY_V6;
             copy16(&mut key.src, &ip.src);
@@ -283,8 +310,11 @@ fn try_parse(ctx: &XdpContext, out: &mut Packet) -> Result<u32, ()> {
     };
     key.proto = proto;
     match proto {
-        IPPROTO_TCP => match ptr_at::<TcpHdr>(ctx, l4) {
+        // SAFETY: `TcpHdr` is bytes only, only read, and nothing that moves
+        // packet data runs while it is used.
+        IPPROTO_TCP => match unsafe { ptr_at::<TcpHdr>(ctx, l4) } {
             Ok(t) => {
+                // SAFETY: `ptr_at` checked the header lies in the packet.
                 let t = unsafe { &*t };
                 key.sport = u16::from_ne_bytes(t.src);
                 key.dport = u16::from_ne_bytes(t.dst);
@@ -294,8 +324,10 @@ fn try_parse(ctx: &XdpContext, out: &mut Packet) -> Result<u32, ()> {
             }
             Err(()) => return Ok(malformed(ctx, &key.dst, family, stat::DROP_TRUNC_L4)),
         },
-        IPPROTO_UDP => match ptr_at::<UdpHdr>(ctx, l4) {
+        // SAFETY: as for TCP.
+        IPPROTO_UDP => match unsafe { ptr_at::<UdpHdr>(ctx, l4) } {
             Ok(u) => {
+                // SAFETY: `ptr_at` checked the header lies in the packet.
                 let u = unsafe { &*u };
                 key.sport = u16::from_ne_bytes(u.src);
                 key.dport = u16::from_ne_bytes(u.dst);

@@ -32,7 +32,8 @@ pub const MAX_LEN: usize = MAX_CHUNKS * CSUM_CHUNK;
 /// sum); `N` a multiple of 4, at most 512.
 #[inline(always)]
 pub fn packet_sum<const N: usize>(ctx: &XdpContext, off: usize, seed: u32) -> Result<u32, ()> {
-    let p: *mut [u8; N] = ptr_at(ctx, off)?;
+    // SAFETY: handed to a helper only, which needs no alignment.
+    let p: *mut [u8; N] = unsafe { ptr_at(ctx, off)? };
     // SAFETY: the helper reads `N` bytes at `p`, which `ptr_at` checked lie
     // in the packet; `from` is empty.
     let r = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p as *mut u32, N as u32, seed) };

@@ -7,12 +7,16 @@ use crate::maps::{GLOBAL_STATS, REAL_STATS, VIP_STATS};
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(c) = GLOBAL_STATS.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the program
+        // run; the program is not preempted on its CPU, so nothing else
+        // writes it meanwhile.
         unsafe { *c += 1 };
     }
 }
 
 #[inline(always)]
 fn add(c: *mut Counters, bytes: u64, new_flow: bool, reply: bool) {
+    // SAFETY: as in `count`: this CPU's slot, the only reference to it.
     let c = unsafe { &mut *c };
     if reply {
         c.reply_packets += 1;

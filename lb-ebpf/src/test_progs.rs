@@ -13,6 +13,10 @@
 //! - `sink`: counts and drops at the receiver.
 #![no_std]
 #![no_main]
+// Every unsafe block says why it is sound; an unsafe fn's body is no
+// licence for unchecked unsafe operations.
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod parse;
 
@@ -73,6 +77,8 @@ mod stats {
     #[inline(always)]
     pub fn count(index: u32) {
         if let Some(c) = GLOBAL_STATS.get_ptr_mut(index) {
+            // SAFETY: this CPU's slot of a per-CPU array, valid for the
+            // program run, and nothing else writes it meanwhile.
             unsafe { *c += 1 };
         }
     }
@@ -112,7 +118,10 @@ pub fn gen(ctx: XdpContext) -> u32 {
 fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
     let (n, flows) = match (GEN_STATE.get_ptr_mut(0), GEN_STATE.get(1)) {
         (Some(c), Some(f)) => {
+            // SAFETY: this CPU's slot of a per-CPU array, valid for the
+            // program run, the only reference to it.
             let n = unsafe { *c };
+            // SAFETY: as above.
             unsafe { *c = n + 1 };
             (n, if *f == 0 { 16384 } else { *f })
         }
@@ -124,9 +133,14 @@ fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
         Some(t) => t,
         None => return Ok(xdp_action::XDP_DROP),
     };
-    let frame: *mut GenTemplate = ptr_at(ctx, 0)?;
+    // SAFETY: only written whole, right below (see there for alignment).
+    let frame: *mut GenTemplate = unsafe { ptr_at(ctx, 0)? };
     // Not overlapping (map value → packet): a memcpy, which is inlined as
     // 8-byte copies, where an assignment would call a byte-wise memmove.
+    // SAFETY: `ptr_at` checked the 64 bytes lie in the packet, and the
+    // template is a map value, valid for the program run. The frame starts
+    // 8-aligned: live frames put the packet XDP_PACKET_HEADROOM (256) bytes
+    // into its page, and `gen` runs only there.
     unsafe { core::ptr::copy_nonoverlapping(template, frame, 1) };
     let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
     let p = zeroed_in(&mut slot);
@@ -136,6 +150,8 @@ fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
             match GEN_MODE.get(0).copied().unwrap_or(0) {
                 1 => Ok(xdp_action::XDP_PASS),
                 2 => {
+                    // SAFETY: the program's own context; on success the
+                    // call does not return.
                     let _ = unsafe { GEN_NEXT.tail_call(ctx, 0) };
                     Ok(xdp_action::XDP_DROP)
                 }
@@ -155,6 +171,8 @@ pub fn sink(ctx: XdpContext) -> u32 {
     match parse(&ctx, pkt) {
         FLOW => {
             if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot of a per-CPU array, valid for the
+                // program run, and nothing else writes it meanwhile.
                 unsafe { *c += 1 };
             }
             xdp_action::XDP_DROP
@@ -170,16 +188,17 @@ pub fn set_sport(ctx: &XdpContext, l4: usize, family: u8, proto: u8, port: u16) 
     let new = port.to_be_bytes();
     match proto {
         IPPROTO_TCP => {
-            let t: *mut TcpHdr = ptr_at(ctx, l4)?;
-            let t = unsafe { &mut *t };
+            // SAFETY: `ptr_at` checked the header lies in the packet; bytes
+            // only, the one reference to it, and no helper runs meanwhile.
+            let t = unsafe { &mut *ptr_at::<TcpHdr>(ctx, l4)? };
             let mut c = Update::new(t.check);
             c.word(u16::from_be_bytes(t.src), port);
             t.src = new;
             t.check = c.finish();
         }
         IPPROTO_UDP => {
-            let u: *mut UdpHdr = ptr_at(ctx, l4)?;
-            let u = unsafe { &mut *u };
+            // SAFETY: as for TCP.
+            let u = unsafe { &mut *ptr_at::<UdpHdr>(ctx, l4)? };
             if !(family == FAMILY_V4 && u.check == [0, 0]) {
                 let mut c = Update::new(u.check);
                 c.word(u16::from_be_bytes(u.src), port);
