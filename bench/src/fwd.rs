@@ -32,10 +32,10 @@ use clap::Args;
 use lb_common::{GenTemplate, GEN_FRAME_LEN};
 use lb_userspace::{
     config::Config,
-    dataplane::{self, Dataplane, LoadOptions},
-    packet::Pkt,
+    l4::dataplane::{self, Dataplane, LoadOptions},
+    testbed::packet::Pkt,
+    testbed::xdp_test::TestPrograms,
     testbed::{self, Netns, Topology},
-    xdp_test::TestPrograms,
 };
 use serde_json::json;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
-use lb_userspace::maglev::{self, Backend};
+use lb_userspace::l4::maglev::{self, Backend};
 use serde_json::json;
 
 #[derive(Args, Debug, Clone)]

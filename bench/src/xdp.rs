@@ -14,10 +14,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lb_userspace::{
     config::Config,
-    dataplane::{self, Dataplane, LoadOptions},
-    packet::{self, Pkt, CLIENT4, CLIENT6, OUT_MAC, REAL4, REAL6, REAL_MAC, VIP4, VIP6},
+    l4::dataplane::{self, Dataplane, LoadOptions},
     testbed,
-    xdp_test::TestPrograms,
+    testbed::packet::{self, Pkt, CLIENT4, CLIENT6, OUT_MAC, REAL4, REAL6, REAL_MAC, VIP4, VIP6},
+    testbed::xdp_test::TestPrograms,
 };
 use serde_json::json;
 

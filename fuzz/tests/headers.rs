@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_ebpf::hdr;
 use lb_fuzz::xdp::wire::{self, Kind};
-use lb_userspace::packet::Pkt;
+use lb_userspace::testbed::packet::Pkt;
 use proptest::prelude::*;
 
 #[derive(Debug, PartialEq, Eq)]

@@ -16,12 +16,14 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, ApiState, ReloadRequest},
+    admin::api::{self, ApiState, ReloadRequest},
     config::Config,
-    control::Control,
-    dataplane::{cleanup_pinned, Dataplane, LoadOptions, Snapshot},
     dns::DnsServer,
     health::Monitor,
+    l4::{
+        control::Control,
+        dataplane::{cleanup_pinned, Dataplane, LoadOptions, Snapshot},
+    },
     proxy::L7Server,
 };
 
@@ -152,7 +154,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         opts.interfaces.clone()
     };
     for i in &interfaces {
-        crate::dataplane::ifindex(i)?;
+        crate::l4::neighbours::ifindex(i)?;
     }
     let mut load = opts.load.clone();
     if load.pin_path.is_none() {

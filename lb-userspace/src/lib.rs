@@ -1,23 +1,29 @@
 //! `lb`: the control plane and the user-space servers of the load balancer.
 //!
-//! Modules by concern (see `DESIGN.md`): `config` (TOML + validation),
-//! `maglev` (pure ring builder), `dataplane` (aya load/attach, map sync),
-//! `health` (probers + rise/fall state machine), `control` (health-driven
-//! rings, drains, live changes), `api` (admin API), `cli` (its client),
-//! `metrics` (Prometheus), `proxy` (L7), `dns`, `testbed` (netns/veth
-//! topologies for tests and the demo). Operator docs: `docs/operations.md`.
-pub mod api;
-pub mod cli;
+//! One folder per role or concern (README, "Architecture"):
+//!
+//! - [`config`]: the whole file, parsed and validated once into typed
+//!   sections; [`validate`] holds the primitives every section uses.
+//! - [`ident`]: the identity of a VIP and of a real, in every form.
+//! - [`l4`]: the XDP balancer's control side (VIP config, Maglev,
+//!   reconciler, data plane maps, neighbours).
+//! - [`health`]: probes and the rise/fall state machine, shared by L4, L7
+//!   and DNS.
+//! - [`proxy`]: the L7 TLS-terminating proxy. [`dns`]: the DNS server.
+//! - [`admin`]: admin API, its client, metrics.
+//! - [`daemon`]: starts the roles a config has and runs them.
+//! - [`testbed`]: namespaces, veth pairs, packets and the XDP test object,
+//!   for the tests, the benchmarks and the demo ([`demo`]).
+//!
+//! Operator docs: `docs/operations.md`.
+pub mod admin;
 pub mod config;
-pub mod control;
 pub mod daemon;
-pub mod dataplane;
 pub mod demo;
 pub mod dns;
 pub mod health;
-pub mod maglev;
-pub mod metrics;
-pub mod packet;
+pub mod ident;
+pub mod l4;
 pub mod proxy;
 pub mod testbed;
-pub mod xdp_test;
+pub mod validate;

@@ -2,11 +2,16 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use lb_userspace::{
-    cli::{self, Client, Endpoint, Verb},
-    config::{Config, DEFAULT_API_SOCKET},
+    admin::{
+        client::{self as cli, Client, Endpoint, Verb},
+        config::DEFAULT_API_SOCKET,
+    },
+    config::Config,
     daemon::{self, RunOptions},
-    dataplane::LoadOptions,
-    demo, proxy,
+    demo,
+    ident::VipId,
+    l4::dataplane::LoadOptions,
+    proxy,
 };
 use serde_json::json;
 
@@ -304,15 +309,11 @@ fn main() -> ExitCode {
                     all_down,
                     health,
                 } => {
-                    let k = lb_userspace::control::parse_vip_key(&vip).ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "vip `{vip}` is not address:port/protocol (e.g. 198.18.100.2:80/tcp)"
-                        )
-                    })?;
+                    let k: VipId = vip.parse().map_err(|e| anyhow::anyhow!("vip: {e}"))?;
                     let mut body = json!({
-                        "address": k.0.to_string(),
-                        "port": k.1,
-                        "protocol": k.2.as_str(),
+                        "address": k.address.to_string(),
+                        "port": k.port,
+                        "protocol": k.protocol.as_str(),
                         "real": reals.iter().map(|r| cli::real_body(r, None, &[])).collect::<anyhow::Result<Vec<_>>>()?,
                     });
                     if let Some(r) = ring_size {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ctl_support::*;
 use lb_userspace::{
-    cli::{Client, Endpoint},
+    admin::client::{Client, Endpoint},
     testbed::{self, NameServer, Topology},
 };
 use serde_json::{json, Value};

@@ -35,8 +35,9 @@ use lb_common::{
     IPPROTO_TCP,
 };
 use lb_userspace::{
-    config::{Config, Protocol},
-    dataplane::{self, addr_bytes, flow_key},
+    config::Config,
+    ident::{addr_bytes, Protocol},
+    l4::{dataplane::flow_key, maglev::vip_ring},
     testbed::{self, Netns, Topology},
 };
 
@@ -302,7 +303,7 @@ impl Ring {
         let v = &cfg.vips[0];
         Ring {
             reals: v.reals.iter().map(|r| r.address).collect(),
-            table: dataplane::vip_ring(v),
+            table: vip_ring(v),
             size: v.ring_size,
             vip: SocketAddr::new(v.address, v.port),
         }

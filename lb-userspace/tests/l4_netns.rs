@@ -10,8 +10,8 @@ use std::{
 
 use lb_common::{flow_hash, FlowKey, IPPROTO_UDP};
 use lb_userspace::{
-    dataplane::{addr_bytes, real_identity},
-    maglev,
+    ident::{addr_bytes, RealId},
+    l4::maglev,
     testbed::{self, NameServer, Topology, Wiring},
 };
 
@@ -30,7 +30,7 @@ fn expected_real(client: SocketAddr, vip: SocketAddr, reals: usize) -> usize {
                 testbed::real6(i).into()
             };
             maglev::Backend {
-                id: real_identity(a, vip.port()),
+                id: RealId::new(a, vip.port()).maglev_identity(),
                 weight: 1,
             }
         })

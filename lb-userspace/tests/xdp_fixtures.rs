@@ -10,9 +10,9 @@ use std::net::IpAddr;
 
 use lb_userspace::{
     config::Config,
-    dataplane::{self, Dataplane, LoadOptions},
-    packet::*,
+    l4::dataplane::{self, Dataplane, LoadOptions},
     testbed,
+    testbed::packet::*,
 };
 
 const XDP_DROP: u32 = 1;

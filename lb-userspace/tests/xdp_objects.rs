@@ -6,10 +6,10 @@ use std::net::IpAddr;
 
 use aya::maps::{MapData, PerCpuArray};
 use lb_userspace::{
-    dataplane::{Dataplane, LoadOptions, PROGRAM},
-    packet::{test_run, Pkt, CLIENT4, VIP4},
+    l4::dataplane::{Dataplane, LoadOptions, PROGRAM},
     testbed,
-    xdp_test::{TestPrograms, PROGRAMS},
+    testbed::packet::{test_run, Pkt, CLIENT4, VIP4},
+    testbed::xdp_test::{TestPrograms, PROGRAMS},
 };
 
 const XDP_DROP: u32 = 1;

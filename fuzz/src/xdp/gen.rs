@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_userspace::packet::{Pkt, L4};
+use lb_userspace::testbed::packet::{Pkt, L4};
 
 use super::model::{Model, Port, Tuple, Vip};
 use super::wire::{self, Kind, TCP, UDP};

@@ -31,8 +31,8 @@ use aya::maps::HashMap as BpfHashMap;
 use lb_common::{CtValue, FlowKey};
 use lb_userspace::{
     config::Config,
-    dataplane::{self, Dataplane, LoadOptions},
-    packet::{self, IN_MAC, OUT_MAC},
+    l4::dataplane::{self, Dataplane, LoadOptions},
+    testbed::packet::{self, IN_MAC, OUT_MAC},
     testbed::{self, Netns},
 };
 

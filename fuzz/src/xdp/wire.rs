@@ -304,7 +304,7 @@ pub fn hex(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_userspace::packet::Pkt;
+    use lb_userspace::testbed::packet::Pkt;
 
     #[test]
     fn built_packets_read_back_with_right_checksums() {

@@ -157,7 +157,7 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = lb_userspace::dataplane::cleanup_pinned(&self.0);
+        let _ = lb_userspace::l4::dataplane::cleanup_pinned(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
         let _ = testbed::run("umount", &[self.1.to_str().unwrap()]);
         let _ = std::fs::remove_dir(&self.1);

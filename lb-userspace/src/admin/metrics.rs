@@ -1,5 +1,5 @@
 //! Prometheus text exposition (format 0.0.4) of the control state and the
-//! data plane counters. Served by [`crate::api::serve_metrics`].
+//! data plane counters. Served by [`crate::admin::api::serve_metrics`].
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -19,11 +19,12 @@
 
 use std::fmt::Write;
 
-use crate::control::Control;
+use crate::l4::control::Control;
 
 /// Escapes a label value.
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
+fn esc(s: impl std::fmt::Display) -> String {
+    s.to_string()
+        .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
@@ -111,8 +112,8 @@ pub fn render(ctl: &Control) -> String {
             let _ = writeln!(
                 out,
                 "lb_real_weight{{vip=\"{}\",real=\"{}\"}} {}",
-                esc(&v.key_string()),
-                esc(&crate::dataplane::real_string(r.address, r.port)),
+                esc(v.id()),
+                esc(r.id()),
                 r.weight
             );
         }
@@ -171,11 +172,11 @@ pub fn render(ctl: &Control) -> String {
         "1 while every real of the VIP is down (the all_down policy applies).",
     );
     for v in ctl.vips() {
-        let k = (v.address, v.port, v.protocol);
+        let k = v.id();
         let _ = writeln!(
             out,
             "lb_vip_all_down{{vip=\"{}\"}} {}",
-            esc(&v.key_string()),
+            esc(v.id()),
             u8::from(ctl.is_all_down(&k))
         );
     }
@@ -187,11 +188,11 @@ pub fn render(ctl: &Control) -> String {
     let snap = match dp.snapshot() {
         Ok(s) => s,
         Err(e) => {
-            let _ = writeln!(out, "# counters unavailable: {}", esc(&format!("{e:#}")));
+            let _ = writeln!(out, "# counters unavailable: {}", esc(format!("{e:#}")));
             return out;
         }
     };
-    type Field = fn(&crate::dataplane::Totals) -> u64;
+    type Field = fn(&crate::l4::dataplane::Totals) -> u64;
     let fields: [(&str, &str, Field); 4] = [
         ("packets", "Client to real packets.", |t| t.packets),
         ("bytes", "Client to real bytes (whole frames).", |t| t.bytes),

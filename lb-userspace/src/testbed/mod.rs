@@ -19,6 +19,9 @@
 //! otherwise; GRO is on at the far end of each lb interface, which XDP
 //! redirects into a veth need.
 
+pub mod packet;
+pub mod xdp_test;
+
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},

@@ -12,6 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
+use crate::ident::RealId;
+
 /// Where the API is.
 #[derive(Debug, Clone)]
 pub enum Endpoint {
@@ -524,9 +526,8 @@ pub fn real_body(spec: &str, weight: Option<i64>, health: &[String]) -> Result<V
         ),
         None => (spec, None),
     };
-    let (ip, port) = crate::control::parse_real_key(addr)
-        .ok_or_else(|| anyhow!("real `{addr}` is not address:port (e.g. 198.18.11.2:8080)"))?;
-    let mut v = json!({ "address": ip.to_string(), "port": port });
+    let real: RealId = addr.parse().map_err(|e| anyhow!("real: {e}"))?;
+    let mut v = json!({ "address": real.address.to_string(), "port": real.port });
     if let Some(w) = weight.or(w) {
         v["weight"] = json!(w);
     }

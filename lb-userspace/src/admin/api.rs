@@ -44,8 +44,12 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{RawReal, RawVip},
-    control::{parse_vip_key, ApiError, Control},
+    admin::config::ApiConfig,
+    ident::VipId,
+    l4::{
+        config::{RawReal, RawVip},
+        control::{ApiError, Control},
+    },
 };
 
 /// Largest request body.
@@ -300,12 +304,10 @@ async fn route(
             for (k, v) in query_params(query) {
                 match k.as_str() {
                     "vip" => {
-                        vip = Some(parse_vip_key(&v).ok_or_else(|| {
-                            ApiError::bad(
-                                "vip",
-                                format!("`{v}` is not a VIP (address:port/protocol)"),
-                            )
-                        })?)
+                        vip = Some(
+                            v.parse::<VipId>()
+                                .map_err(|e| ApiError::bad("vip", e.to_string()))?,
+                        )
                     }
                     "limit" => {
                         limit = match v.parse::<usize>() {
@@ -329,7 +331,7 @@ async fn route(
                 .as_ref()
                 .ok_or_else(|| ApiError::new(409, None, "no L4 data plane is running"))?;
             if let Some(k) = vip {
-                if dp.vip_index(k.0, k.1, k.2).is_none() {
+                if dp.vip_index(&k).is_none() {
                     return Err(ApiError::new(404, Some("vip"), "no such VIP"));
                 }
             }
@@ -554,7 +556,7 @@ where
 
 /// Starts the API listeners the config asks for.
 pub fn start(
-    cfg: &crate::config::ApiConfig,
+    cfg: &ApiConfig,
     state: Arc<ApiState>,
     stop: CancellationToken,
 ) -> Result<Option<PathBuf>> {
@@ -619,7 +621,7 @@ pub async fn serve_metrics(
                                 .body(Full::new(Bytes::from_static(b"GET only\n")))
                                 .expect("valid")
                         } else {
-                            let text = crate::metrics::render(&*ctl.lock().await);
+                            let text = crate::admin::metrics::render(&*ctl.lock().await);
                             Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                                 .body(Full::new(Bytes::from(text)))

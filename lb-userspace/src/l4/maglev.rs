@@ -786,7 +786,7 @@ mod tests {
 }
 
 /// Flow hash quality through the chain the data path uses: a [`FlowKey`]
-/// as the XDP parser fills it ([`crate::dataplane::flow_key`]),
+/// as the XDP parser fills it ([`crate::l4::dataplane::flow_key`]),
 /// [`lb_common::flow_hash_seeded`], `% ring
 /// size`, the ring [`build`] makes for N equal reals, the real. Each case
 /// is a fixed set of distinct flows; the spread over the reals must pass a
@@ -801,8 +801,8 @@ mod hash_quality {
 
     use super::{build, Backend};
     use crate::{
-        config::{Protocol, DEFAULT_RING_SIZE},
-        dataplane::{flow_key, real_identity},
+        ident::{Protocol, RealId},
+        l4::{config::DEFAULT_RING_SIZE, dataplane::flow_key},
     };
 
     const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
@@ -820,7 +820,7 @@ mod hash_quality {
         let backends: Vec<Backend> = reals
             .iter()
             .map(|&a| Backend {
-                id: real_identity(a, port),
+                id: RealId::new(a, port).maglev_identity(),
                 weight: 1,
             })
             .collect();
@@ -1094,5 +1094,75 @@ mod hash_quality {
                 assert!(x < critical(n - 1), "{name}, seed {seed:#x}: chi2 {x}");
             }
         }
+    }
+}
+
+/// The Maglev ring of a VIP as configured (every real at its weight): the
+/// ring the data plane installs, slot → index into `vip.reals`. Each real
+/// is hashed by its [`RealId::maglev_identity`](crate::ident::RealId::maglev_identity).
+pub fn vip_ring(vip: &crate::l4::config::Vip) -> Vec<u32> {
+    let backends: Vec<Backend> = vip
+        .reals
+        .iter()
+        .map(|r| Backend {
+            id: r.id().maglev_identity(),
+            weight: r.weight,
+        })
+        .collect();
+    build(&backends, vip.ring_size)
+}
+
+/// Rings are part of a deployment's contract: every LB node of a VIP, on
+/// every release, must build the same one. These pin the ring bytes for a
+/// fixed input (an FNV-1a hash of the slots): a change to the identity
+/// encoding, the hashes or the fill fails here.
+#[cfg(test)]
+mod pinned {
+    use super::{build, Backend};
+    use crate::ident::RealId;
+
+    fn fnv(ring: &[u32]) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for b in ring.iter().flat_map(|s| s.to_le_bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+
+    fn ring(reals: &[(&str, u16, u32)], m: u32) -> Vec<u32> {
+        let backends: Vec<Backend> = reals
+            .iter()
+            .map(|&(a, port, weight)| Backend {
+                id: RealId::new(a.parse().unwrap(), port).maglev_identity(),
+                weight,
+            })
+            .collect();
+        build(&backends, m)
+    }
+
+    #[test]
+    fn rings_are_pinned() {
+        let v4 = ring(
+            &[
+                ("198.18.11.2", 8080, 1),
+                ("198.18.11.3", 8080, 2),
+                ("198.18.12.2", 8443, 3),
+                ("198.18.12.3", 8080, 0),
+                ("198.18.13.250", 9000, 5),
+            ],
+            65537,
+        );
+        assert_eq!(fnv(&v4), 0x9c9f_9d54_c9fa_4fa1);
+        let v6 = ring(
+            &[
+                ("2001:db8::11:2", 8080, 1),
+                ("2001:db8:0:0:1::2", 8080, 1),
+                ("2001:db8:11::2", 0, 2),
+                ("::ffff:198.18.0.1", 53, 1),
+            ],
+            4099,
+        );
+        assert_eq!(fnv(&v6), 0xe25f_2f74_28e5_a107);
     }
 }

@@ -14,7 +14,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 
-use crate::dataplane::LoadOptions;
+use crate::l4::dataplane::LoadOptions;
 
 /// The test object, built from `lb-ebpf` and embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp-test"));

@@ -20,15 +20,17 @@ use log::{error, info, warn};
 use serde::Serialize;
 
 use crate::{
-    config::{vip_key_string, AllDown, Config, Protocol, RawReal, RawVip, Vip},
-    dataplane::{real_string, Dataplane, Snapshot, Totals},
+    config::Config,
     health::{CheckKind, Health, Monitor, Target, TargetId},
+    ident::{RealId, VipId},
+    l4::{
+        config::{validate_real, validate_vip, AllDown, RawReal, RawVip, Vip},
+        dataplane::{Dataplane, Snapshot, Totals},
+    },
 };
 
-/// A VIP by (address, port, protocol).
-pub type VipK = (IpAddr, u16, Protocol);
 /// A real of a VIP.
-pub type RealK = (VipK, (IpAddr, u16));
+type RealK = (VipId, RealId);
 
 /// An error the admin API reports: HTTP status, the field at fault (if
 /// one is) and why.
@@ -62,34 +64,6 @@ impl std::fmt::Display for ApiError {
             None => f.write_str(&self.message),
         }
     }
-}
-
-/// Parses `198.18.100.1:80/tcp`, `[2001:db8::1]:80/udp`, `198.18.100.1:*/tcp`.
-pub fn parse_vip_key(s: &str) -> Option<VipK> {
-    let (hostport, proto) = s.rsplit_once('/')?;
-    let protocol = match proto.to_ascii_lowercase().as_str() {
-        "tcp" => Protocol::Tcp,
-        "udp" => Protocol::Udp,
-        _ => return None,
-    };
-    let (host, port) = hostport.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let address: IpAddr = host.parse().ok()?;
-    let port = if port == "*" { 0 } else { port.parse().ok()? };
-    Some((address, port, protocol))
-}
-
-/// Parses `198.18.11.2:8080` or `[2001:db8::2]:8080` (or a bare address:
-/// port 0, for an all-ports VIP).
-pub fn parse_real_key(s: &str) -> Option<(IpAddr, u16)> {
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Some((sa.ip(), sa.port()));
-    }
-    s.parse::<IpAddr>().ok().map(|a| (a, 0))
-}
-
-fn vkey(v: &Vip) -> VipK {
-    (v.address, v.port, v.protocol)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,12 +120,12 @@ pub struct Control {
     targets: HashMap<RealK, TargetId>,
     drains: HashMap<RealK, Drain>,
     /// Per VIP, the weights of the last ring that had a real up.
-    last_good: HashMap<VipK, HashMap<(IpAddr, u16), u32>>,
-    all_down: HashSet<VipK>,
+    last_good: HashMap<VipId, HashMap<RealId, u32>>,
+    all_down: HashSet<VipId>,
     /// (VIP, real) pairs left out of the ring because they are down.
     out_of_ring: HashSet<RealK>,
     /// Effective weights as last published.
-    published: HashMap<VipK, HashMap<(IpAddr, u16), u32>>,
+    published: HashMap<VipId, HashMap<RealId, u32>>,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub all_down_events: u64,
@@ -225,9 +199,9 @@ impl Control {
                     lb_common::MAX_VIPS
                 );
             }
-            let reals: HashSet<(IpAddr, u16)> = vips
+            let reals: HashSet<RealId> = vips
                 .iter()
-                .flat_map(|v| v.reals.iter().map(|r| (r.address, r.port)))
+                .flat_map(|v| v.reals.iter().map(|r| r.id()))
                 .collect();
             if reals.len() >= lb_common::MAX_REALS as usize {
                 bail!(
@@ -244,7 +218,7 @@ impl Control {
         for v in &vips {
             for r in &v.reals {
                 let t = Target::new(SocketAddr::new(r.address, r.port), r.check.clone());
-                targets.insert((vkey(v), (r.address, r.port)), self.monitor.add(t));
+                targets.insert((v.id(), r.id()), self.monitor.add(t));
             }
         }
         let old_targets = std::mem::replace(&mut self.targets, targets);
@@ -269,13 +243,13 @@ impl Control {
         let mut drains = HashMap::new();
         for v in &self.vips {
             for r in &v.reals {
-                let k = (vkey(v), (r.address, r.port));
+                let k = (v.id(), r.id());
                 if r.weight == 0 {
                     let d = self.drains.get(&k).copied().unwrap_or_else(|| {
                         info!(
                             "vip {}: draining {} (weight 0): no new flows; established flows continue for up to {:?}",
-                            v.key_string(),
-                            real_string(r.address, r.port),
+                            v.id(),
+                            r.id(),
                             v.drain_timeout
                         );
                         Drain {
@@ -288,7 +262,7 @@ impl Control {
             }
         }
         self.drains = drains;
-        let keys: HashSet<VipK> = self.vips.iter().map(vkey).collect();
+        let keys: HashSet<VipId> = self.vips.iter().map(Vip::id).collect();
         self.last_good.retain(|k, _| keys.contains(k));
         self.all_down.retain(|k| keys.contains(k));
         self.published.retain(|k, _| keys.contains(k));
@@ -309,10 +283,10 @@ impl Control {
         let mut out = Vec::with_capacity(self.vips.len());
         let vips = self.vips.clone();
         for vip in &vips {
-            let k = vkey(vip);
+            let k = vip.id();
             let mut eff = vip.clone();
             for r in &mut eff.reals {
-                let rk = (k, (r.address, r.port));
+                let rk = (k, r.id());
                 let up = self.is_up(&rk);
                 if !up {
                     r.weight = 0;
@@ -328,7 +302,7 @@ impl Control {
                     self.all_down_events += 1;
                     warn!(
                         "vip {}: every real is down; all_down = {}: {}",
-                        vip.key_string(),
+                        vip.id(),
                         vip.all_down.as_str(),
                         match vip.all_down {
                             AllDown::Keep => "keeping the last ring, traffic still flows",
@@ -341,9 +315,7 @@ impl Control {
                     AllDown::Keep => {
                         let last = self.last_good.get(&k);
                         for r in &mut eff.reals {
-                            r.weight = last
-                                .and_then(|l| l.get(&(r.address, r.port)).copied())
-                                .unwrap_or(0);
+                            r.weight = last.and_then(|l| l.get(&r.id()).copied()).unwrap_or(0);
                         }
                         if !eff.reals.iter().any(|r| r.weight > 0) {
                             eff.reals = vip.reals.clone();
@@ -356,17 +328,12 @@ impl Control {
                 if self.all_down.remove(&k) {
                     info!(
                         "vip {}: a real is up again; ring rebuilt from healthy reals",
-                        vip.key_string()
+                        vip.id()
                     );
                 }
                 if any {
-                    self.last_good.insert(
-                        k,
-                        eff.reals
-                            .iter()
-                            .map(|r| ((r.address, r.port), r.weight))
-                            .collect(),
-                    );
+                    self.last_good
+                        .insert(k, eff.reals.iter().map(|r| (r.id(), r.weight)).collect());
                 }
             }
             out.push(eff);
@@ -377,11 +344,7 @@ impl Control {
     fn note_ring_membership(&mut self, vip: &Vip, rk: RealK, up: bool) {
         if up {
             if self.out_of_ring.remove(&rk) {
-                info!(
-                    "vip {}: {} is up, back in the ring",
-                    vip.key_string(),
-                    real_string(rk.1 .0, rk.1 .1)
-                );
+                info!("vip {}: {} is up, back in the ring", vip.id(), rk.1);
             }
         } else if self.out_of_ring.insert(rk) {
             let reason = self
@@ -392,8 +355,8 @@ impl Control {
                 .unwrap_or_else(|| "health check failed".into());
             warn!(
                 "vip {}: {} is down ({reason}), out of the ring; its established flows are kept",
-                vip.key_string(),
-                real_string(rk.1 .0, rk.1 .1)
+                vip.id(),
+                rk.1
             );
         }
     }
@@ -411,15 +374,7 @@ impl Control {
         }
         self.published = eff
             .iter()
-            .map(|v| {
-                (
-                    vkey(v),
-                    v.reals
-                        .iter()
-                        .map(|r| ((r.address, r.port), r.weight))
-                        .collect(),
-                )
-            })
+            .map(|v| (v.id(), v.reals.iter().map(|r| (r.id(), r.weight)).collect()))
             .collect();
         Ok(())
     }
@@ -431,7 +386,7 @@ impl Control {
         let vips = self.vips.clone();
         for v in &vips {
             for r in &v.reals {
-                let k = (vkey(v), (r.address, r.port));
+                let k = (v.id(), r.id());
                 let Some(d) = self.drains.get_mut(&k) else {
                     continue;
                 };
@@ -440,54 +395,45 @@ impl Control {
                 }
                 d.finished = true;
                 let Some(dp) = self.dp.as_mut() else { continue };
-                let (Some(vi), Some(ri)) = (
-                    dp.vip_index(v.address, v.port, v.protocol),
-                    dp.real_id(r.address, r.port),
-                ) else {
+                let (Some(vi), Some(ri)) = (dp.vip_index(&v.id()), dp.real_id(&r.id())) else {
                     continue;
                 };
                 match dp.flush_conntrack(vi, ri) {
                     Ok(n) => info!(
                         "vip {}: drain of {} finished after {:?}: {n} remaining flows cut",
-                        v.key_string(),
-                        real_string(r.address, r.port),
+                        v.id(),
+                        r.id(),
                         v.drain_timeout
                     ),
-                    Err(e) => warn!("vip {}: ending a drain: {e:#}", v.key_string()),
+                    Err(e) => warn!("vip {}: ending a drain: {e:#}", v.id()),
                 }
             }
         }
     }
 
     fn find_vip(&self, key: &str, field: &str) -> Result<usize, ApiError> {
-        let k = parse_vip_key(key).ok_or_else(|| {
-            ApiError::bad(
-                field,
-                format!("`{key}` is not a VIP (address:port/protocol, e.g. 198.18.100.1:80/tcp)"),
-            )
-        })?;
+        let k: VipId = key
+            .parse()
+            .map_err(|e| ApiError::bad(field, format!("{e}")))?;
         self.vips
             .iter()
-            .position(|v| vkey(v) == k)
+            .position(|v| v.id() == k)
             .ok_or_else(|| ApiError::new(404, Some(field), format!("no VIP {key}")))
     }
 
     fn find_real(&self, vi: usize, key: &str, field: &str) -> Result<usize, ApiError> {
-        let rk = parse_real_key(key).ok_or_else(|| {
-            ApiError::bad(
-                field,
-                format!("`{key}` is not a real (address:port, e.g. 198.18.11.2:8080)"),
-            )
-        })?;
+        let rk: RealId = key
+            .parse()
+            .map_err(|e| ApiError::bad(field, format!("{e}")))?;
         self.vips[vi]
             .reals
             .iter()
-            .position(|r| (r.address, r.port) == rk)
+            .position(|r| r.id() == rk)
             .ok_or_else(|| {
                 ApiError::new(
                     404,
                     Some(field),
-                    format!("{key} is not a real of {}", self.vips[vi].key_string()),
+                    format!("{key} is not a real of {}", self.vips[vi].id()),
                 )
             })
     }
@@ -512,23 +458,23 @@ impl Control {
     /// `vip add`.
     pub fn vip_add(&mut self, raw: &RawVip) -> Result<VipView, ApiError> {
         let mut errors = Vec::new();
-        let vip = crate::config::validate_vip("vip", raw, &mut errors);
+        let vip = validate_vip("vip", raw, &mut errors);
         if let Some(e) = errors.into_iter().next() {
             return Err(ApiError::bad(&e.field, e.reason));
         }
         let vip = vip.ok_or_else(|| ApiError::bad("vip", "invalid"))?;
-        if self.vips.iter().any(|v| vkey(v) == vkey(&vip)) {
+        if self.vips.iter().any(|v| v.id() == vip.id()) {
             return Err(ApiError::new(
                 409,
                 Some("vip"),
-                format!("{} exists already", vip.key_string()),
+                format!("{} exists already", vip.id()),
             ));
         }
-        let key = vkey(&vip);
+        let key = vip.id();
         let mut vips = self.vips.clone();
         vips.push(vip);
         self.commit(vips)?;
-        info!("api: vip {} added", vip_key_string(key.0, key.1, key.2));
+        info!("api: vip {} added", key);
         Ok(self.view_of(key).expect("just added"))
     }
 
@@ -538,7 +484,7 @@ impl Control {
         let mut vips = self.vips.clone();
         let v = vips.remove(i);
         self.commit(vips)?;
-        info!("api: vip {} removed", v.key_string());
+        info!("api: vip {} removed", v.id());
         Ok(())
     }
 
@@ -549,7 +495,7 @@ impl Control {
         let mut errors = Vec::new();
         // The real inherits the VIP's health table as configured.
         let vip_health = v.health.clone();
-        let real = crate::config::validate_real(
+        let real = validate_real(
             "real",
             raw,
             Some(v.address),
@@ -561,26 +507,19 @@ impl Control {
             return Err(ApiError::bad(&e.field, e.reason));
         }
         let real = real.ok_or_else(|| ApiError::bad("real", "invalid"))?;
-        if v.reals
-            .iter()
-            .any(|r| (r.address, r.port) == (real.address, real.port))
-        {
+        if v.reals.iter().any(|r| r.id() == real.id()) {
             return Err(ApiError::new(
                 409,
                 Some("real"),
-                format!(
-                    "{} is already a real of {}",
-                    real_string(real.address, real.port),
-                    v.key_string()
-                ),
+                format!("{} is already a real of {}", real.id(), v.id()),
             ));
         }
-        let rk = (real.address, real.port);
-        let k = vkey(v);
+        let rk = real.id();
+        let k = v.id();
         let mut vips = self.vips.clone();
         vips[vi].reals.push(real);
         self.commit(vips)?;
-        info!("api: vip {}: real {} added", vip, real_string(rk.0, rk.1));
+        info!("api: vip {}: real {} added", vip, rk);
         self.real_view_of(k, rk)
             .ok_or_else(|| ApiError::internal("real vanished"))
     }
@@ -637,8 +576,8 @@ impl Control {
                 format!("{real} is the last real of {vip} with a weight; at least one must take traffic"),
             ));
         }
-        let k = vkey(&vips[vi]);
-        let rk = (vips[vi].reals[ri].address, vips[vi].reals[ri].port);
+        let k = vips[vi].id();
+        let rk = vips[vi].reals[ri].id();
         self.commit(vips)?;
         info!("api: vip {vip}: real {real} weight {w}");
         self.real_view_of(k, rk)
@@ -649,14 +588,14 @@ impl Control {
     pub fn views(&self) -> Vec<VipView> {
         self.vips
             .iter()
-            .filter_map(|v| self.view_of(vkey(v)))
+            .filter_map(|v| self.view_of(v.id()))
             .collect()
     }
 
-    fn view_of(&self, k: VipK) -> Option<VipView> {
-        let v = self.vips.iter().find(|v| vkey(v) == k)?;
+    fn view_of(&self, k: VipId) -> Option<VipView> {
+        let v = self.vips.iter().find(|v| v.id() == k)?;
         Some(VipView {
-            vip: v.key_string(),
+            vip: v.id().to_string(),
             address: v.address,
             port: v.port,
             protocol: v.protocol.as_str(),
@@ -667,14 +606,14 @@ impl Control {
             reals: v
                 .reals
                 .iter()
-                .filter_map(|r| self.real_view_of(k, (r.address, r.port)))
+                .filter_map(|r| self.real_view_of(k, r.id()))
                 .collect(),
         })
     }
 
-    fn real_view_of(&self, k: VipK, rk: (IpAddr, u16)) -> Option<RealView> {
-        let v = self.vips.iter().find(|v| vkey(v) == k)?;
-        let r = v.reals.iter().find(|r| (r.address, r.port) == rk)?;
+    fn real_view_of(&self, k: VipId, rk: RealId) -> Option<RealView> {
+        let v = self.vips.iter().find(|v| v.id() == k)?;
+        let r = v.reals.iter().find(|r| r.id() == rk)?;
         let status = self
             .targets
             .get(&(k, rk))
@@ -682,7 +621,7 @@ impl Control {
         let unchecked = r.check.kind == CheckKind::None;
         let drain = self.drains.get(&(k, rk));
         Some(RealView {
-            real: real_string(r.address, r.port),
+            real: r.id().to_string(),
             address: r.address,
             port: r.port,
             weight: r.weight,
@@ -782,7 +721,7 @@ impl Control {
         for v in &self.vips {
             for r in &v.reals {
                 reals_total += 1;
-                if self.is_up(&(vkey(v), (r.address, r.port))) {
+                if self.is_up(&(v.id(), r.id())) {
                     reals_up += 1;
                 }
             }
@@ -811,11 +750,7 @@ impl Control {
             vips: self.vips.len(),
             reals: reals_total,
             reals_up,
-            vips_all_down: self
-                .all_down
-                .iter()
-                .map(|k| vip_key_string(k.0, k.1, k.2))
-                .collect(),
+            vips_all_down: self.all_down.iter().map(|k| k.to_string()).collect(),
             l7_listeners: self.config.l7.len(),
             dns: self.config.dns.is_some(),
             reloads_ok: self.reloads_ok,
@@ -824,7 +759,7 @@ impl Control {
     }
 
     /// True while every real of `k` that should serve is down.
-    pub fn is_all_down(&self, k: &VipK) -> bool {
+    pub fn is_all_down(&self, k: &VipId) -> bool {
         self.all_down.contains(k)
     }
 
@@ -832,16 +767,16 @@ impl Control {
     pub fn health_rows(&self) -> Vec<HealthRow> {
         let mut out = Vec::new();
         for v in &self.vips {
-            let k = vkey(v);
+            let k = v.id();
             for r in &v.reals {
-                let rk = (r.address, r.port);
+                let rk = r.id();
                 let st = self
                     .targets
                     .get(&(k, rk))
                     .and_then(|id| self.monitor.status(*id));
                 out.push((
-                    v.key_string(),
-                    real_string(r.address, r.port),
+                    v.id(),
+                    r.id(),
                     self.is_up(&(k, rk)),
                     r.check.kind != CheckKind::None,
                     self.published
@@ -858,7 +793,7 @@ impl Control {
 }
 
 /// (VIP, real, up, checked, effective weight, last probe latency, probes).
-pub type HealthRow = (String, String, bool, bool, u32, Option<Duration>, u64);
+pub type HealthRow = (VipId, RealId, bool, bool, u32, Option<Duration>, u64);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct InterfaceView {
@@ -915,32 +850,4 @@ pub struct StatsView {
     pub drops: BTreeMap<String, u64>,
     /// Every other global counter.
     pub global: BTreeMap<String, u64>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vip_and_real_keys_parse() {
-        assert_eq!(
-            parse_vip_key("198.18.100.1:80/tcp"),
-            Some(("198.18.100.1".parse().unwrap(), 80, Protocol::Tcp))
-        );
-        assert_eq!(
-            parse_vip_key("[2001:db8::1]:*/udp"),
-            Some(("2001:db8::1".parse().unwrap(), 0, Protocol::Udp))
-        );
-        assert_eq!(parse_vip_key("198.18.100.1:80"), None);
-        assert_eq!(parse_vip_key("198.18.100.1:80/sctp"), None);
-        assert_eq!(
-            parse_real_key("[2001:db8::2]:8080"),
-            Some(("2001:db8::2".parse().unwrap(), 8080))
-        );
-        assert_eq!(
-            parse_real_key("198.18.11.2"),
-            Some(("198.18.11.2".parse().unwrap(), 0))
-        );
-        assert_eq!(parse_real_key("nope"), None);
-    }
 }

@@ -1,0 +1,429 @@
+//! The `[[vip]]` tables: raw (as written, also the API's bodies) and
+//! validated ([`Vip`], [`Real`]).
+
+use std::{collections::HashSet, net::IpAddr, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{
+    health::{CheckKind, HealthCheck, HealthConfig},
+    ident::{Protocol, RealId, VipId},
+    validate::{parse_duration, ConfigError},
+};
+
+/// Largest ring a VIP may have; also the stride of one ring in the data
+/// plane's ring array. 65537 is prime, so it is also the default size.
+pub const MAX_RING_SIZE: u32 = lb_common::RING_STRIDE;
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Smallest accepted ring. Maglev needs M much larger than the number of
+/// reals to spread evenly; 7 keeps tiny test rings possible.
+pub const MIN_RING_SIZE: u32 = 7;
+
+/// Forwarding mode of a VIP. Only NAT exists today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Nat,
+}
+
+/// A validated real server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Real {
+    pub address: IpAddr,
+    /// 0 for an all-ports VIP: the client's destination port is kept.
+    pub port: u16,
+    pub weight: u32,
+    /// The health check of this real: the VIP's `health` table with the
+    /// real's own `health` keys on top; kind `none` when neither exists.
+    pub check: HealthCheck,
+}
+
+/// Default time a drained real (weight 0) keeps its established flows.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What a VIP does when every real that should take traffic is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AllDown {
+    /// Keep the ring as it was before the last real went down (default):
+    /// traffic still flows, to the reals that were up last.
+    Keep,
+    /// Spread new flows over every real with a weight, as if all were up.
+    Open,
+    /// Empty ring: new flows are dropped (`drop_no_real`).
+    Drop,
+}
+
+impl AllDown {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllDown::Keep => "keep",
+            AllDown::Open => "open",
+            AllDown::Drop => "drop",
+        }
+    }
+}
+
+/// A validated VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vip {
+    pub address: IpAddr,
+    /// 0 = all ports.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub ring_size: u32,
+    pub reals: Vec<Real>,
+    /// How long a drained real keeps its established flows.
+    pub drain_timeout: Duration,
+    pub all_down: AllDown,
+    /// The VIP's `health` table as written (reals added later inherit it).
+    pub health: Option<HealthConfig>,
+}
+
+impl Vip {
+    pub fn id(&self) -> VipId {
+        VipId::new(self.address, self.port, self.protocol)
+    }
+}
+
+impl Real {
+    pub fn id(&self) -> RealId {
+        RealId::new(self.address, self.port)
+    }
+}
+
+/// A `[[vip]]` table as written (also the body of the API's `vip add`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVip {
+    pub address: String,
+    pub port: i64,
+    pub protocol: String,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    pub ring_size: Option<i64>,
+    pub drain_timeout: Option<String>,
+    pub all_down: Option<String>,
+    pub health: Option<HealthConfig>,
+    #[serde(default)]
+    pub real: Vec<RawReal>,
+}
+
+fn default_mode() -> String {
+    "nat".to_string()
+}
+
+/// A `[[vip.real]]` table as written (also the body of `real add`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReal {
+    pub address: String,
+    #[serde(default)]
+    pub port: i64,
+    #[serde(default = "default_weight")]
+    pub weight: i64,
+    pub health: Option<HealthConfig>,
+}
+
+fn default_weight() -> i64 {
+    1
+}
+
+fn parse_ip(field: &str, s: &str, errors: &mut Vec<ConfigError>) -> Option<IpAddr> {
+    match s.parse::<IpAddr>() {
+        Ok(a) if a.is_unspecified() => {
+            errors.push(ConfigError::new(
+                field,
+                format!("{a} is the unspecified address"),
+            ));
+            None
+        }
+        Ok(a) if a.is_multicast() => {
+            errors.push(ConfigError::new(
+                field,
+                format!("{a} is a multicast address"),
+            ));
+            None
+        }
+        Ok(IpAddr::V4(a)) if a.is_broadcast() => {
+            errors.push(ConfigError::new(
+                field,
+                format!("{a} is the broadcast address"),
+            ));
+            None
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(ConfigError::new(
+                field,
+                format!("`{s}` is not an IPv4 or IPv6 address"),
+            ));
+            None
+        }
+    }
+}
+
+/// Validates one `[[vip]]` table; `p` is its field path (`vip[2]`).
+/// Cross-VIP checks (duplicates, totals) are the caller's.
+pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Option<Vip> {
+    let address = parse_ip(&format!("{p}.address"), &rv.address, errors);
+    let port = match u16::try_from(rv.port) {
+        Ok(port) => Some(port),
+        Err(_) => {
+            errors.push(ConfigError::new(
+                format!("{p}.port"),
+                format!("{} is not a port (0-65535; 0 = all ports)", rv.port),
+            ));
+            None
+        }
+    };
+    let protocol = match rv.protocol.parse::<Protocol>() {
+        Ok(pr) => Some(pr),
+        Err(e) => {
+            errors.push(ConfigError::new(format!("{p}.protocol"), e.to_string()));
+            None
+        }
+    };
+    let mode = match rv.mode.to_ascii_lowercase().as_str() {
+        "nat" => Some(Mode::Nat),
+        other => {
+            errors.push(ConfigError::new(
+                format!("{p}.mode"),
+                format!("`{other}` is not supported (nat)"),
+            ));
+            None
+        }
+    };
+    let ring_size = match rv.ring_size {
+        None => Some(DEFAULT_RING_SIZE),
+        Some(n) if n < MIN_RING_SIZE as i64 || n > MAX_RING_SIZE as i64 => {
+            errors.push(ConfigError::new(
+                format!("{p}.ring_size"),
+                format!("{n} is outside {MIN_RING_SIZE}..={MAX_RING_SIZE}"),
+            ));
+            None
+        }
+        Some(n) if !crate::l4::maglev::is_prime(n as u32) => {
+            errors.push(ConfigError::new(
+                format!("{p}.ring_size"),
+                format!(
+                    "{n} is not prime (Maglev needs a prime ring size, e.g. 65537, 32771, 4099)"
+                ),
+            ));
+            None
+        }
+        Some(n) => Some(n as u32),
+    };
+    let drain_timeout = match &rv.drain_timeout {
+        None => Some(DEFAULT_DRAIN_TIMEOUT),
+        Some(s) => match parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(reason) => {
+                errors.push(ConfigError::new(format!("{p}.drain_timeout"), reason));
+                None
+            }
+        },
+    };
+    let all_down = match rv
+        .all_down
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("keep") => Some(AllDown::Keep),
+        Some("open") => Some(AllDown::Open),
+        Some("drop") => Some(AllDown::Drop),
+        Some(other) => {
+            errors.push(ConfigError::new(
+                format!("{p}.all_down"),
+                format!("`{other}` is not a policy (keep, open or drop)"),
+            ));
+            None
+        }
+    };
+    // The VIP's own health table must be valid on its own.
+    let vip_health_ok = match &rv.health {
+        Some(h) => h.to_check(&format!("{p}.health"), errors).is_some(),
+        None => true,
+    };
+
+    if rv.real.is_empty() {
+        errors.push(ConfigError::new(
+            format!("{p}.real"),
+            "a VIP needs at least one [[vip.real]]",
+        ));
+    }
+    let mut reals = Vec::new();
+    let mut seen_real = HashSet::new();
+    for (ri, rr) in rv.real.iter().enumerate() {
+        let rp = format!("{p}.real[{ri}]");
+        let health = if vip_health_ok { &rv.health } else { &None };
+        if let Some(real) = validate_real(&rp, rr, address, port, health, errors) {
+            if !seen_real.insert((real.address, real.port)) {
+                errors.push(ConfigError::new(
+                    rp.clone(),
+                    format!(
+                        "{} port {} is listed twice in this VIP",
+                        real.address, real.port
+                    ),
+                ));
+            }
+            reals.push(real);
+        }
+    }
+    if !rv.real.is_empty() && rv.real.iter().all(|r| r.weight == 0) {
+        errors.push(ConfigError::new(
+            format!("{p}.real"),
+            "every real has weight 0; at least one must take traffic",
+        ));
+    }
+    if let Some(rs) = ring_size {
+        if rv.real.len() as u64 > rs as u64 {
+            errors.push(ConfigError::new(
+                format!("{p}.ring_size"),
+                format!("{rs} slots cannot hold {} reals", rv.real.len()),
+            ));
+        }
+    }
+    Some(Vip {
+        address: address?,
+        port: port?,
+        protocol: protocol?,
+        mode: mode?,
+        ring_size: ring_size?,
+        reals,
+        drain_timeout: drain_timeout?,
+        all_down: all_down?,
+        health: if vip_health_ok {
+            rv.health.clone()
+        } else {
+            None
+        },
+    })
+}
+
+/// The VIP's health table with the real's keys on top. Keys that belong
+/// to one kind are only inherited when the real keeps the VIP's kind.
+pub fn merge_health(
+    vip: &Option<HealthConfig>,
+    real: &Option<HealthConfig>,
+) -> Option<HealthConfig> {
+    match (vip, real) {
+        (None, None) => None,
+        (Some(v), None) => Some(v.clone()),
+        (None, Some(r)) => Some(r.clone()),
+        (Some(v), Some(r)) => {
+            let kind_of =
+                |h: &HealthConfig| h.kind.as_deref().unwrap_or("tcp").to_ascii_lowercase();
+            let same_kind = r.kind.is_none() || kind_of(r) == kind_of(v);
+            let inherit = |rk: &Option<String>, vk: &Option<String>| {
+                rk.clone()
+                    .or_else(|| if same_kind { vk.clone() } else { None })
+            };
+            Some(HealthConfig {
+                kind: r.kind.clone().or_else(|| v.kind.clone()),
+                interval: r.interval.clone().or_else(|| v.interval.clone()),
+                timeout: r.timeout.clone().or_else(|| v.timeout.clone()),
+                rise: r.rise.or(v.rise),
+                fall: r.fall.or(v.fall),
+                port: r.port.or(v.port),
+                path: inherit(&r.path, &v.path),
+                host: inherit(&r.host, &v.host),
+                expect: inherit(&r.expect, &v.expect),
+                query: inherit(&r.query, &v.query),
+                qtype: inherit(&r.qtype, &v.qtype),
+            })
+        }
+    }
+}
+
+/// Validates one `[[vip.real]]` of a VIP whose address and port are
+/// `vip_addr`/`vip_port` (`None` when those were invalid); `vip_health` is
+/// the VIP's (already validated) health table.
+pub fn validate_real(
+    rp: &str,
+    rr: &RawReal,
+    vip_addr: Option<IpAddr>,
+    vip_port: Option<u16>,
+    vip_health: &Option<HealthConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Real> {
+    let raddr = parse_ip(&format!("{rp}.address"), &rr.address, errors);
+    if let (Some(v), Some(r)) = (vip_addr, raddr) {
+        if v.is_ipv4() != r.is_ipv4() {
+            errors.push(ConfigError::new(
+                format!("{rp}.address"),
+                format!(
+                    "{r} is {} but the VIP {v} is {} (NAT mode keeps the family)",
+                    if r.is_ipv4() { "IPv4" } else { "IPv6" },
+                    if v.is_ipv4() { "IPv4" } else { "IPv6" }
+                ),
+            ));
+        }
+    }
+    let rport = match (vip_port, u16::try_from(rr.port)) {
+        (_, Err(_)) => {
+            errors.push(ConfigError::new(
+                format!("{rp}.port"),
+                format!("{} is not a valid port", rr.port),
+            ));
+            None
+        }
+        (Some(0), Ok(0)) => Some(0),
+        (Some(0), Ok(n)) => {
+            errors.push(ConfigError::new(
+                format!("{rp}.port"),
+                format!("{n}: an all-ports VIP (port = 0) keeps the client's port; leave the real's port at 0"),
+            ));
+            None
+        }
+        (_, Ok(0)) => {
+            errors.push(ConfigError::new(
+                format!("{rp}.port"),
+                "0 is not a valid port",
+            ));
+            None
+        }
+        (_, Ok(n)) => Some(n),
+    };
+    let weight = match u32::try_from(rr.weight) {
+        Ok(w) if w <= lb_common::MAX_WEIGHT => Some(w),
+        _ => {
+            errors.push(ConfigError::new(
+                format!("{rp}.weight"),
+                format!("{} is outside 0..={}", rr.weight, lb_common::MAX_WEIGHT),
+            ));
+            None
+        }
+    };
+    let hp = format!("{rp}.health");
+    let real_health_ok = match &rr.health {
+        Some(h) => h.to_check(&hp, errors).is_some(),
+        None => true,
+    };
+    let check = if !real_health_ok {
+        None
+    } else {
+        match merge_health(vip_health, &rr.health) {
+            None => Some(HealthCheck::none()),
+            Some(h) => match h.to_check(&hp, errors) {
+                Some(c) if c.port.is_none() && rport == Some(0) && c.kind != CheckKind::None => {
+                    errors.push(ConfigError::new(
+                        format!("{hp}.port"),
+                        format!(
+                            "a `{}` check of a real of an all-ports VIP needs a port to probe",
+                            c.kind.name()
+                        ),
+                    ));
+                    None
+                }
+                other => other,
+            },
+        }
+    };
+    Some(Real {
+        address: raddr?,
+        port: rport?,
+        weight: weight?,
+        check: check?,
+    })
+}
