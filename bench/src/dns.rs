@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use lb_userspace::dns::{
     config::{DnsConfig, ZoneConfig},
@@ -251,7 +251,12 @@ fn bench_ours(args: &DnsBenchArgs, zone: &Path, queries: &Path) -> Result<PerfRe
         udp_workers: Some(1),
         ..DnsConfig::default()
     };
-    let srv = rt.block_on(DnsServer::start(&cfg))?;
+    let mut errors = Vec::new();
+    let settings = cfg
+        .settings("dns", &mut errors)
+        .filter(|_| errors.is_empty())
+        .ok_or_else(|| anyhow!("bench DNS config: {errors:?}"))?;
+    let srv = rt.block_on(DnsServer::start(&settings))?;
     pin_self(args.server_cpu)?;
     let addr = srv.udp_addrs()[0];
     let r = run_dnsperf(args, "lb", addr, queries);

@@ -29,7 +29,6 @@ use lb_userspace::{
         lookup::Catalog,
         rrl::RateLimiter,
         server::{handle, udp_limit, ResponseCache, State, Stats, Transport},
-        zone::Zone,
     },
     health::Monitor,
 };
@@ -121,12 +120,8 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let cfg = Config::parse(&config_text()).expect("the fuzz DNS config is valid");
-    let dns = cfg.dns.expect("[dns]");
-    let mut errors = Vec::new();
-    let s = dns
-        .settings("dns", &mut errors)
-        .expect("the fuzz DNS settings are valid");
-    let zone = Arc::new(Zone::load(&s.zones[0].origin, &s.zones[0].file).expect("test zone loads"));
+    let s = cfg.dns.expect("[dns]");
+    let zone = s.zones[0].zone.clone();
     let plain = Arc::new(State {
         catalog: Catalog::new(vec![zone.clone()]),
         gslb: None,

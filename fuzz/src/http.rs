@@ -120,10 +120,8 @@ host_header = "server"
 }
 
 fn spec(text: &str) -> ListenerSpec {
-    let cfg = Config::parse(text).expect("the fuzz l7 config is valid");
-    cfg.l7[0]
-        .compile("l7[0]")
-        .expect("the fuzz l7 listener compiles")
+    let mut cfg = Config::parse(text).expect("the fuzz l7 config is valid");
+    cfg.l7.remove(0)
 }
 
 /// What the upstream checks in every request the proxy forwards.

@@ -18,19 +18,21 @@ use serde::Deserialize;
 pub use crate::validate::{parse_duration, ConfigError, ConfigErrors};
 use crate::{
     admin::config::{validate_api, ApiConfig, RawApi},
-    dns::config::DnsConfig,
+    dns::config::{DnsConfig, DnsSettings},
     l4::config::{validate_vip, RawVip, Vip},
-    proxy::config::L7Config,
+    proxy::config::{compile_all, L7Config, ListenerSpec},
 };
 
 /// A validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub interfaces: Vec<String>,
     pub stats_interval: Duration,
     pub vips: Vec<Vip>,
-    pub l7: Vec<L7Config>,
-    pub dns: Option<DnsConfig>,
+    /// The `[[l7]]` listeners, validated, certificates loaded.
+    pub l7: Vec<ListenerSpec>,
+    /// The `[dns]` role, validated, zone files loaded.
+    pub dns: Option<DnsSettings>,
     /// bpffs directory for pinned maps and links; `None`: nothing pinned.
     pub pin_path: Option<PathBuf>,
     pub api: ApiConfig,
@@ -177,12 +179,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         ));
     }
 
-    for (i, l7) in raw.l7.iter().enumerate() {
-        l7.validate(&format!("l7[{i}]"), &mut errors);
-    }
-    if let Some(dns) = &raw.dns {
-        dns.validate("dns", &mut errors);
-    }
+    let l7 = compile_all(&raw.l7, &mut errors);
+    let dns = raw
+        .dns
+        .as_ref()
+        .and_then(|d| d.settings("dns", &mut errors));
 
     let pin_path = match raw.pin_path.as_deref() {
         None | Some("") => None,
@@ -233,8 +234,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         interfaces: raw.interfaces,
         stats_interval,
         vips,
-        l7: raw.l7,
-        dns: raw.dns,
+        l7,
+        dns,
         pin_path,
         api,
         metrics_listen,

@@ -466,3 +466,179 @@ fn lb_check_reports_and_exits() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+/// Configs whose errors lie across roles or in the files they name: rules
+/// that used to be checked only when `lb run` started a role.
+fn cross_role_cases(dir: &std::path::Path) -> Vec<(&'static str, String, &'static str)> {
+    let zone = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/dns/example.com.zone"
+    );
+    let broken_zone = dir.join("broken.zone");
+    std::fs::write(
+        &broken_zone,
+        "$ORIGIN example.com.\n$TTL 60\n@ IN SOA ns1 host ( 1 3600 600 86400 60 )\n  IN NS ns1\nns1 IN A 300.1.2.3\n",
+    )
+    .unwrap();
+    let l7 = |name: &str, listen: &str| {
+        format!(
+            "[[l7]]\nname = \"{name}\"\nlisten = \"{listen}\"\n[[l7.route]]\nupstream = \"app\"\n\
+             [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n"
+        )
+    };
+    let dns = |file: &str| {
+        format!("[dns]\nlisten = [\"127.0.0.1:0\"]\n[[dns.zone]]\nname = \"example.com.\"\nfile = \"{file}\"\n")
+    };
+    vec![
+        (
+            "two listeners on one address",
+            format!(
+                "{}{}",
+                l7("a", "127.0.0.1:18080"),
+                l7("b", "127.0.0.1:18080")
+            ),
+            "l7[1].listen",
+        ),
+        (
+            "two listeners with one name",
+            format!("{}{}", l7("a", "127.0.0.1:0"), l7("a", "127.0.0.1:0")),
+            "l7[1].name",
+        ),
+        (
+            "a certificate file that is missing",
+            format!(
+                "{}[[l7.cert]]\ncert = \"{}\"\nkey = \"{}\"\n",
+                l7("a", "127.0.0.1:0"),
+                dir.join("missing.pem").display(),
+                dir.join("missing.key").display()
+            ),
+            "l7[0].cert[0]",
+        ),
+        (
+            "a zone file that does not parse",
+            dns(broken_zone.to_str().unwrap()),
+            "dns.zone[0].file",
+        ),
+        (
+            "a zone file that is missing",
+            dns(dir.join("missing.zone").to_str().unwrap()),
+            "dns.zone[0].file",
+        ),
+        (
+            "a valid zone beside an invalid L4 table",
+            format!("{}{}", dns(zone), vip("198.18.100.1", "80", "tcp", "", "")),
+            "vip[0].real",
+        ),
+    ]
+}
+
+/// The error lines `lb` printed after `invalid config:`.
+fn error_lines(stderr: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let Some((_, rest)) = text.split_once("invalid config:") else {
+        return Vec::new();
+    };
+    rest.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `lb check` and `lb run` accept and refuse exactly the same configs, with
+/// the same errors: every case of this suite goes through both binaries'
+/// commands, and a valid config that `check` accepts is one `run` starts.
+#[test]
+fn check_and_run_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<(String, String, String)> = cases()
+        .into_iter()
+        .map(|(d, t, f, _)| (d.to_string(), t, f.to_string()))
+        .collect();
+    all.extend(
+        cross_role_cases(dir.path())
+            .into_iter()
+            .map(|(d, t, f)| (d.to_string(), t, f.to_string())),
+    );
+    let file = dir.path().join("lb.toml");
+    let mut failures = Vec::new();
+    for (desc, text, field) in &all {
+        std::fs::write(&file, text).unwrap();
+        let lb = |verb: &str| {
+            Command::new(env!("CARGO_BIN_EXE_lb"))
+                .args([verb, "--config", file.to_str().unwrap()])
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+        };
+        let (check, run) = (lb("check"), lb("run"));
+        let (ce, re) = (error_lines(&check.stderr), error_lines(&run.stderr));
+        if check.status.code() != Some(1) || run.status.code() != Some(1) {
+            failures.push(format!(
+                "{desc}: check exited {:?}, run exited {:?}\ncheck: {}\nrun: {}",
+                check.status.code(),
+                run.status.code(),
+                String::from_utf8_lossy(&check.stderr),
+                String::from_utf8_lossy(&run.stderr)
+            ));
+        } else if ce.is_empty() || ce != re {
+            failures.push(format!("{desc}: check said {ce:?}, run said {re:?}"));
+        } else if !ce.iter().any(|l| l.starts_with(field.as_str())) {
+            failures.push(format!("{desc}: no error for `{field}` in {ce:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // A valid config with every user-space role: `check` accepts it and
+    // `run` starts it (and stops on SIGTERM).
+    let zone = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/dns/example.com.zone"
+    );
+    std::fs::write(
+        &file,
+        format!(
+            "[api]\nsocket = \"\"\n\
+             [[l7]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[l7.route]]\nupstream = \"app\"\n\
+             [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\
+             [dns]\nlisten = [\"127.0.0.1:0\"]\n[[dns.zone]]\nname = \"example.com.\"\nfile = \"{zone}\"\n"
+        ),
+    )
+    .unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["check", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let log = dir.path().join("run.log");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["run", "--config", file.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let started = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("running: 0 VIPs") {
+            break true;
+        }
+        if run.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    let status = run.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        started,
+        "lb run did not start a config lb check accepts:\n{text}"
+    );
+    assert!(status.success(), "lb run exited {status:?}:\n{text}");
+}

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dns_common::{base_config, dig, have, parse_config, start};
+use dns_common::{base_config, dig, have, parse_config, settings, start, try_settings};
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{
@@ -130,7 +130,7 @@ async fn malformed_and_odd_queries() {
 /// well-formed response no larger than the client's limit.
 #[test]
 fn random_input_never_panics() {
-    let cfg = parse_config(&base_config(
+    let cfg = settings(&base_config(
         r#"
 [[gslb]]
 name = "app.example.com."
@@ -281,36 +281,36 @@ async fn reload_checks_serial_and_keeps_old_zone_on_errors() {
         "listen = [\"127.0.0.1:0\"]\n[[zone]]\nname = \"example.com.\"\nfile = \"{}\"\n",
         zf.display()
     );
-    let cfg = parse_config(&toml);
     let (srv, a) = start(&toml).await;
     let www = |a| async move { dig(a, &["www.example.com", "A"]).await.answer_data() };
     assert_eq!(www(a).await, ["A 198.18.0.1"]);
 
     // Same serial, new content: not replaced.
     std::fs::write(&zf, format!("{}www IN A 198.18.0.2\n", head(10))).unwrap();
-    srv.reload(&cfg).await.unwrap();
+    srv.reload(&settings(&toml)).await.unwrap();
     assert_eq!(www(a).await, ["A 198.18.0.1"]);
 
     // Higher serial: replaced.
     std::fs::write(&zf, format!("{}www IN A 198.18.0.3\n", head(11))).unwrap();
-    srv.reload(&cfg).await.unwrap();
+    srv.reload(&settings(&toml)).await.unwrap();
     assert_eq!(www(a).await, ["A 198.18.0.3"]);
     assert_eq!(srv.serials()["example.com."], 11);
 
-    // Broken file (line 7): the old zone keeps serving, the error names the line.
+    // Broken file (line 7): the config is invalid, the error names the
+    // field and the line, and the old zone keeps serving.
     std::fs::write(
         &zf,
         format!("{}www IN A 198.18.0.4\nbad IN A 300.1.2.3\n", head(12)),
     )
     .unwrap();
-    let err = srv.reload(&cfg).await.unwrap_err().to_string();
+    let err = try_settings(&toml).unwrap_err();
     assert!(err.contains("line 7"), "{err}");
     assert!(err.starts_with("dns.zone[0].file"), "{err}");
     assert_eq!(www(a).await, ["A 198.18.0.3"]);
 
     // Serial going backwards: refused, old zone kept.
     std::fs::write(&zf, format!("{}www IN A 198.18.0.5\n", head(5))).unwrap();
-    let err = srv.reload(&cfg).await.unwrap_err().to_string();
+    let err = srv.reload(&settings(&toml)).await.unwrap_err().to_string();
     assert!(err.contains("not newer"), "{err}");
     assert_eq!(www(a).await, ["A 198.18.0.3"]);
     srv.shutdown().await;

@@ -194,7 +194,6 @@ async fn reload_swaps_certificates_without_dropping_requests() {
         live_key.display(),
         upstream_table("app", &[&backend], "")
     );
-    let parsed = lb_userspace::config::Config::parse(&cfg).unwrap();
     let (server, addrs) = start_proxy(&cfg).await;
     let proxy = addrs[0];
 
@@ -207,12 +206,10 @@ async fn reload_swaps_certificates_without_dropping_requests() {
     let long = tokio::spawn(async move { long_client.get("/slow/1500", &[]).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // A broken file: reload is refused, the old certificate stays.
+    // A broken file: the config is refused (as `lb` refuses the reload),
+    // the field named, and the old certificate stays.
     std::fs::write(&live_key, "not a key").unwrap();
-    let err = server
-        .reload(&parsed.l7)
-        .await
-        .expect_err("a broken key must be refused");
+    let err = lb_userspace::config::Config::parse(&cfg).expect_err("a broken key must be refused");
     assert!(err.to_string().contains("l7[0].cert[0].key"), "{err}");
     let (code, _, e) = curl_https(&pki, proxy, "a.example.com", "/", &[]).await;
     assert_eq!(code, 0, "old certificate still served: {e}");
@@ -222,6 +219,7 @@ async fn reload_swaps_certificates_without_dropping_requests() {
     // pinned in the config), reload: new handshakes see it.
     std::fs::copy(pki.chain("other.example.net"), &live_chain).unwrap();
     std::fs::copy(pki.key("other.example.net"), &live_key).unwrap();
+    let parsed = lb_userspace::config::Config::parse(&cfg).unwrap();
     server.reload(&parsed.l7).await.expect("reload");
     let (code, _, e) = curl_https(&pki, proxy, "a.example.com", "/", &["-k"]).await;
     assert_eq!(code, 0, "{e}");

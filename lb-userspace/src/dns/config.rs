@@ -4,6 +4,7 @@ use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -125,16 +126,17 @@ pub struct RrlConfig {
     pub max_table_size: Option<i64>,
 }
 
-/// A zone to serve, after validation (the file is parsed again on start
-/// and reload; validation proves it parsed once).
-#[derive(Debug, Clone, PartialEq)]
+/// A zone to serve, after validation: its file was read and parsed once,
+/// while the config was validated.
+#[derive(Debug, Clone)]
 pub struct ZoneSpec {
     pub origin: Name,
     pub file: PathBuf,
+    pub zone: Arc<Zone>,
 }
 
 /// The validated `[dns]` table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct DnsSettings {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
@@ -173,11 +175,6 @@ fn parse_name(field: &str, s: &str, errors: &mut Vec<ConfigError>) -> Option<Nam
 }
 
 impl DnsConfig {
-    /// Checks the table; `path` is the field prefix, `dns`.
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        let _ = self.settings(path, errors);
-    }
-
     /// Validates and returns the typed settings (`None` when any error was
     /// pushed). Zone files are read and parsed.
     pub fn settings(&self, path: &str, errors: &mut Vec<ConfigError>) -> Option<DnsSettings> {
@@ -272,7 +269,7 @@ impl DnsConfig {
 
         // Zones: each file must parse.
         let mut zones = Vec::new();
-        let mut loaded: Vec<Zone> = Vec::new();
+        let mut loaded: Vec<Arc<Zone>> = Vec::new();
         let mut origins = HashSet::new();
         if self.zone.is_empty() {
             err(
@@ -296,7 +293,11 @@ impl DnsConfig {
             }
             let file = PathBuf::from(&z.file);
             match Zone::load(&origin, &file) {
-                Ok(zone) => loaded.push(zone),
+                Ok(zone) => {
+                    let zone = Arc::new(zone);
+                    loaded.push(zone.clone());
+                    zones.push(ZoneSpec { origin, file, zone });
+                }
                 Err(e) => {
                     let reason = match e.line {
                         Some(l) => format!("line {l}: {}", e.reason),
@@ -305,7 +306,6 @@ impl DnsConfig {
                     err(errors, format!("{p}.file"), reason);
                 }
             }
-            zones.push(ZoneSpec { origin, file });
         }
 
         // Regions.

@@ -23,17 +23,16 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use hickory_proto::rr::LowerName;
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::health::Monitor;
-use config::{DnsConfig, DnsSettings};
+use config::DnsSettings;
 use gslb::Gslb;
 use lookup::Catalog;
 use rrl::RateLimiter;
 use server::{Shared, State, Stats};
-use zone::Zone;
 
 /// A running `[dns]` role.
 pub struct DnsServer {
@@ -49,27 +48,18 @@ pub struct DnsServer {
     reload_lock: tokio::sync::Mutex<()>,
 }
 
-fn settings(cfg: &DnsConfig) -> Result<DnsSettings> {
-    let mut errors = Vec::new();
-    match cfg.settings("dns", &mut errors) {
-        Some(s) if errors.is_empty() => Ok(s),
-        _ => Err(anyhow!("{}", crate::config::ConfigErrors(errors))),
-    }
-}
-
 /// RFC 1982: is `new` a later serial than `old`?
 pub fn serial_newer(new: u32, old: u32) -> bool {
     (new.wrapping_sub(old) as i32) > 0
 }
 
 impl DnsServer {
-    /// Loads zones, binds UDP/TCP listeners, starts GSLB health checks.
-    pub async fn start(cfg: &config::DnsConfig) -> Result<DnsServer> {
-        let s = settings(cfg)?;
+    /// Serves the zones of a validated config (`Config::dns`, zone files
+    /// already loaded): binds UDP/TCP listeners, starts GSLB health checks.
+    pub async fn start(s: &DnsSettings) -> Result<DnsServer> {
         let mut zones = Vec::new();
-        for (i, z) in s.zones.iter().enumerate() {
-            let zone =
-                Zone::load(&z.origin, &z.file).map_err(|e| anyhow!("dns.zone[{i}].file: {e}"))?;
+        for z in &s.zones {
+            let zone = z.zone.clone();
             log::info!(
                 "dns: zone {} serial {} loaded from {} ({} records)",
                 zone.origin,
@@ -77,7 +67,7 @@ impl DnsServer {
                 z.file.display(),
                 zone.record_count
             );
-            zones.push(Arc::new(zone));
+            zones.push(zone);
         }
         let monitor = Monitor::new();
         let state = State {
@@ -159,15 +149,15 @@ impl DnsServer {
         })
     }
 
-    /// Reloads zones (serial check) and GSLB pools from an already validated config.
+    /// Reloads zones (serial check) and GSLB pools from a validated config
+    /// (`Config::dns`, zone files already loaded; a file that does not parse
+    /// makes the whole config invalid, so nothing reaches this point).
     ///
-    /// A zone whose file does not parse keeps serving its old contents; a
-    /// zone whose serial did not increase is not replaced. The error lists
-    /// every zone that was not reloaded (file, line, reason); everything
-    /// else is applied. Listener changes need a restart.
-    pub async fn reload(&self, cfg: &config::DnsConfig) -> Result<()> {
+    /// A zone whose serial did not increase is not replaced. The error lists
+    /// every zone that was not replaced (file, reason); everything else is
+    /// applied. Listener changes need a restart.
+    pub async fn reload(&self, s: &DnsSettings) -> Result<()> {
         let _guard = self.reload_lock.lock().await;
-        let s = settings(cfg)?;
         let old = self
             .shared
             .read()
@@ -177,45 +167,30 @@ impl DnsServer {
         let mut zones = Vec::new();
         for (i, z) in s.zones.iter().enumerate() {
             let lower = LowerName::new(&z.origin);
-            let previous = old.catalog.get(&lower);
-            match Zone::load(&z.origin, &z.file) {
-                Ok(new) => match previous {
-                    Some(p) if !serial_newer(new.serial, p.serial) => {
-                        if new.serial != p.serial {
-                            problems.push(format!(
-                                "dns.zone[{i}].file: {}: serial {} is not newer than the loaded {}; keeping the loaded zone",
-                                z.file.display(),
-                                new.serial,
-                                p.serial
-                            ));
-                        } else {
-                            log::info!("dns: zone {} serial {} unchanged", z.origin, p.serial);
-                        }
-                        zones.push(p.clone());
-                    }
-                    _ => {
-                        log::info!(
-                            "dns: zone {} serial {} loaded from {} ({} records)",
-                            new.origin,
-                            new.serial,
+            let new = &z.zone;
+            match old.catalog.get(&lower) {
+                Some(p) if !serial_newer(new.serial, p.serial) => {
+                    if new.serial != p.serial {
+                        problems.push(format!(
+                            "dns.zone[{i}].file: {}: serial {} is not newer than the loaded {}; keeping the loaded zone",
                             z.file.display(),
-                            new.record_count
-                        );
-                        zones.push(Arc::new(new));
-                    }
-                },
-                Err(e) => {
-                    problems.push(format!("dns.zone[{i}].file: {e}"));
-                    if let Some(p) = previous {
-                        log::error!(
-                            "dns: zone {} not reloaded, still serving serial {}: {e}",
-                            z.origin,
+                            new.serial,
                             p.serial
-                        );
-                        zones.push(p.clone());
+                        ));
                     } else {
-                        log::error!("dns: zone {} not loaded: {e}", z.origin);
+                        log::info!("dns: zone {} serial {} unchanged", z.origin, p.serial);
                     }
+                    zones.push(p.clone());
+                }
+                _ => {
+                    log::info!(
+                        "dns: zone {} serial {} loaded from {} ({} records)",
+                        new.origin,
+                        new.serial,
+                        z.file.display(),
+                        new.record_count
+                    );
+                    zones.push(new.clone());
                 }
             }
         }

@@ -346,14 +346,40 @@ pub fn normalize_host_pattern(s: &str) -> Result<String, String> {
     Ok(h)
 }
 
-impl L7Config {
-    /// Checks this listener; `path` is the field prefix, e.g. `l7[0]`.
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        if let Err(mut errs) = self.compile(path) {
-            errors.append(&mut errs);
+/// Validates every `[[l7]]` table (loading each certificate once) and the
+/// rules across listeners (one listen address and one name per listener).
+/// Errors are pushed; the specs of the valid listeners are returned.
+pub fn compile_all(cfg: &[L7Config], errors: &mut Vec<ConfigError>) -> Vec<ListenerSpec> {
+    let mut specs = Vec::new();
+    let mut seen = HashMap::new();
+    let mut names = HashMap::new();
+    for (i, c) in cfg.iter().enumerate() {
+        let path = format!("l7[{i}]");
+        match c.compile(&path) {
+            Ok(s) => {
+                if s.listen.port() != 0 {
+                    if let Some(prev) = seen.insert(s.listen, i) {
+                        errors.push(ConfigError::new(
+                            format!("{path}.listen"),
+                            format!("{} is used by l7[{prev}]", s.listen),
+                        ));
+                    }
+                }
+                if let Some(prev) = names.insert(s.name.clone(), i) {
+                    errors.push(ConfigError::new(
+                        format!("{path}.name"),
+                        format!("`{}` is used by l7[{prev}]", s.name),
+                    ));
+                }
+                specs.push(s);
+            }
+            Err(mut errs) => errors.append(&mut errs),
         }
     }
+    specs
+}
 
+impl L7Config {
     /// Validates this listener and loads its certificates.
     pub fn compile(&self, path: &str) -> Result<ListenerSpec, Vec<ConfigError>> {
         let mut errors = Vec::new();

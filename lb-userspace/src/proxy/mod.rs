@@ -19,7 +19,7 @@ pub mod server;
 pub mod tls;
 pub mod upstream;
 
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use tokio::sync::Mutex;
@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 pub use cert::{cert_main, CertArgs};
 
 use crate::health::Monitor;
-use config::{L7Config, ListenerSpec};
+use config::ListenerSpec;
 use server::{Listener, ListenerState};
 
 /// A running set of `[[l7]]` listeners.
@@ -36,43 +36,11 @@ pub struct L7Server {
     monitor: Monitor,
 }
 
-/// Validates every listener (loading certificates); all errors in one message.
-fn compile_all(cfg: &[L7Config]) -> Result<Vec<ListenerSpec>> {
-    let mut specs = Vec::new();
-    let mut errors = Vec::new();
-    let mut seen = HashSet::new();
-    let mut names = HashSet::new();
-    for (i, c) in cfg.iter().enumerate() {
-        let path = format!("l7[{i}]");
-        match c.compile(&path) {
-            Ok(s) => {
-                if s.listen.port() != 0 && !seen.insert(s.listen) {
-                    errors.push(format!(
-                        "{path}.listen: {} is used by another [[l7]]",
-                        s.listen
-                    ));
-                }
-                if !names.insert(s.name.clone()) {
-                    errors.push(format!(
-                        "{path}.name: `{}` is used by another [[l7]]",
-                        s.name
-                    ));
-                }
-                specs.push(s);
-            }
-            Err(errs) => errors.extend(errs.iter().map(|e| e.to_string())),
-        }
-    }
-    if !errors.is_empty() {
-        anyhow::bail!("{}", errors.join("\n"));
-    }
-    Ok(specs)
-}
-
 impl L7Server {
-    /// Binds every listener and starts serving. Must be called inside a tokio runtime.
-    pub async fn start(cfg: &[L7Config]) -> Result<L7Server> {
-        let specs = compile_all(cfg)?;
+    /// Binds every listener of a validated config (`Config::l7`) and starts
+    /// serving. Must be called inside a tokio runtime.
+    pub async fn start(specs: &[ListenerSpec]) -> Result<L7Server> {
+        let specs = specs.to_vec();
         let monitor = Monitor::new();
         let mut listeners = Vec::new();
         for spec in specs {
@@ -105,14 +73,13 @@ impl L7Server {
             .collect()
     }
 
-    /// Applies a new (already validated) configuration: certificates, routes,
-    /// pools, limits. All or nothing: when a certificate file cannot be read
-    /// or a new listener cannot bind, nothing changes and the error says why.
+    /// Applies a new validated configuration (`Config::l7`, certificates
+    /// already loaded): certificates, routes, pools, limits. All or nothing:
+    /// when a new listener cannot bind, nothing changes and the error says why.
     /// Open connections are kept; listeners that left the config stop
     /// accepting and drain in the background.
-    pub async fn reload(&self, cfg: &[L7Config]) -> Result<()> {
-        let specs = compile_all(cfg)
-            .map_err(|e| anyhow::anyhow!("reload rejected, old configuration kept:\n{e}"))?;
+    pub async fn reload(&self, specs: &[ListenerSpec]) -> Result<()> {
+        let specs = specs.to_vec();
         let mut listeners = self.listeners.lock().await;
 
         // Build every new state first; only then swap.

@@ -4,7 +4,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
-use lb_userspace::dns::{config::DnsConfig, DnsServer};
+use lb_userspace::dns::{
+    config::{DnsConfig, DnsSettings},
+    DnsServer,
+};
 
 pub fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/dns")
@@ -36,6 +39,24 @@ pub fn parse_config(toml_text: &str) -> DnsConfig {
     toml::from_str(toml_text).unwrap_or_else(|e| panic!("bad test config: {e}\n{toml_text}"))
 }
 
+/// A `[dns]` table validated as `lb` does (zone files read and parsed).
+pub fn settings(toml_text: &str) -> DnsSettings {
+    try_settings(toml_text).unwrap_or_else(|e| panic!("invalid test config: {e}\n{toml_text}"))
+}
+
+/// Like [`settings`], with the errors as `lb` reports them.
+pub fn try_settings(toml_text: &str) -> Result<DnsSettings, String> {
+    let mut errors = Vec::new();
+    match parse_config(toml_text).settings("dns", &mut errors) {
+        Some(s) if errors.is_empty() => Ok(s),
+        _ => Err(errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")),
+    }
+}
+
 /// The standard test server: our example.com zone on 127.0.0.1, ephemeral port.
 pub fn base_config(extra: &str) -> String {
     format!(
@@ -45,8 +66,9 @@ pub fn base_config(extra: &str) -> String {
 }
 
 pub async fn start(toml_text: &str) -> (DnsServer, SocketAddr) {
-    let cfg = parse_config(toml_text);
-    let srv = DnsServer::start(&cfg).await.expect("server starts");
+    let srv = DnsServer::start(&settings(toml_text))
+        .await
+        .expect("server starts");
     let addr = srv.udp_addrs()[0];
     assert_eq!(srv.tcp_addrs()[0], addr, "udp and tcp share the port");
     (srv, addr)
