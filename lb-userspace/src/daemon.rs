@@ -90,15 +90,15 @@ async fn reload(
     let new = match load_config(path) {
         Ok(c) => c,
         Err(e) => {
-            ctl.lock().await.reloads_failed += 1;
+            ctl.lock().await.reload_failed();
             let msg = format!("{e:#}");
             error!("reload refused, running config unchanged: {msg}");
             return Err(msg);
         }
     };
     let mut ctl = ctl.lock().await;
-    if ctl.dp.is_none() && !new.vips.is_empty() {
-        ctl.reloads_failed += 1;
+    if ctl.dp().is_none() && !new.vips.is_empty() {
+        ctl.reload_failed();
         let msg =
             "the new config has VIPs but no L4 data plane is running (restart lb to start one)"
                 .to_string();
@@ -106,10 +106,10 @@ async fn reload(
         return Err(msg);
     }
     for (what, changed) in [
-        ("interfaces", new.interfaces != ctl.config.interfaces),
-        ("pin_path", new.pin_path != ctl.config.pin_path),
-        ("api", new.api != ctl.config.api),
-        ("metrics", new.metrics_listen != ctl.config.metrics_listen),
+        ("interfaces", new.interfaces != ctl.config().interfaces),
+        ("pin_path", new.pin_path != ctl.config().pin_path),
+        ("api", new.api != ctl.config().api),
+        ("metrics", new.metrics_listen != ctl.config().metrics_listen),
     ] {
         if changed {
             warn!("reload: `{what}` changed; it takes effect at the next start");
@@ -133,12 +133,11 @@ async fn reload(
         failed.push(format!("L4: data plane update failed, L4 unchanged: {e:#}"));
     }
     if failed.is_empty() {
-        ctl.config = new;
-        ctl.reloads_ok += 1;
+        ctl.reload_applied(new);
         info!("reload: applied {}", path.display());
         Ok(())
     } else {
-        ctl.reloads_failed += 1;
+        ctl.reload_failed();
         let msg = failed.join("; ");
         error!("reload: {msg}");
         Err(msg)
@@ -176,7 +175,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut changes = monitor.subscribe();
     let mut control = Control::new(cfg.clone(), dp, monitor.clone())
         .map_err(|e| anyhow!("filling the XDP maps: {e:#}"))?;
-    if let Some(dp) = control.dp.as_mut() {
+    if let Some(dp) = control.dp_mut() {
         // Maps first, then the program: a swapped-in program finds the
         // state it expects.
         for i in &interfaces {
@@ -254,7 +253,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             _ = stats_tick.tick() => {
                 let mut c = ctl.lock().await;
-                if let Some(dp) = &c.dp {
+                if let Some(dp) = c.dp() {
                     match dp.snapshot() {
                         Ok(now) => {
                             for line in format_stats(&prev, &now, prev_at.elapsed()) {
@@ -262,19 +261,19 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                             }
                             prev = now.clone();
                             prev_at = Instant::now();
-                            c.prev = Some((now, prev_at));
+                            c.set_last_snapshot(now, prev_at);
                         }
                         Err(e) => warn!("reading counters: {e:#}"),
                     }
                 }
             }
             _ = log_tick.tick() => {
-                if let Some(dp) = ctl.lock().await.dp.as_mut() {
+                if let Some(dp) = ctl.lock().await.dp_mut() {
                     dp.flush_log();
                 }
             }
             _ = neigh_tick.tick() => {
-                if let Some(dp) = &ctl.lock().await.dp {
+                if let Some(dp) = ctl.lock().await.dp() {
                     dp.resolve_neighbours();
                 }
             }
@@ -290,7 +289,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(d) = dns {
         d.shutdown().await;
     }
-    let dp = ctl.lock().await.dp.take();
+    let dp = ctl.lock().await.take_dp();
     if let Some(dp) = dp {
         if let Ok(now) = dp.snapshot() {
             for line in format_stats(&prev, &now, prev_at.elapsed()) {

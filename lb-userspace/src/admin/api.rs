@@ -44,13 +44,80 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::config::ApiConfig,
-    ident::VipId,
+    admin::{config::ApiConfig, views},
+    ident::{RealId, VipId},
     l4::{
         config::{RawReal, RawVip},
-        control::{ApiError, Control},
+        control::{Control, ControlError},
     },
 };
+
+/// An error the admin API reports: HTTP status, the field at fault (if
+/// one is) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, field: Option<&str>, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            field: field.map(str::to_string),
+            message: message.into(),
+        }
+    }
+    pub fn bad(field: &str, message: impl Into<String>) -> Self {
+        Self::new(400, Some(field), message)
+    }
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(500, None, e.to_string())
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// The HTTP status of each kind of refusal: 400 invalid, 404 unknown,
+/// 409 conflicting with the current state, 500 refused by the kernel.
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        let status = match e {
+            ControlError::Invalid { .. } => 400,
+            ControlError::NotFound { .. } => 404,
+            ControlError::Conflict { .. } => 409,
+            ControlError::DataPlane(_) => 500,
+        };
+        let field = e.field().map(str::to_string);
+        let message = match e {
+            ControlError::Invalid { message, .. }
+            | ControlError::NotFound { message, .. }
+            | ControlError::Conflict { message, .. }
+            | ControlError::DataPlane(message) => message,
+        };
+        ApiError {
+            status,
+            field,
+            message,
+        }
+    }
+}
+
+fn vip_id(s: &str) -> Result<VipId, ApiError> {
+    s.parse().map_err(|e| ApiError::bad("vip", format!("{e}")))
+}
+
+fn real_id(s: &str) -> Result<RealId, ApiError> {
+    s.parse().map_err(|e| ApiError::bad("real", format!("{e}")))
+}
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1 << 20;
@@ -257,19 +324,20 @@ async fn route(
     match path {
         "/v1/status" => {
             let ctl = state.ctl.lock().await;
-            let mut s = ctl.status();
+            let mut s = views::status(&ctl);
             s.config = Some(state.config_path.display().to_string());
             Ok((200, value(&s)))
         }
         "/v1/vips" => {
             let ctl = state.ctl.lock().await;
-            Ok((200, json!({ "vips": ctl.views() })))
+            Ok((200, json!({ "vips": views::vips(&ctl) })))
         }
         "/v1/health" => {
             let ctl = state.ctl.lock().await;
-            let rows: Vec<Value> = ctl
-                .views()
-                .into_iter()
+            let all = views::vips(&ctl);
+            let rows: Vec<Value> = all
+                .iter()
+                .cloned()
                 .flat_map(|v| {
                     let vip = v.vip.clone();
                     v.reals.into_iter().map(move |r| {
@@ -283,8 +351,7 @@ async fn route(
                     })
                 })
                 .collect();
-            let all_down: Vec<String> = ctl
-                .views()
+            let all_down: Vec<String> = all
                 .into_iter()
                 .filter(|v| v.all_down)
                 .map(|v| v.vip)
@@ -293,9 +360,7 @@ async fn route(
         }
         "/v1/stats" => {
             let ctl = state.ctl.lock().await;
-            let s = ctl
-                .stats()
-                .map_err(|e| ApiError::new(409, None, format!("{e:#}")))?;
+            let s = views::stats(&ctl).map_err(|e| ApiError::new(409, None, format!("{e:#}")))?;
             Ok((200, value(&s)))
         }
         "/v1/conns" => {
@@ -327,8 +392,7 @@ async fn route(
             }
             let ctl = state.ctl.lock().await;
             let dp = ctl
-                .dp
-                .as_ref()
+                .dp()
                 .ok_or_else(|| ApiError::new(409, None, "no L4 data plane is running"))?;
             if let Some(k) = vip {
                 if dp.vip_index(&k).is_none() {
@@ -344,37 +408,48 @@ async fn route(
         "/v1/vips/add" => {
             let raw: RawVip = from_json(body, "")?;
             let mut ctl = state.ctl.lock().await;
-            let v = ctl.vip_add(&raw)?;
+            let id = ctl.vip_add(&raw)?;
+            let v = views::vip(&ctl, &id).ok_or_else(|| ApiError::internal("VIP vanished"))?;
             Ok((201, value(&v)))
         }
         "/v1/vips/del" => {
             let r: VipRef = from_json(body, "")?;
-            state.ctl.lock().await.vip_del(&r.vip)?;
+            let vip = vip_id(&r.vip)?;
+            state.ctl.lock().await.vip_del(&vip)?;
             Ok((200, json!({ "deleted": r.vip })))
         }
         "/v1/reals/add" => {
             let r: RealAdd = from_json(body, "")?;
             let raw: RawReal = value_to(r.real, "real")?;
-            let v = state.ctl.lock().await.real_add(&r.vip, &raw)?;
+            let vip = vip_id(&r.vip)?;
+            let mut ctl = state.ctl.lock().await;
+            let id = ctl.real_add(&vip, &raw)?;
+            let v =
+                views::real(&ctl, &vip, &id).ok_or_else(|| ApiError::internal("real vanished"))?;
             Ok((201, value(&v)))
         }
         "/v1/reals/del" => {
             let r: RealRef = from_json(body, "")?;
-            state.ctl.lock().await.real_del(&r.vip, &r.real)?;
+            let (vip, real) = (vip_id(&r.vip)?, real_id(&r.real)?);
+            state.ctl.lock().await.real_del(&vip, &real)?;
             Ok((200, json!({ "deleted": r.real, "vip": r.vip })))
         }
         "/v1/reals/weight" => {
             let r: RealWeight = from_json(body, "")?;
-            let v = state
-                .ctl
-                .lock()
-                .await
-                .real_weight(&r.vip, &r.real, r.weight)?;
+            let (vip, real) = (vip_id(&r.vip)?, real_id(&r.real)?);
+            let mut ctl = state.ctl.lock().await;
+            ctl.real_weight(&vip, &real, r.weight)?;
+            let v = views::real(&ctl, &vip, &real)
+                .ok_or_else(|| ApiError::internal("real vanished"))?;
             Ok((200, value(&v)))
         }
         "/v1/reals/drain" => {
             let r: RealRef = from_json(body, "")?;
-            let v = state.ctl.lock().await.real_weight(&r.vip, &r.real, 0)?;
+            let (vip, real) = (vip_id(&r.vip)?, real_id(&r.real)?);
+            let mut ctl = state.ctl.lock().await;
+            ctl.real_weight(&vip, &real, 0)?;
+            let v = views::real(&ctl, &vip, &real)
+                .ok_or_else(|| ApiError::internal("real vanished"))?;
             Ok((200, value(&v)))
         }
         "/v1/reload" => {

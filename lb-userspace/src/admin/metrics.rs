@@ -57,7 +57,7 @@ pub fn render(ctl: &Control) -> String {
     let _ = writeln!(
         out,
         "lb_uptime_seconds {:.3}",
-        ctl.started.elapsed().as_secs_f64()
+        ctl.counters().uptime.as_secs_f64()
     );
 
     head(
@@ -69,12 +69,12 @@ pub fn render(ctl: &Control) -> String {
     let _ = writeln!(
         out,
         "lb_config_reloads_total{{result=\"ok\"}} {}",
-        ctl.reloads_ok
+        ctl.counters().reloads_ok
     );
     let _ = writeln!(
         out,
         "lb_config_reloads_total{{result=\"error\"}} {}",
-        ctl.reloads_failed
+        ctl.counters().reloads_failed
     );
     head(
         &mut out,
@@ -82,10 +82,14 @@ pub fn render(ctl: &Control) -> String {
         "counter",
         "Times a VIP lost its last healthy real.",
     );
-    let _ = writeln!(out, "lb_all_down_events_total {}", ctl.all_down_events);
+    let _ = writeln!(
+        out,
+        "lb_all_down_events_total {}",
+        ctl.counters().all_down_events
+    );
 
     // Health and weights, per (VIP, real).
-    let rows = ctl.health_rows();
+    let rows = crate::admin::views::health_rows(ctl);
     head(
         &mut out,
         "lb_real_up",
@@ -182,7 +186,7 @@ pub fn render(ctl: &Control) -> String {
     }
 
     // Data plane counters.
-    let Some(dp) = &ctl.dp else {
+    let Some(dp) = ctl.dp() else {
         return out;
     };
     let snap = match dp.snapshot() {

@@ -4,3 +4,4 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod views;

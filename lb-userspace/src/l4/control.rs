@@ -10,58 +10,77 @@
 //! [`Control::refresh`], which end in one diffed [`Dataplane::apply`].
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    net::{IpAddr, SocketAddr},
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use log::{error, info, warn};
-use serde::Serialize;
 
 use crate::{
     config::Config,
-    health::{CheckKind, Health, Monitor, Target, TargetId},
+    health::{CheckKind, Monitor, Status, Target, TargetId},
     ident::{RealId, VipId},
     l4::{
         config::{validate_real, validate_vip, AllDown, RawReal, RawVip, Vip},
-        dataplane::{Dataplane, Snapshot, Totals},
+        dataplane::{Dataplane, Snapshot},
     },
 };
 
 /// A real of a VIP.
 type RealK = (VipId, RealId);
 
-/// An error the admin API reports: HTTP status, the field at fault (if
-/// one is) and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: u16,
-    pub field: Option<String>,
-    pub message: String,
+/// Why the reconciler refused a change. Nothing changed when one is
+/// returned; the admin layer maps each kind to an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// A field of the request is invalid.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The VIP or real named does not exist.
+    #[error("{field}: {message}")]
+    NotFound { field: String, message: String },
+    /// The change conflicts with the current state: exists already, would
+    /// leave a VIP without a real taking traffic, or there is no data plane.
+    #[error("{}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Conflict {
+        field: Option<String>,
+        message: String,
+    },
+    /// The kernel refused an update that passed validation.
+    #[error("{0}")]
+    DataPlane(String),
 }
 
-impl ApiError {
-    pub fn new(status: u16, field: Option<&str>, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
+impl ControlError {
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        ControlError::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+    fn not_found(field: &str, message: impl Into<String>) -> Self {
+        ControlError::NotFound {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+    fn conflict(field: Option<&str>, message: impl Into<String>) -> Self {
+        ControlError::Conflict {
             field: field.map(str::to_string),
             message: message.into(),
         }
     }
-    pub fn bad(field: &str, message: impl Into<String>) -> Self {
-        Self::new(400, Some(field), message)
-    }
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        Self::new(500, None, e.to_string())
-    }
-}
 
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.field {
-            Some(field) => write!(f, "{field}: {}", self.message),
-            None => f.write_str(&self.message),
+    /// The request field at fault, if one is.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ControlError::Invalid { field, .. } | ControlError::NotFound { field, .. } => {
+                Some(field)
+            }
+            ControlError::Conflict { field, .. } => field.as_deref(),
+            ControlError::DataPlane(_) => None,
         }
     }
 }
@@ -73,48 +92,12 @@ struct Drain {
     finished: bool,
 }
 
-/// One real as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RealView {
-    pub real: String,
-    pub address: IpAddr,
-    pub port: u16,
-    pub weight: u32,
-    /// Weight in the published ring (0: no new flows).
-    pub effective_weight: u32,
-    /// `up`, `down`, or `unchecked` (health kind `none`).
-    pub health: &'static str,
-    pub check: String,
-    pub health_since_secs: Option<f64>,
-    pub last_failure: Option<String>,
-    pub last_latency_ms: Option<f64>,
-    pub probes: u64,
-    pub draining: bool,
-    pub drain_seconds: Option<f64>,
-    pub drain_finished: bool,
-}
-
-/// One VIP as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct VipView {
-    pub vip: String,
-    pub address: IpAddr,
-    pub port: u16,
-    pub protocol: &'static str,
-    pub ring_size: u32,
-    pub all_down_policy: &'static str,
-    /// True while every real that should take traffic is down.
-    pub all_down: bool,
-    pub drain_timeout_secs: f64,
-    pub reals: Vec<RealView>,
-}
-
 /// The control state; shared by the daemon loop and the API behind a mutex.
 pub struct Control {
-    pub dp: Option<Dataplane>,
+    dp: Option<Dataplane>,
     monitor: Monitor,
     /// The config last loaded from the file.
-    pub config: Config,
+    config: Config,
     /// The wanted VIPs: the config's, plus live changes since.
     vips: Vec<Vip>,
     targets: HashMap<RealK, TargetId>,
@@ -126,12 +109,12 @@ pub struct Control {
     out_of_ring: HashSet<RealK>,
     /// Effective weights as last published.
     published: HashMap<VipId, HashMap<RealId, u32>>,
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    pub all_down_events: u64,
-    pub started: Instant,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    all_down_events: u64,
+    started: Instant,
     /// The snapshot of the last stats tick, for rates.
-    pub prev: Option<(Snapshot, Instant)>,
+    prev: Option<(Snapshot, Instant)>,
 }
 
 impl Control {
@@ -411,135 +394,116 @@ impl Control {
         }
     }
 
-    fn find_vip(&self, key: &str, field: &str) -> Result<usize, ApiError> {
-        let k: VipId = key
-            .parse()
-            .map_err(|e| ApiError::bad(field, format!("{e}")))?;
+    fn find_vip(&self, vip: &VipId) -> Result<usize, ControlError> {
         self.vips
             .iter()
-            .position(|v| v.id() == k)
-            .ok_or_else(|| ApiError::new(404, Some(field), format!("no VIP {key}")))
+            .position(|v| v.id() == *vip)
+            .ok_or_else(|| ControlError::not_found("vip", format!("no VIP {vip}")))
     }
 
-    fn find_real(&self, vi: usize, key: &str, field: &str) -> Result<usize, ApiError> {
-        let rk: RealId = key
-            .parse()
-            .map_err(|e| ApiError::bad(field, format!("{e}")))?;
+    fn find_real(&self, vi: usize, real: &RealId) -> Result<usize, ControlError> {
         self.vips[vi]
             .reals
             .iter()
-            .position(|r| r.id() == rk)
+            .position(|r| r.id() == *real)
             .ok_or_else(|| {
-                ApiError::new(
-                    404,
-                    Some(field),
-                    format!("{key} is not a real of {}", self.vips[vi].id()),
+                ControlError::not_found(
+                    "real",
+                    format!("{real} is not a real of {}", self.vips[vi].id()),
                 )
             })
     }
 
-    fn commit(&mut self, vips: Vec<Vip>) -> Result<(), ApiError> {
+    fn commit(&mut self, vips: Vec<Vip>) -> Result<(), ControlError> {
         if self.dp.is_none() {
-            return Err(ApiError::new(
-                409,
+            return Err(ControlError::conflict(
                 None,
                 "no L4 data plane is running (start lb with interfaces and VIPs)",
             ));
         }
         self.set_vips(vips).map_err(|e| {
-            ApiError::new(
-                500,
-                None,
-                format!("data plane update failed, nothing changed: {e:#}"),
-            )
+            ControlError::DataPlane(format!("data plane update failed, nothing changed: {e:#}"))
         })
     }
 
-    /// `vip add`.
-    pub fn vip_add(&mut self, raw: &RawVip) -> Result<VipView, ApiError> {
+    /// `vip add`: validates the table and adds the VIP.
+    pub fn vip_add(&mut self, raw: &RawVip) -> Result<VipId, ControlError> {
         let mut errors = Vec::new();
         let vip = validate_vip("vip", raw, &mut errors);
         if let Some(e) = errors.into_iter().next() {
-            return Err(ApiError::bad(&e.field, e.reason));
+            return Err(ControlError::invalid(&e.field, e.reason));
         }
-        let vip = vip.ok_or_else(|| ApiError::bad("vip", "invalid"))?;
-        if self.vips.iter().any(|v| v.id() == vip.id()) {
-            return Err(ApiError::new(
-                409,
+        let vip = vip.ok_or_else(|| ControlError::invalid("vip", "invalid"))?;
+        let id = vip.id();
+        if self.vips.iter().any(|v| v.id() == id) {
+            return Err(ControlError::conflict(
                 Some("vip"),
-                format!("{} exists already", vip.id()),
+                format!("{id} exists already"),
             ));
         }
-        let key = vip.id();
         let mut vips = self.vips.clone();
         vips.push(vip);
         self.commit(vips)?;
-        info!("api: vip {} added", key);
-        Ok(self.view_of(key).expect("just added"))
+        info!("api: vip {id} added");
+        Ok(id)
     }
 
     /// `vip del`.
-    pub fn vip_del(&mut self, key: &str) -> Result<(), ApiError> {
-        let i = self.find_vip(key, "vip")?;
+    pub fn vip_del(&mut self, vip: &VipId) -> Result<(), ControlError> {
+        let i = self.find_vip(vip)?;
         let mut vips = self.vips.clone();
-        let v = vips.remove(i);
+        vips.remove(i);
         self.commit(vips)?;
-        info!("api: vip {} removed", v.id());
+        info!("api: vip {vip} removed");
         Ok(())
     }
 
-    /// `real add`.
-    pub fn real_add(&mut self, vip: &str, raw: &RawReal) -> Result<RealView, ApiError> {
-        let vi = self.find_vip(vip, "vip")?;
+    /// `real add`: validates the table (inheriting the VIP's health table)
+    /// and adds the real.
+    pub fn real_add(&mut self, vip: &VipId, raw: &RawReal) -> Result<RealId, ControlError> {
+        let vi = self.find_vip(vip)?;
         let v = &self.vips[vi];
         let mut errors = Vec::new();
-        // The real inherits the VIP's health table as configured.
-        let vip_health = v.health.clone();
         let real = validate_real(
             "real",
             raw,
             Some(v.address),
             Some(v.port),
-            &vip_health,
+            &v.health,
             &mut errors,
         );
         if let Some(e) = errors.into_iter().next() {
-            return Err(ApiError::bad(&e.field, e.reason));
+            return Err(ControlError::invalid(&e.field, e.reason));
         }
-        let real = real.ok_or_else(|| ApiError::bad("real", "invalid"))?;
-        if v.reals.iter().any(|r| r.id() == real.id()) {
-            return Err(ApiError::new(
-                409,
+        let real = real.ok_or_else(|| ControlError::invalid("real", "invalid"))?;
+        let id = real.id();
+        if v.reals.iter().any(|r| r.id() == id) {
+            return Err(ControlError::conflict(
                 Some("real"),
-                format!("{} is already a real of {}", real.id(), v.id()),
+                format!("{id} is already a real of {vip}"),
             ));
         }
-        let rk = real.id();
-        let k = v.id();
         let mut vips = self.vips.clone();
         vips[vi].reals.push(real);
         self.commit(vips)?;
-        info!("api: vip {}: real {} added", vip, rk);
-        self.real_view_of(k, rk)
-            .ok_or_else(|| ApiError::internal("real vanished"))
+        info!("api: vip {vip}: real {id} added");
+        Ok(id)
     }
 
     /// `real del`.
-    pub fn real_del(&mut self, vip: &str, real: &str) -> Result<(), ApiError> {
-        let vi = self.find_vip(vip, "vip")?;
-        let ri = self.find_real(vi, real, "real")?;
+    pub fn real_del(&mut self, vip: &VipId, real: &RealId) -> Result<(), ControlError> {
+        let vi = self.find_vip(vip)?;
+        let ri = self.find_real(vi, real)?;
         let mut vips = self.vips.clone();
         if vips[vi].reals.len() == 1 {
-            return Err(ApiError::new(
-                409,
+            return Err(ControlError::conflict(
                 Some("real"),
                 format!("{real} is the last real of {vip}; delete the VIP instead"),
             ));
         }
         vips[vi].reals.remove(ri);
         if !vips[vi].reals.iter().any(|r| r.weight > 0) {
-            return Err(ApiError::new(
-                409,
+            return Err(ControlError::conflict(
                 Some("real"),
                 format!("removing {real} would leave {vip} with no real taking traffic"),
             ));
@@ -552,16 +516,16 @@ impl Control {
     /// `real weight` (0 = drain).
     pub fn real_weight(
         &mut self,
-        vip: &str,
-        real: &str,
+        vip: &VipId,
+        real: &RealId,
         weight: i64,
-    ) -> Result<RealView, ApiError> {
-        let vi = self.find_vip(vip, "vip")?;
-        let ri = self.find_real(vi, real, "real")?;
+    ) -> Result<(), ControlError> {
+        let vi = self.find_vip(vip)?;
+        let ri = self.find_real(vi, real)?;
         let w = match u32::try_from(weight) {
             Ok(w) if w <= lb_common::MAX_WEIGHT => w,
             _ => {
-                return Err(ApiError::bad(
+                return Err(ControlError::invalid(
                     "weight",
                     format!("{weight} is outside 0..={}", lb_common::MAX_WEIGHT),
                 ))
@@ -570,284 +534,123 @@ impl Control {
         let mut vips = self.vips.clone();
         vips[vi].reals[ri].weight = w;
         if !vips[vi].reals.iter().any(|r| r.weight > 0) {
-            return Err(ApiError::new(
-                409,
+            return Err(ControlError::conflict(
                 Some("weight"),
                 format!("{real} is the last real of {vip} with a weight; at least one must take traffic"),
             ));
         }
-        let k = vips[vi].id();
-        let rk = vips[vi].reals[ri].id();
         self.commit(vips)?;
         info!("api: vip {vip}: real {real} weight {w}");
-        self.real_view_of(k, rk)
-            .ok_or_else(|| ApiError::internal("real vanished"))
+        Ok(())
     }
 
-    /// All VIPs as the API shows them.
-    pub fn views(&self) -> Vec<VipView> {
-        self.vips
-            .iter()
-            .filter_map(|v| self.view_of(v.id()))
-            .collect()
-    }
-
-    fn view_of(&self, k: VipId) -> Option<VipView> {
-        let v = self.vips.iter().find(|v| v.id() == k)?;
-        Some(VipView {
-            vip: v.id().to_string(),
-            address: v.address,
-            port: v.port,
-            protocol: v.protocol.as_str(),
-            ring_size: v.ring_size,
-            all_down_policy: v.all_down.as_str(),
-            all_down: self.all_down.contains(&k),
-            drain_timeout_secs: v.drain_timeout.as_secs_f64(),
-            reals: v
-                .reals
-                .iter()
-                .filter_map(|r| self.real_view_of(k, r.id()))
-                .collect(),
-        })
-    }
-
-    fn real_view_of(&self, k: VipId, rk: RealId) -> Option<RealView> {
-        let v = self.vips.iter().find(|v| v.id() == k)?;
-        let r = v.reals.iter().find(|r| r.id() == rk)?;
-        let status = self
-            .targets
-            .get(&(k, rk))
-            .and_then(|id| self.monitor.status(*id));
-        let unchecked = r.check.kind == CheckKind::None;
-        let drain = self.drains.get(&(k, rk));
-        Some(RealView {
-            real: r.id().to_string(),
-            address: r.address,
-            port: r.port,
-            weight: r.weight,
+    /// What the reconciler knows of one real of a VIP.
+    pub fn real_state(&self, vip: &VipId, real: &RealId) -> Option<RealState> {
+        let v = self.vips.iter().find(|v| v.id() == *vip)?;
+        let r = v.reals.iter().find(|r| r.id() == *real)?;
+        let k = (*vip, *real);
+        Some(RealState {
+            checked: r.check.kind != CheckKind::None,
+            up: self.is_up(&k),
+            status: self.targets.get(&k).and_then(|id| self.monitor.status(*id)),
             effective_weight: self
                 .published
-                .get(&k)
-                .and_then(|m| m.get(&rk).copied())
+                .get(vip)
+                .and_then(|m| m.get(real).copied())
                 .unwrap_or(0),
-            health: if unchecked {
-                "unchecked"
-            } else {
-                match status.as_ref().map(|s| s.health) {
-                    Some(Health::Down) => "down",
-                    _ => "up",
-                }
-            },
-            check: if unchecked {
-                "none".into()
-            } else {
-                format!(
-                    "{} every {:?}, timeout {:?}, rise {}, fall {}",
-                    r.check.kind.name(),
-                    r.check.interval,
-                    r.check.timeout,
-                    r.check.rise,
-                    r.check.fall
-                )
-            },
-            health_since_secs: status.as_ref().map(|s| s.since.elapsed().as_secs_f64()),
-            last_failure: status
-                .as_ref()
-                .and_then(|s| s.last_failure.as_ref().map(|f| f.to_string())),
-            last_latency_ms: status
-                .as_ref()
-                .and_then(|s| s.last_latency.map(|d| d.as_secs_f64() * 1000.0)),
-            probes: status.as_ref().map(|s| s.probes).unwrap_or(0),
-            draining: drain.is_some(),
-            drain_seconds: drain.map(|d| d.since.elapsed().as_secs_f64()),
-            drain_finished: drain.is_some_and(|d| d.finished),
+            drain: self.drains.get(&k).map(|d| DrainState {
+                since: d.since,
+                finished: d.finished,
+            }),
         })
     }
 
-    /// Counters with rates against the last stats tick.
-    pub fn stats(&self) -> Result<StatsView> {
-        let dp = self
-            .dp
-            .as_ref()
-            .ok_or_else(|| anyhow!("no L4 data plane is running"))?;
-        let now = dp.snapshot()?;
-        let (prev, elapsed) = match &self.prev {
-            Some((p, at)) => (Some(p), at.elapsed()),
-            None => (None, self.started.elapsed()),
-        };
-        let secs = elapsed.as_secs_f64().max(1e-3);
-        let rate = |now: &Totals, before: Option<&Totals>| {
-            let b = before.copied().unwrap_or_default();
-            Rates {
-                packets_per_sec: now.packets.saturating_sub(b.packets) as f64 / secs,
-                bytes_per_sec: now.bytes.saturating_sub(b.bytes) as f64 / secs,
-                new_flows_per_sec: now.new_flows.saturating_sub(b.new_flows) as f64 / secs,
-            }
-        };
-        let mut vips = Vec::new();
-        for (vip, (t, reals)) in &now.vips {
-            let pv = prev.and_then(|p| p.vips.get(vip));
-            vips.push(VipStats {
-                vip: vip.clone(),
-                totals: *t,
-                rates: rate(t, pv.map(|x| &x.0)),
-                reals: reals
-                    .iter()
-                    .map(|(r, rt)| RealStats {
-                        real: r.clone(),
-                        totals: *rt,
-                        rates: rate(rt, pv.and_then(|x| x.1.get(r))),
-                    })
-                    .collect(),
-            });
-        }
-        let (drops, other): (BTreeMap<_, _>, BTreeMap<_, _>) = now
-            .global
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .partition(|(k, _)| k.starts_with("drop_"));
-        Ok(StatsView {
-            interval_secs: secs,
-            vips,
-            drops,
-            global: other,
-        })
+    /// The VIPs whose every real that should serve is down.
+    pub fn all_down_vips(&self) -> impl Iterator<Item = &VipId> {
+        self.all_down.iter()
     }
 
-    /// A summary for `lb status`.
-    pub fn status(&self) -> StatusView {
-        let mut reals_up = 0;
-        let mut reals_total = 0;
-        for v in &self.vips {
-            for r in &v.reals {
-                reals_total += 1;
-                if self.is_up(&(v.id(), r.id())) {
-                    reals_up += 1;
-                }
-            }
-        }
-        StatusView {
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_secs: self.started.elapsed().as_secs_f64(),
-            config: None,
-            l4: self.dp.is_some(),
-            interfaces: self
-                .dp
-                .as_ref()
-                .map(|d| {
-                    d.attached()
-                        .map(|(n, m)| InterfaceView {
-                            name: n.to_string(),
-                            mode: m.as_str(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            pin_path: self
-                .dp
-                .as_ref()
-                .and_then(|d| d.pin_path().map(|p| p.display().to_string())),
-            vips: self.vips.len(),
-            reals: reals_total,
-            reals_up,
-            vips_all_down: self.all_down.iter().map(|k| k.to_string()).collect(),
-            l7_listeners: self.config.l7.len(),
-            dns: self.config.dns.is_some(),
+    /// The running data plane (none when `lb` runs no L4 role).
+    pub fn dp(&self) -> Option<&Dataplane> {
+        self.dp.as_ref()
+    }
+
+    pub fn dp_mut(&mut self) -> Option<&mut Dataplane> {
+        self.dp.as_mut()
+    }
+
+    /// Takes the data plane out (at shutdown).
+    pub fn take_dp(&mut self) -> Option<Dataplane> {
+        self.dp.take()
+    }
+
+    /// The config last loaded from the file.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Records a reload whose new config was applied.
+    pub fn reload_applied(&mut self, config: Config) {
+        self.config = config;
+        self.reloads_ok += 1;
+    }
+
+    /// Records a reload that was refused.
+    pub fn reload_failed(&mut self) {
+        self.reloads_failed += 1;
+    }
+
+    pub fn counters(&self) -> ControlCounters {
+        ControlCounters {
             reloads_ok: self.reloads_ok,
             reloads_failed: self.reloads_failed,
+            all_down_events: self.all_down_events,
+            uptime: self.started.elapsed(),
         }
+    }
+
+    /// The counters of the last stats tick and when they were read.
+    pub fn last_snapshot(&self) -> Option<&(Snapshot, Instant)> {
+        self.prev.as_ref()
+    }
+
+    pub fn set_last_snapshot(&mut self, snapshot: Snapshot, at: Instant) {
+        self.prev = Some((snapshot, at));
     }
 
     /// True while every real of `k` that should serve is down.
     pub fn is_all_down(&self, k: &VipId) -> bool {
         self.all_down.contains(k)
     }
-
-    /// Per (VIP, real): up, effective weight, check latency, probes.
-    pub fn health_rows(&self) -> Vec<HealthRow> {
-        let mut out = Vec::new();
-        for v in &self.vips {
-            let k = v.id();
-            for r in &v.reals {
-                let rk = r.id();
-                let st = self
-                    .targets
-                    .get(&(k, rk))
-                    .and_then(|id| self.monitor.status(*id));
-                out.push((
-                    v.id(),
-                    r.id(),
-                    self.is_up(&(k, rk)),
-                    r.check.kind != CheckKind::None,
-                    self.published
-                        .get(&k)
-                        .and_then(|m| m.get(&rk).copied())
-                        .unwrap_or(0),
-                    st.as_ref().and_then(|s| s.last_latency),
-                    st.map(|s| s.probes).unwrap_or(0),
-                ));
-            }
-        }
-        out
-    }
 }
 
-/// (VIP, real, up, checked, effective weight, last probe latency, probes).
-pub type HealthRow = (VipId, RealId, bool, bool, u32, Option<Duration>, u64);
-
-#[derive(Debug, Clone, Serialize)]
-pub struct InterfaceView {
-    pub name: String,
-    pub mode: &'static str,
+/// One real as the reconciler sees it.
+#[derive(Debug, Clone)]
+pub struct RealState {
+    /// False for health kind `none`.
+    pub checked: bool,
+    /// Passing its check (or unchecked).
+    pub up: bool,
+    /// The health monitor's view, for checked reals.
+    pub status: Option<Status>,
+    /// Weight in the published ring (0: no new flows).
+    pub effective_weight: u32,
+    pub drain: Option<DrainState>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusView {
-    pub version: &'static str,
-    pub uptime_secs: f64,
-    pub config: Option<String>,
-    pub l4: bool,
-    pub interfaces: Vec<InterfaceView>,
-    pub pin_path: Option<String>,
-    pub vips: usize,
-    pub reals: usize,
-    pub reals_up: usize,
-    pub vips_all_down: Vec<String>,
-    pub l7_listeners: usize,
-    pub dns: bool,
+/// A real draining (weight 0).
+#[derive(Debug, Clone, Copy)]
+pub struct DrainState {
+    pub since: Instant,
+    /// Its remaining conntrack entries were cut when the timeout passed.
+    pub finished: bool,
+}
+
+/// The reconciler's event counters.
+#[derive(Debug, Clone, Copy)]
+pub struct ControlCounters {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Rates {
-    pub packets_per_sec: f64,
-    pub bytes_per_sec: f64,
-    pub new_flows_per_sec: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RealStats {
-    pub real: String,
-    pub totals: Totals,
-    pub rates: Rates,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct VipStats {
-    pub vip: String,
-    pub totals: Totals,
-    pub rates: Rates,
-    pub reals: Vec<RealStats>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StatsView {
-    /// Seconds the rates are measured over.
-    pub interval_secs: f64,
-    pub vips: Vec<VipStats>,
-    /// `drop_*` counters.
-    pub drops: BTreeMap<String, u64>,
-    /// Every other global counter.
-    pub global: BTreeMap<String, u64>,
+    pub all_down_events: u64,
+    pub uptime: Duration,
 }

@@ -148,6 +148,7 @@ impl Dataplane {
             markers: HashSet::new(),
             pin_path: opts.pin_path.clone(),
             restored: (0, 0),
+            neighbours: neighbours::Resolver::spawn().context("starting the neighbour resolver")?,
         };
         if !seed_pinned {
             dp.set_hash_seed(lb_common::DEFAULT_HASH_SEED)?;

@@ -94,6 +94,8 @@ pub struct Dataplane {
     pin_path: Option<PathBuf>,
     /// VIPs and reals found in pinned maps at load.
     restored: (usize, usize),
+    /// Installs managed neighbour entries off the caller's thread.
+    neighbours: neighbours::Resolver,
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -328,16 +330,26 @@ impl Dataplane {
     }
 
     /// The stats index of a VIP.
-    /// Resolves the next hops of the applied reals and the gateways of the
-    /// attached interfaces (see [`neighbours::resolve_all`]).
-    pub fn resolve_neighbours(&self) {
-        let reals: HashSet<IpAddr> = self
+    /// Asks the neighbour resolver to install managed neighbour entries for
+    /// the next hops of the applied reals and the gateways of the attached
+    /// interfaces, so `bpf_fib_lookup` finds them before the first packet.
+    /// Returns at once (the resolver works on its own thread); the number is
+    /// the request's generation, for [`neighbours::Resolver::wait`].
+    pub fn resolve_neighbours(&self) -> u64 {
+        let mut seen = HashSet::new();
+        let reals = self
             .applied
             .iter()
             .flat_map(|v| v.reals.iter().map(|r| r.address))
+            .filter(|a| seen.insert(*a))
             .collect();
-        let ifaces: Vec<&str> = self.attached.iter().map(|(n, _, _)| n.as_str()).collect();
-        neighbours::resolve_all(&reals, &ifaces);
+        let interfaces = self.attached.iter().map(|(i, _, _)| i.clone()).collect();
+        self.neighbours.request(reals, interfaces)
+    }
+
+    /// The neighbour resolver of this data plane.
+    pub fn neighbours(&self) -> &neighbours::Resolver {
+        &self.neighbours
     }
 
     pub fn vip_index(&self, vip: &VipId) -> Option<u32> {
