@@ -12,9 +12,7 @@ use std::{env, fs, path::PathBuf};
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let objects = [out_dir.join("lb-xdp"), out_dir.join("lb-xdp-test")];
-    let skip = env::var("AYA_BUILD_SKIP")
-        .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
-        .unwrap_or(false);
+    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         for object in &objects {

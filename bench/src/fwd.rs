@@ -40,7 +40,7 @@ use lb_userspace::{
 use serde_json::json;
 
 #[derive(Args, Debug, Clone)]
-pub struct FwdBenchArgs {
+pub(crate) struct FwdBenchArgs {
     /// Frames the generator sends per measurement.
     #[arg(long, default_value_t = 2_000_000)]
     pub packets: u32,
@@ -169,7 +169,8 @@ fn gen_mode(tp: &mut TestPrograms, mode: u32, next: Option<ProgramFd>) -> Result
     Ok(())
 }
 
-pub fn run(args: &FwdBenchArgs) -> Result<()> {
+pub(crate) fn run(args: &FwdBenchArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench fwd needs root (network namespaces, XDP)");
     }
@@ -325,8 +326,7 @@ pub fn run(args: &FwdBenchArgs) -> Result<()> {
         results
             .iter()
             .find(|r| r.0.starts_with(setup) && r.1 == proto)
-            .map(|r| r.2)
-            .unwrap_or(0.0)
+            .map_or(0.0, |r| r.2)
     };
     let mut md = format!(
         "# Forwarding rate\n\nnetns lb → real over veth; frames injected at the lb's client-side veth by `gen` in live-frames test-run mode ({} frames per run, best of {}), {} source ports; counted by an XDP sink on the real's interface. ns/frame is the whole path on one CPU: generator, the set-up's work, veth, sink.\n\n| set-up | protocol | Mpps | ns/frame | delivered |\n|---|---|---:|---:|---:|\n",

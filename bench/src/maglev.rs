@@ -11,7 +11,7 @@ use lb_userspace::l4::maglev::{self, Backend};
 use serde_json::json;
 
 #[derive(Args, Debug, Clone)]
-pub struct MaglevBenchArgs {
+pub(crate) struct MaglevBenchArgs {
     /// Builds per real count (the median is reported).
     #[arg(long, default_value_t = 200)]
     pub iterations: usize,
@@ -54,7 +54,7 @@ fn sets() -> Vec<(String, Vec<Backend>)> {
     v
 }
 
-pub fn run(args: &MaglevBenchArgs) -> Result<()> {
+pub(crate) fn run(args: &MaglevBenchArgs) -> Result<()> {
     let iters = args.iterations.max(1);
     let m = args.ring_size;
     let sets = sets();

@@ -22,7 +22,7 @@ use lb_userspace::{
 use serde_json::json;
 
 #[derive(Args, Debug, Clone)]
-pub struct XdpBenchArgs {
+pub(crate) struct XdpBenchArgs {
     /// Calls per class (and per program).
     #[arg(long, default_value_t = 20000)]
     pub calls: usize,
@@ -150,7 +150,12 @@ fn classes(calls: usize) -> Vec<Class> {
     ]
 }
 
+/// Per-call durations of one class, in nanoseconds.
 #[derive(Clone, Copy)]
+#[allow(
+    clippy::struct_field_names,
+    reason = "the unit is part of each name, as in the report"
+)]
 struct Stat {
     mean_ns: f64,
     median_ns: f64,
@@ -168,7 +173,8 @@ fn stat(mut d: Vec<Duration>) -> Stat {
     }
 }
 
-pub fn run(args: &XdpBenchArgs) -> Result<()> {
+pub(crate) fn run(args: &XdpBenchArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench xdp needs root (BPF_PROG_TEST_RUN, network namespaces)");
     }

@@ -318,10 +318,10 @@ pub fn generate(rng: &mut Rng) -> Vec<u8> {
         for r in 0..rng.below(4) {
             t.push_str(&format!(
                 "[[vip.real]]\naddress = \"{}\"\nport = {}\nweight = {}\n",
-                if v6 != rng.one_in(6) {
-                    format!("2001:db8::{}", r + 1)
-                } else {
+                if v6 == rng.one_in(6) {
                     format!("198.18.2.{}", r + 11)
+                } else {
+                    format!("2001:db8::{}", r + 1)
                 },
                 rng.pick(&[0i64, 8080, 80, 70000]),
                 rng.pick(&[1i64, 0, 65535, 65536, -3]),

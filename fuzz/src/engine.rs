@@ -151,7 +151,12 @@ impl fmt::Display for Report {
 }
 
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    use std::fmt::Write;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 /// Parses [`hex`] output (whitespace ignored).
@@ -184,7 +189,7 @@ pub fn regressions_dir(target: &str) -> PathBuf {
 pub fn load_dir(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out: Vec<(PathBuf, Vec<u8>)> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
-            .filter_map(|e| e.ok())
+            .filter_map(std::result::Result::ok)
             .map(|e| e.path())
             .filter(|p| p.is_file())
             // `.gitkeep` and other dot files are not inputs.
@@ -219,7 +224,7 @@ fn install_hook() {
                         let msg = info
                             .payload()
                             .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
+                            .map(std::string::ToString::to_string)
                             .or_else(|| info.payload().downcast_ref::<String>().cloned())
                             .unwrap_or_else(|| "(non-string payload)".into());
                         let at = info
@@ -532,9 +537,7 @@ mod tests {
     use super::*;
 
     fn boom(d: &[u8]) -> Outcome {
-        if d.first() == Some(&b'!') {
-            panic!("bang");
-        }
+        assert!(d.first() != Some(&b'!'), "bang");
         if d.first() == Some(&b'?') {
             return Err("bad".into());
         }

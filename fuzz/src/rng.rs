@@ -46,8 +46,7 @@ impl Rng {
 pub fn fresh_seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+        .map_or(0, |d| d.as_nanos() as u64);
     let mut r = Rng::new(t ^ ((std::process::id() as u64) << 32));
     r.next_u64()
 }

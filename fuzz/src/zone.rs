@@ -278,7 +278,7 @@ pub fn generate(rng: &mut Rng) -> Vec<u8> {
     if !rng.one_in(5) {
         z.push_str(&format!(
             "$TTL {}\n",
-            rng.pick(&[0u64, 60, 3600, 4294967295])
+            rng.pick(&[0u64, 60, 3600, 4_294_967_295])
         ));
     }
     if !rng.one_in(8) {

@@ -44,7 +44,7 @@ fn fuzz(name: &str) {
     for seed in [1, fresh] {
         let mut o = Options::new(seed);
         o.iterations = Some(budget(t));
-        o.seeds = seeds.clone();
+        o.seeds.clone_from(&seeds);
         o.max_failures = 3;
         let r = engine::run(t, &o);
         log(&r.to_string());

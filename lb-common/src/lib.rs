@@ -305,7 +305,13 @@ pub fn flow_hash_seeded(key: &FlowKey, seed: u32) -> u32 {
     h = mix(h, (key.sport as u32) | ((key.dport as u32) << 16));
     h = mix(h, (key.proto as u32) | ((key.family as u32) << 8));
     // fmix32
-    h ^= 40;
+    #[allow(
+        clippy::decimal_bitwise_operands,
+        reason = "40 is the key length in bytes, as murmur3 mixes it"
+    )]
+    {
+        h ^= 40;
+    }
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
@@ -359,14 +365,25 @@ assert_layout!(CsumScratch, size CSUM_CHUNK, align 8, { bytes: 0 });
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::*;
+    use super::{Counters, CtValue, FlowKey, GenTemplate, NextHop, RealDef, VipKey, VipMeta};
+    // SAFETY: this impl and every one below: each type is #[repr(C)], Copy, made only of
+    // integers and integer arrays with its padding spelled out as fields
+    // (layouts asserted above), so every bit pattern is a valid value and
+    // no byte is uninitialised.
     unsafe impl aya::Pod for VipKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for VipMeta {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for RealDef {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for CtValue {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Counters {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for NextHop {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for GenTemplate {}
 }
 

@@ -201,16 +201,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let api = validate_api(raw.api.as_ref(), &mut errors);
     let metrics_listen = match raw.metrics.as_ref().and_then(|m| m.listen.as_deref()) {
         None | Some("") => None,
-        Some(s) => match s.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
+        Some(s) => {
+            if let Ok(a) = s.parse::<SocketAddr>() {
+                Some(a)
+            } else {
                 errors.push(ConfigError::new(
                     "metrics.listen",
                     format!("`{s}` is not an address:port (e.g. 127.0.0.1:9180)"),
                 ));
                 None
             }
-        },
+        }
     };
 
     let hash_seed = match raw.hash_seed {

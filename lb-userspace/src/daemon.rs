@@ -328,7 +328,7 @@ fn detach_stale_links(dir: &Path, interfaces: &[String]) {
             if !interfaces.iter().any(|i| i == iface) {
                 match std::fs::remove_file(e.path()) {
                     Ok(()) => {
-                        info!("{iface}: no longer configured; pinned XDP link removed (detached)")
+                        info!("{iface}: no longer configured; pinned XDP link removed (detached)");
                     }
                     Err(err) => warn!("{}: {err}", e.path().display()),
                 }

@@ -391,7 +391,7 @@ mod tests {
             let r = next();
             // Groups drawn so that zero runs of every length are common.
             let g: [u16; 8] = std::array::from_fn(|i| {
-                if (r >> (i * 2)) & 3 == 0 {
+                if (r >> (i * 2)).trailing_zeros() >= 2 {
                     (next() & 0xffff) as u16
                 } else {
                     0

@@ -257,8 +257,7 @@ impl Gen {
             .real_macs
             .iter()
             .find(|(a, _)| *a == t.src)
-            .map(|(_, m)| *m)
-            .unwrap_or([0x02, 0, 0, 0, 0x01, 0xee]);
+            .map_or([0x02, 0, 0, 0, 0x01, 0xee], |(_, m)| *m);
         how.push("real → client (reply)".into());
         let macs = (mac, self.out_mac);
         Some((
@@ -427,8 +426,7 @@ impl Gen {
         };
         let hdr_end = flow
             .as_ref()
-            .map(|f| (f.l4 + 20).min(b.len()))
-            .unwrap_or(b.len().min(74));
+            .map_or(b.len().min(74), |f| (f.l4 + 20).min(b.len()));
         match self.rng.below(12) {
             0 | 1 if hdr_end > 0 => {
                 let at = self.rng.below(hdr_end);

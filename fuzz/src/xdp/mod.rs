@@ -245,7 +245,7 @@ fn fuzz_net() -> Result<Netns> {
 fn empty_conntrack(dp: &mut Dataplane) -> Result<()> {
     let map = dp.ebpf().map_mut("CONNTRACK").context("CONNTRACK map")?;
     let mut ct: BpfHashMap<_, FlowKey, CtValue> = BpfHashMap::try_from(map)?;
-    let keys: Vec<FlowKey> = ct.keys().filter_map(|k| k.ok()).collect();
+    let keys: Vec<FlowKey> = ct.keys().filter_map(std::result::Result::ok).collect();
     for k in keys {
         let _ = ct.remove(&k);
     }

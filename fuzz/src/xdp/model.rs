@@ -219,14 +219,14 @@ impl Model {
         output: &[u8],
         f: &Flow,
     ) -> Result<Outcome, String> {
-        let key = Tuple::of(f);
-        let unchanged = output == input;
         // Which way, and to what: (reply?, new address, new port, VIP index
         // of a forward flow, the real fixed by conntrack).
         enum Dir {
             Reply(IpAddr, u16),
             Forward(usize, Option<(IpAddr, u16)>),
         }
+        let key = Tuple::of(f);
+        let unchanged = output == input;
         let dir = if let Some(&(a, p)) = self.replies.get(&key) {
             Dir::Reply(a, p)
         } else if let Some(&(vi, a, p)) = self.flows.get(&key) {
@@ -304,21 +304,20 @@ impl Model {
                     wire::addr_of(output, f.dst_at(), f.v6),
                     u16::from_be_bytes([output[f.l4 + 2], output[f.l4 + 3]]),
                 );
-                let want = match fixed {
-                    Some(r) => r,
-                    None => {
-                        let vip = &self.vips[vi];
-                        let real = vip.reals.iter().find(|(a, p)| {
-                            *a == got.0 && (if *p == 0 { f.dport } else { *p }) == got.1
-                        });
-                        match real {
-                            Some(_) => got,
-                            None => {
-                                return Err(format!(
-                                    "new flow to {}:{} sent to {}:{}, not one of its reals {:?}",
-                                    vip.addr, vip.port, got.0, got.1, vip.reals
-                                ))
-                            }
+                let want = if let Some(r) = fixed {
+                    r
+                } else {
+                    let vip = &self.vips[vi];
+                    let real = vip.reals.iter().find(|(a, p)| {
+                        *a == got.0 && (if *p == 0 { f.dport } else { *p }) == got.1
+                    });
+                    match real {
+                        Some(_) => got,
+                        None => {
+                            return Err(format!(
+                                "new flow to {}:{} sent to {}:{}, not one of its reals {:?}",
+                                vip.addr, vip.port, got.0, got.1, vip.reals
+                            ))
                         }
                     }
                 };

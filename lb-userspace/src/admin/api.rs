@@ -156,10 +156,10 @@ fn error_response(e: &ApiError) -> Resp {
 pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8], prefix: &str) -> Result<T, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad(prefix, format!("the body is not JSON: {e}")))?;
-    value_to::<T>(v, prefix)
+    value_to::<T>(&v, prefix)
 }
 
-fn value_to<T: serde::de::DeserializeOwned>(v: Value, prefix: &str) -> Result<T, ApiError> {
+fn value_to<T: serde::de::DeserializeOwned>(v: &Value, prefix: &str) -> Result<T, ApiError> {
     let err = match serde_json::from_value::<T>(v.clone()) {
         Ok(t) => return Ok(t),
         Err(e) => e.to_string(),
@@ -372,7 +372,7 @@ async fn route(
                         vip = Some(
                             v.parse::<VipId>()
                                 .map_err(|e| ApiError::bad("vip", e.to_string()))?,
-                        )
+                        );
                     }
                     "limit" => {
                         limit = match v.parse::<usize>() {
@@ -420,7 +420,7 @@ async fn route(
         }
         "/v1/reals/add" => {
             let r: RealAdd = from_json(body, "")?;
-            let raw: RawReal = value_to(r.real, "real")?;
+            let raw: RawReal = value_to(&r.real, "real")?;
             let vip = vip_id(&r.vip)?;
             let mut ctl = state.ctl.lock().await;
             let id = ctl.real_add(&vip, &raw)?;
@@ -489,7 +489,7 @@ async fn route(
 mod erased {
     use serde_json::Value;
     /// Anything serializable, as a JSON value.
-    pub trait Ser {
+    pub(super) trait Ser {
         fn to_value(&self) -> Value;
     }
     impl<T: serde::Serialize> Ser for T {
@@ -564,8 +564,11 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
     }
     // Created with no access at all, then opened up to `mode`, so there is
     // no moment where others could connect.
+    // SAFETY: umask only swaps the process's file mode mask; it has no
+    // preconditions and cannot fail.
     let old = unsafe { libc::umask(0o777) };
     let l = UnixListener::bind(path);
+    // SAFETY: as above; this restores the mask read by the first call.
     unsafe { libc::umask(old) };
     let l = l.with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -577,7 +580,7 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
 pub async fn serve_unix(listener: UnixListener, state: Arc<ApiState>, stop: CancellationToken) {
     loop {
         let stream = tokio::select! {
-            _ = stop.cancelled() => return,
+            () = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => { warn!("api: accept: {e}"); tokio::time::sleep(std::time::Duration::from_millis(100)).await; continue; }
@@ -597,7 +600,7 @@ pub async fn serve_tcp(
     let token = Arc::new(token);
     loop {
         let stream = tokio::select! {
-            _ = stop.cancelled() => return,
+            () = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => { warn!("api: accept: {e}"); tokio::time::sleep(std::time::Duration::from_millis(100)).await; continue; }
@@ -624,7 +627,7 @@ where
             .serve_connection(io, svc);
         tokio::select! {
             _ = conn => {}
-            _ = stop.cancelled() => {}
+            () = stop.cancelled() => {}
         }
     });
 }
@@ -648,7 +651,7 @@ pub fn start(
                 socket = Some(path.clone());
             }
             Err(e) if !cfg.socket_configured => {
-                warn!("admin API off: {e:#} (set [api] socket to another path)")
+                warn!("admin API off: {e:#} (set [api] socket to another path)");
             }
             Err(e) => return Err(e),
         }
@@ -677,7 +680,7 @@ pub async fn serve_metrics(
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
-                _ = stop.cancelled() => return,
+                () = stop.cancelled() => return,
                 r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
             };
             let ctl = ctl.clone();

@@ -99,8 +99,7 @@ impl Client {
             let msg = v
                 .get("error")
                 .and_then(|e| e.as_str())
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string());
+                .map_or_else(|| v.to_string(), str::to_string);
             bail!("{msg} (HTTP {status})");
         }
         Ok(v)
@@ -254,7 +253,7 @@ pub async fn run(client: &Client, verb: Verb, as_json: bool) -> Result<()> {
                 match watch {
                     Some(every) if count.is_none_or(|c| n < c) => {
                         tokio::select! {
-                            _ = tokio::time::sleep(every) => {}
+                            () = tokio::time::sleep(every) => {}
                             _ = tokio::signal::ctrl_c() => return Ok(()),
                         }
                         if !as_json {
@@ -296,7 +295,7 @@ fn s(v: &Value) -> String {
 }
 
 fn table(rows: Vec<Vec<String>>) -> String {
-    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let cols = rows.iter().map(std::vec::Vec::len).max().unwrap_or(0);
     let mut widths = vec![0; cols];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -492,8 +491,7 @@ fn human_health(v: &Value) -> String {
             s(&r["health"]),
             r["since_secs"]
                 .as_f64()
-                .map(|x| format!("{x:.0}s"))
-                .unwrap_or_else(|| "-".into()),
+                .map_or_else(|| "-".into(), |x| format!("{x:.0}s")),
             if r["in_ring"].as_bool() == Some(true) {
                 "yes"
             } else {

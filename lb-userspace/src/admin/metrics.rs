@@ -22,6 +22,8 @@ use std::fmt::Write;
 use crate::l4::control::Control;
 
 /// Escapes a label value.
+type Field = fn(&crate::l4::dataplane::Totals) -> u64;
+
 fn esc(s: impl std::fmt::Display) -> String {
     s.to_string()
         .replace('\\', "\\\\")
@@ -196,7 +198,6 @@ pub fn render(ctl: &Control) -> String {
             return out;
         }
     };
-    type Field = fn(&crate::l4::dataplane::Totals) -> u64;
     let fields: [(&str, &str, Field); 4] = [
         ("packets", "Client to real packets.", |t| t.packets),
         ("bytes", "Client to real bytes (whole frames).", |t| t.bytes),

@@ -89,17 +89,15 @@ pub fn real(ctl: &Control, vip: &VipId, id: &RealId) -> Option<RealView> {
         port: r.port,
         weight: r.weight,
         effective_weight: st.effective_weight,
-        health: if !st.checked {
-            "unchecked"
-        } else {
+        health: if st.checked {
             match status.map(|s| s.health) {
                 Some(Health::Down) => "down",
                 _ => "up",
             }
-        },
-        check: if !st.checked {
-            "none".into()
         } else {
+            "unchecked"
+        },
+        check: if st.checked {
             format!(
                 "{} every {:?}, timeout {:?}, rise {}, fall {}",
                 r.check.kind.name(),
@@ -108,11 +106,17 @@ pub fn real(ctl: &Control, vip: &VipId, id: &RealId) -> Option<RealView> {
                 r.check.rise,
                 r.check.fall
             )
+        } else {
+            "none".into()
         },
         health_since_secs: status.map(|s| s.since.elapsed().as_secs_f64()),
-        last_failure: status.and_then(|s| s.last_failure.as_ref().map(|f| f.to_string())),
+        last_failure: status.and_then(|s| {
+            s.last_failure
+                .as_ref()
+                .map(std::string::ToString::to_string)
+        }),
         last_latency_ms: status.and_then(|s| s.last_latency.map(|d| d.as_secs_f64() * 1000.0)),
-        probes: status.map(|s| s.probes).unwrap_or(0),
+        probes: status.map_or(0, |s| s.probes),
         draining: st.drain.is_some(),
         drain_seconds: st.drain.map(|d| d.since.elapsed().as_secs_f64()),
         drain_finished: st.drain.is_some_and(|d| d.finished),
@@ -136,7 +140,7 @@ pub fn health_rows(ctl: &Control) -> Vec<HealthRow> {
                 st.checked,
                 st.effective_weight,
                 st.status.as_ref().and_then(|s| s.last_latency),
-                st.status.map(|s| s.probes).unwrap_or(0),
+                st.status.map_or(0, |s| s.probes),
             ));
         }
     }
@@ -227,7 +231,10 @@ pub fn status(ctl: &Control) -> StatusView {
         vips: ctl.vips().len(),
         reals: reals_total,
         reals_up,
-        vips_all_down: ctl.all_down_vips().map(|k| k.to_string()).collect(),
+        vips_all_down: ctl
+            .all_down_vips()
+            .map(std::string::ToString::to_string)
+            .collect(),
         l7_listeners: ctl.config().l7.len(),
         dns: ctl.config().dns.is_some(),
         reloads_ok: counters.reloads_ok,

@@ -165,7 +165,7 @@ impl HealthCheck {
 
 fn duration_field(
     field: String,
-    value: &Option<String>,
+    value: Option<&str>,
     default: Duration,
     min: Duration,
     errors: &mut Vec<ConfigError>,
@@ -220,14 +220,14 @@ impl HealthConfig {
 
         let interval = duration_field(
             f("interval"),
-            &self.interval,
+            self.interval.as_deref(),
             DEFAULT_INTERVAL,
             Duration::from_millis(50),
             errors,
         );
         let timeout = duration_field(
             f("timeout"),
-            &self.timeout,
+            self.timeout.as_deref(),
             DEFAULT_TIMEOUT.min(interval),
             Duration::from_millis(10),
             errors,

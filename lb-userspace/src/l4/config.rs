@@ -38,7 +38,7 @@ pub struct Real {
 }
 
 /// Default time a drained real (weight 0) keeps its established flows.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_mins(5);
 
 /// What a VIP does when every real that should take traffic is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -166,15 +166,14 @@ fn parse_ip(field: &str, s: &str, errors: &mut Vec<ConfigError>) -> Option<IpAdd
 /// Cross-VIP checks (duplicates, totals) are the caller's.
 pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Option<Vip> {
     let address = parse_ip(&format!("{p}.address"), &rv.address, errors);
-    let port = match u16::try_from(rv.port) {
-        Ok(port) => Some(port),
-        Err(_) => {
-            errors.push(ConfigError::new(
-                format!("{p}.port"),
-                format!("{} is not a port (0-65535; 0 = all ports)", rv.port),
-            ));
-            None
-        }
+    let port = if let Ok(port) = u16::try_from(rv.port) {
+        Some(port)
+    } else {
+        errors.push(ConfigError::new(
+            format!("{p}.port"),
+            format!("{} is not a port (0-65535; 0 = all ports)", rv.port),
+        ));
+        None
     };
     let protocol = match rv.protocol.parse::<Protocol>() {
         Ok(pr) => Some(pr),
@@ -400,9 +399,7 @@ pub fn validate_real(
         Some(h) => h.to_check(&hp, errors).is_some(),
         None => true,
     };
-    let check = if !real_health_ok {
-        None
-    } else {
+    let check = if real_health_ok {
         match merge_health(vip_health, &rr.health) {
             None => Some(HealthCheck::none()),
             Some(h) => match h.to_check(&hp, errors) {
@@ -419,6 +416,8 @@ pub fn validate_real(
                 other => other,
             },
         }
+    } else {
+        None
     };
     Some(Real {
         address: raddr?,

@@ -184,7 +184,7 @@ impl Control {
             }
             let reals: HashSet<RealId> = vips
                 .iter()
-                .flat_map(|v| v.reals.iter().map(|r| r.id()))
+                .flat_map(|v| v.reals.iter().map(super::config::Real::id))
                 .collect();
             if reals.len() >= lb_common::MAX_REALS as usize {
                 bail!(
@@ -254,10 +254,7 @@ impl Control {
     }
 
     fn is_up(&self, k: &RealK) -> bool {
-        self.targets
-            .get(k)
-            .map(|id| self.monitor.is_up(*id))
-            .unwrap_or(true)
+        self.targets.get(k).is_none_or(|id| self.monitor.is_up(*id))
     }
 
     /// The VIPs as the data path should see them: down reals at weight 0,
@@ -301,10 +298,10 @@ impl Control {
                             r.weight = last.and_then(|l| l.get(&r.id()).copied()).unwrap_or(0);
                         }
                         if !eff.reals.iter().any(|r| r.weight > 0) {
-                            eff.reals = vip.reals.clone();
+                            eff.reals.clone_from(&vip.reals);
                         }
                     }
-                    AllDown::Open => eff.reals = vip.reals.clone(),
+                    AllDown::Open => eff.reals.clone_from(&vip.reals),
                     AllDown::Drop => {}
                 }
             } else {

@@ -69,12 +69,9 @@ pub fn build(backends: &[Backend], m: u32) -> Vec<u32> {
     assert!((2..=1 << 31).contains(&m), "ring size must be in 2..=2^31");
     // One spare slot past the end takes the writes of looks that miss.
     let mut table = vec![EMPTY; m as usize + 1];
-    let mut fill = match Fill::new(backends, m) {
-        Some(f) => f,
-        None => {
-            table.pop();
-            return table;
-        }
+    let Some(mut fill) = Fill::new(backends, m) else {
+        table.pop();
+        return table;
     };
     fill.rounds(&mut table);
     if fill.filled < m {
@@ -430,9 +427,9 @@ impl Fill {
     /// skip invertible) and m × the largest weight at most 2^32.
     fn tail(&mut self, table: &mut [u32]) {
         if self.equal {
-            self.tail_with::<true>(table)
+            self.tail_with::<true>(table);
         } else {
-            self.tail_with::<false>(table)
+            self.tail_with::<false>(table);
         }
     }
 
@@ -654,7 +651,7 @@ mod tests {
         b[1].weight = 0;
         let t = build(&b, 65537);
         assert!(t.iter().all(|&s| s == 0 || s == 2));
-        for b in b.iter_mut() {
+        for b in &mut b {
             b.weight = 0;
         }
         assert!(build(&b, 7).iter().all(|&s| s == EMPTY));

@@ -346,7 +346,7 @@ fn set_recv_timeout(socket: &Socket, d: Duration) -> io::Result<()> {
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
+            (&raw const tv).cast::<libc::c_void>(),
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )
     };
@@ -536,7 +536,9 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -553,7 +555,7 @@ impl Resolver {
     pub fn spawn() -> Result<Resolver, NeighbourError> {
         let mut nl = Netlink::open()?;
         Resolver::spawn_with(move |t: &Targets, stop: &dyn Fn() -> bool| {
-            resolve_targets(&mut nl, t, stop)
+            resolve_targets(&mut nl, t, stop);
         })
         .map_err(|error| NeighbourError::Socket { error })
     }
@@ -575,7 +577,10 @@ impl Resolver {
                 let (targets, generation) = {
                     let mut st = s.lock();
                     while st.pending.is_none() && !st.stop {
-                        st = s.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                        st = s
+                            .changed
+                            .wait(st)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                     }
                     if st.stop {
                         return;
@@ -613,7 +618,7 @@ impl Resolver {
             .shared
             .changed
             .wait_timeout_while(st, timeout, |st| st.done < generation)
-            .unwrap_or_else(|p| p.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.done >= generation
     }
 

@@ -1,6 +1,9 @@
 //! Reading and cutting conntrack entries.
 
-use super::*;
+use super::{
+    anyhow, map, BpfHashMap, CtValue, Dataplane, FlowKey, HashMap, MapData, Protocol, RealId,
+    Result, SocketAddr, VipId, CT_FORWARD,
+};
 use crate::ident::key_addr;
 
 /// One conntrack entry, for `lb conns`.
@@ -21,7 +24,7 @@ impl Dataplane {
             map(&mut self.ebpf, "CONNTRACK")?.try_into()?;
         let doomed: Vec<FlowKey> = ct
             .iter()
-            .filter_map(|e| e.ok())
+            .filter_map(std::result::Result::ok)
             .filter(|(_, v)| {
                 v.kind == CT_FORWARD && v.vip_index == vip_index && v.real_id == real_id
             })

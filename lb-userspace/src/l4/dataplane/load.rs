@@ -1,6 +1,11 @@
 //! Loading the embedded object, pinning, attaching.
 
-use super::*;
+use super::{
+    anyhow, bail, ifindex, info, map, neighbours, warn, Array, BpfHashMap, Context, Dataplane,
+    DevMapHash, Ebpf, EbpfLoader, FdLink, HashMap, HashSet, MapData, Path, PathBuf, PinnedLink,
+    RealDef, RealId, Result, VipId, VipKey, VipMeta, VipState, Xdp, XdpLink, XdpMode, MAX_REALS,
+    PROGRAM, REAL_F_VALID, VIP_F_ADDR_ONLY, XDP_OBJECT,
+};
 use crate::ident::key_addr;
 
 /// Options for [`Dataplane::load`].
@@ -169,7 +174,7 @@ impl Dataplane {
             .map("VIPS")
             .ok_or_else(|| anyhow!("no VIPS"))?
             .try_into()?;
-        for item in vips.iter() {
+        for item in &vips {
             let (k, meta) = item?;
             if meta.flags & VIP_F_ADDR_ONLY != 0 {
                 if let Some(address) = key_addr(&k.addr, k.family) {
@@ -370,19 +375,23 @@ impl Dataplane {
 
 /// Creates the pin directory; it must be on bpffs.
 pub(super) fn prepare_pin_dir(dir: &Path) -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the pin directory {}", dir.display()))?;
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
         .context("pin path has a NUL byte")?;
+    // SAFETY: statfs is a plain C struct of integers, for which all-zero
+    // bytes are a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+    // SAFETY: `c` is a NUL-terminated path that outlives the call and `st`
+    // is a valid, writable statfs.
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
         bail!(
             "statfs {}: {}",
             dir.display(),
             std::io::Error::last_os_error()
         );
     }
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     if st.f_type as i64 != BPF_FS_MAGIC {
         bail!(
             "{} is not on a BPF file system (mount one: mount -t bpf bpf /sys/fs/bpf)",
@@ -403,7 +412,7 @@ pub fn cleanup_pinned(dir: &Path) -> Result<Vec<String>> {
         Err(e) => return Err(anyhow!("cannot read {}: {e}", dir.display())),
     };
     let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     // Links first, so the program stops before its maps go.

@@ -147,7 +147,7 @@ impl Dataplane {
         // Real ids: keep existing ones, give new reals fresh ids.
         let wanted_reals: HashSet<RealId> = vips
             .iter()
-            .flat_map(|v| v.reals.iter().map(|r| r.id()))
+            .flat_map(|v| v.reals.iter().map(super::config::Real::id))
             .collect();
         let removed_reals: Vec<(RealId, u32)> = self
             .reals

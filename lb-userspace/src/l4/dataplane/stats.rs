@@ -1,6 +1,8 @@
 //! The data plane's counters.
 
-use super::*;
+use super::{
+    anyhow, map, stat, BTreeMap, Counters, Dataplane, MapData, PerCpuArray, PerCpuValues, Result,
+};
 
 /// Counters of one VIP or real, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
