@@ -1,10 +1,11 @@
 //! Config primitives every role's config shares: the error that names a
 //! field, and duration parsing.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 /// One problem in a config: which field and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
 pub struct ConfigError {
     pub field: String,
     pub reason: String,
@@ -19,29 +20,18 @@ impl ConfigError {
     }
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
-/// Every error found in one config, in field order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Every error found in one config, in field order, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", lines(.0))]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
+fn lines(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
-
-impl std::error::Error for ConfigErrors {}
 
 /// Parses a duration written as `250ms`, `2s`, `1m`, `1h` (or a bare number
 /// of seconds). Shared by every role's config.
