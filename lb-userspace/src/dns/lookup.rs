@@ -1,5 +1,5 @@
 //! Authoritative answers: which records go into which section. Pure: no
-//! sockets, no wire format (see `server.rs`).
+//! sockets, no wire format (see `query.rs`).
 
 use std::{collections::HashSet, sync::Arc};
 
