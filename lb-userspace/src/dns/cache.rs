@@ -1,7 +1,9 @@
 //! Each UDP worker's cache of encoded responses to plain queries, reused
 //! with the ID and flags of each new query.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use ahash::RandomState;
 
 use super::query::{
     apply_rrl, bump, handle_inner, CachedResponse, State, Stats, Transport, MIN_UDP,
@@ -77,7 +79,7 @@ pub const CACHE_MAX_ENTRIES: usize = 4096;
 #[derive(Default)]
 pub struct ResponseCache {
     state: Option<Arc<State>>,
-    map: std::collections::HashMap<Box<[u8]>, CachedResponse>,
+    map: HashMap<Box<[u8]>, CachedResponse, RandomState>,
     key: Vec<u8>,
 }
 

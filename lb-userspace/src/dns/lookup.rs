@@ -3,6 +3,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
+use ahash::RandomState;
 use hickory_proto::{
     op::ResponseCode,
     rr::{LowerName, Name, RData, Record, RecordType},
@@ -129,7 +130,7 @@ pub fn resolve(
         dynamic: false,
     };
     let mut name = qname.clone();
-    let mut seen: HashSet<LowerName> = HashSet::new();
+    let mut seen: HashSet<LowerName, RandomState> = HashSet::default();
     let mut hops = 0;
     loop {
         let lname = LowerName::new(&name);
