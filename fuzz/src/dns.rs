@@ -1,5 +1,5 @@
 //! The DNS query path: wire bytes in, a response, FORMERR or nothing out
-//! (`lb_userspace::dns::server::handle` and the UDP workers' response
+//! (`lb_userspace::dns::query::handle` and the UDP workers' response
 //! cache), against the test zone plus GSLB pools, ECS regions and RRL.
 //!
 //! Contract checked per input, over UDP and TCP:
@@ -25,10 +25,11 @@ use hickory_proto::{
 use lb_userspace::{
     config::Config,
     dns::{
+        cache::ResponseCache,
         gslb::Gslb,
         lookup::Catalog,
+        query::{handle, udp_limit, State, Stats, Transport},
         rrl::RateLimiter,
-        server::{handle, udp_limit, ResponseCache, State, Stats, Transport},
     },
     health::Monitor,
 };
@@ -279,7 +280,7 @@ pub fn check(q: &[u8]) -> Outcome {
 
 /// The question type when the question is at the usual place (behaviour only).
 fn plain_qtype(q: &[u8]) -> u16 {
-    lb_userspace::dns::server::plain_query(q)
+    lb_userspace::dns::cache::plain_query(q)
         .map(|p| u16::from_be_bytes([q[p.question_end - 4], q[p.question_end - 3]]))
         .unwrap_or(0)
 }

@@ -1,5 +1,5 @@
 //! The HTTP request head as the proxy reads it: client bytes through a real
-//! `[[l7]]` listener (`lb_userspace::proxy::server::handle_connection`:
+//! `[[l7]]` listener (`lb_userspace::proxy::conn::handle_connection`:
 //! hyper's HTTP/1 server with the listener's limits, then the proxy's own
 //! Host, size and routing checks and the forwarding to an upstream).
 //!
@@ -34,10 +34,7 @@ use hyper_util::rt::TokioIo;
 use lb_userspace::{
     config::Config,
     health::Monitor,
-    proxy::{
-        config::ListenerSpec,
-        server::{handle_connection, Listener},
-    },
+    proxy::{config::ListenerSpec, conn::handle_connection, listener::Listener},
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},

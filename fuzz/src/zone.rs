@@ -2,7 +2,7 @@
 //! out (`lb_userspace::dns::zone::Zone::parse`, hickory-proto's parser plus
 //! our checks and index). A zone that loads is then queried: every owner
 //! name the text mentions, for several types, through the real query path
-//! (`dns::server::handle`), and each response must parse with the query's ID.
+//! (`dns::query::handle`), and each response must parse with the query's ID.
 //!
 //! Inputs with `$INCLUDE` are skipped: it reads any file named, which a
 //! fuzzer must not do (operators' zone files are trusted input).
@@ -15,7 +15,7 @@ use hickory_proto::{
 };
 use lb_userspace::dns::{
     lookup::Catalog,
-    server::{handle, State, Stats, Transport},
+    query::{handle, State, Stats, Transport},
     zone::Zone,
 };
 

@@ -7,6 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use ahash::RandomState;
 use hickory_proto::rr::{
     rdata::{A, AAAA},
     LowerName, Name, RData, Record, RecordType,
@@ -290,7 +291,7 @@ struct Pool {
 
 /// The live GSLB table: pools bound to health checks in a [`Monitor`].
 pub struct Gslb {
-    pools: HashMap<LowerName, Pool>,
+    pools: HashMap<LowerName, Pool, RandomState>,
     regions: Regions,
     monitor: Monitor,
 }

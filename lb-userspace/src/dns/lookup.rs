@@ -1,8 +1,9 @@
 //! Authoritative answers: which records go into which section. Pure: no
-//! sockets, no wire format (see `server.rs`).
+//! sockets, no wire format (see `query.rs`).
 
 use std::{collections::HashSet, sync::Arc};
 
+use ahash::RandomState;
 use hickory_proto::{
     op::ResponseCode,
     rr::{LowerName, Name, RData, Record, RecordType},
@@ -129,7 +130,7 @@ pub fn resolve(
         dynamic: false,
     };
     let mut name = qname.clone();
-    let mut seen: HashSet<LowerName> = HashSet::new();
+    let mut seen: HashSet<LowerName, RandomState> = HashSet::default();
     let mut hops = 0;
     loop {
         let lname = LowerName::new(&name);

@@ -6,15 +6,21 @@
 //! * `lookup`: which records go into which section (pure).
 //! * `gslb`: pools of addresses, health-filtered and chosen by policy.
 //! * `rrl`: response rate limiting.
-//! * `server`: the query path (wire format via hickory-proto) and the
-//!   UDP/TCP listeners.
+//! * `query`: the query path, bytes in, bytes out (wire format via
+//!   hickory-proto): parse, error codes, answer, EDNS/ECS, truncation, RRL.
+//! * `cache`: each UDP worker's cache of encoded responses to plain queries.
+//! * `udp`: the UDP worker threads (`recvmmsg`/`sendmmsg` batches).
+//! * `tcp`: the TCP listener, its client limit, framing and idle timeout.
 //!
 //! Operator documentation: `docs/dns.md`.
+pub mod cache;
 pub mod config;
 pub mod gslb;
 pub mod lookup;
+pub mod query;
 pub mod rrl;
-pub mod server;
+pub mod tcp;
+pub mod udp;
 pub mod zone;
 
 use std::{
@@ -31,8 +37,8 @@ use crate::health::Monitor;
 use config::DnsSettings;
 use gslb::Gslb;
 use lookup::Catalog;
+use query::{Shared, State, Stats};
 use rrl::RateLimiter;
-use server::{Shared, State, Stats};
 
 /// A running `[dns]` role.
 pub struct DnsServer {
@@ -118,16 +124,14 @@ impl DnsServer {
                 udp_threads.push(
                     std::thread::Builder::new()
                         .name(name)
-                        .spawn(move || {
-                            server::serve_udp_blocking(sock, shared, stats, stop, UDP_POLL)
-                        })
+                        .spawn(move || udp::serve_udp_blocking(sock, shared, stats, stop, UDP_POLL))
                         .context("dns: start a udp worker thread")?,
                 );
             }
         }
         for l in tcp_socks {
             tcp.push(l.local_addr()?);
-            tasks.push(tokio::spawn(server::serve_tcp(
+            tasks.push(tokio::spawn(tcp::serve_tcp(
                 l,
                 shared.clone(),
                 stats.clone(),
@@ -274,11 +278,11 @@ impl DnsServer {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let t = if tcp {
-            server::Transport::Tcp
+            query::Transport::Tcp
         } else {
-            server::Transport::Udp
+            query::Transport::Udp
         };
-        server::handle(&st, &self.stats, packet, src, t)
+        query::handle(&st, &self.stats, packet, src, t)
     }
 
     /// The UDP size limit that applies to a reply to `packet` (512 when it
@@ -290,7 +294,7 @@ impl DnsServer {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         match hickory_proto::op::Message::from_vec(packet) {
-            Ok(m) => server::udp_limit(&m, st.max_udp_payload),
+            Ok(m) => query::udp_limit(&m, st.max_udp_payload),
             Err(_) => 512,
         }
     }

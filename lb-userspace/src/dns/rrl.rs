@@ -5,11 +5,13 @@
 
 use std::{
     collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
+    hash::{BuildHasher, Hash, Hasher},
     net::IpAddr,
     sync::Mutex,
     time::Instant,
 };
+
+use ahash::RandomState;
 
 use super::gslb::{mask, Prefix};
 
@@ -45,14 +47,18 @@ struct Bucket {
 #[derive(Debug)]
 pub struct RateLimiter {
     s: RrlSettings,
-    table: Mutex<HashMap<u64, Bucket>>,
+    /// Per-limiter random keys for the bucket key, so clients cannot choose
+    /// colliding (prefix, identity) pairs.
+    keys: RandomState,
+    table: Mutex<HashMap<u64, Bucket, RandomState>>,
 }
 
 impl RateLimiter {
     pub fn new(s: RrlSettings) -> Self {
         RateLimiter {
             s,
-            table: Mutex::new(HashMap::new()),
+            keys: RandomState::new(),
+            table: Mutex::new(HashMap::default()),
         }
     }
 
@@ -70,7 +76,7 @@ impl RateLimiter {
             IpAddr::V4(_) => mask(client, self.s.ipv4_prefix_length),
             IpAddr::V6(_) => mask(client, self.s.ipv6_prefix_length),
         };
-        let mut h = DefaultHasher::new();
+        let mut h = self.keys.build_hasher();
         prefix.hash(&mut h);
         identity.hash(&mut h);
         let key = h.finish();

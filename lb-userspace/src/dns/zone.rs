@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use ahash::RandomState;
 use hickory_proto::{
     rr::{DNSClass, LowerName, Name, RData, Record, RecordType},
     serialize::{
@@ -60,11 +61,11 @@ pub struct Zone {
     /// min(SOA TTL, SOA MINIMUM), RFC 2308 section 5.
     pub negative_ttl: u32,
     pub file: PathBuf,
-    nodes: HashMap<LowerName, Node>,
+    nodes: HashMap<LowerName, Node, RandomState>,
     /// Empty non-terminals: names with no data but with descendants.
-    ents: HashSet<LowerName>,
+    ents: HashSet<LowerName, RandomState>,
     /// Names below the apex that own an NS RRset (zone cuts).
-    cuts: HashSet<LowerName>,
+    cuts: HashSet<LowerName, RandomState>,
     pub record_count: usize,
 }
 
@@ -112,7 +113,7 @@ impl Zone {
             }
         };
         let origin_lower = LowerName::new(&origin);
-        let mut nodes: HashMap<LowerName, Node> = HashMap::new();
+        let mut nodes: HashMap<LowerName, Node, RandomState> = HashMap::default();
         let mut record_count = 0;
         for (key, rrset) in rrsets {
             let records: Vec<Record> = rrset.records_without_rrsigs().cloned().collect();
@@ -163,7 +164,7 @@ impl Zone {
         };
         let negative_ttl = soa.ttl.min(minimum);
 
-        let mut cuts = HashSet::new();
+        let mut cuts = HashSet::default();
         for (name, node) in &nodes {
             if node.get(RecordType::CNAME).is_some() && node.rrsets.len() > 1 {
                 let others: Vec<String> = node
@@ -198,7 +199,7 @@ impl Zone {
             }
         }
 
-        let mut ents = HashSet::new();
+        let mut ents = HashSet::default();
         for name in nodes.keys() {
             let mut n = name.base_name();
             while origin_lower.zone_of(&n) && n != origin_lower {

@@ -5,17 +5,27 @@
 //! * [`route`]: Host + path-prefix routing (pure).
 //! * [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Forwarded` (pure).
 //! * [`upstream`]: pools, balancing policies, keep-alive, ejection, health.
-//! * [`server`]: listeners, connections, the request path.
+//! * [`listener`]: binding, the accept loop, the connection limit, reload
+//!   of a listener's state, stop and drain.
+//! * [`conn`]: one client connection: TLS handshake, HTTP/1.x or h2, idle
+//!   timeout, graceful shutdown, reset-flood guard.
+//! * `request`: the request path: Host checks, redirect, body size limit,
+//!   routing, header rewrite, the upstream call with retries, local errors.
+//! * `body`: the response body (byte count, stall timer, access log line)
+//!   and the size-limited request body.
 //! * [`accesslog`]: the access log line and its writer.
 //! * [`cert`]: `lb cert`, a test PKI.
 //!
 //! Operator documentation: `docs/l7.md`.
 pub mod accesslog;
+mod body;
 pub mod cert;
 pub mod config;
+pub mod conn;
 pub mod headers;
+pub mod listener;
+mod request;
 pub mod route;
-pub mod server;
 pub mod tls;
 pub mod upstream;
 
@@ -28,7 +38,7 @@ pub use cert::{cert_main, CertArgs};
 
 use crate::health::Monitor;
 use config::ListenerSpec;
-use server::{Listener, ListenerState};
+use listener::{Listener, ListenerState};
 
 /// A running set of `[[l7]]` listeners.
 pub struct L7Server {

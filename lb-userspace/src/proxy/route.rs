@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use ahash::RandomState;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Group {
     /// (prefix, upstream index), longest prefix first.
@@ -32,7 +34,7 @@ impl Group {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {
-    exact: HashMap<String, Group>,
+    exact: HashMap<String, Group, RandomState>,
     /// (`.example.com`, group), longest suffix first.
     wildcard: Vec<(String, Group)>,
     any: Option<Group>,

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use ahash::RandomState;
 use arc_swap::ArcSwap;
 use rustls::{
     crypto::ring as provider,
@@ -189,9 +190,9 @@ fn leaf_info(der: &CertificateDer<'_>) -> Result<(Vec<String>, Option<SystemTime
 /// The certificates of one listener, indexed for SNI lookup.
 #[derive(Default)]
 pub struct CertStore {
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    exact: HashMap<String, Arc<CertifiedKey>, RandomState>,
     /// `example.com` for a `*.example.com` certificate.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>, RandomState>,
     default: Option<Arc<CertifiedKey>>,
 }
 
