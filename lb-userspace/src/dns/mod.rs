@@ -334,9 +334,18 @@ fn bind_udp_group(a: SocketAddr, workers: usize) -> Result<Vec<std::net::UdpSock
         s.bind(&a.into())?;
         Ok(s.into())
     };
-    if a.port() != 0 && workers > 1 {
-        drop(std::net::UdpSocket::bind(a).with_context(|| format!("dns: bind udp {a}"))?);
-    }
+    // A socket without SO_REUSEPORT conflicts with every other socket on
+    // its port, so a plain bind first proves the port is not held by
+    // anyone, another process's reuseport group included: joining one would
+    // split the queries between two servers. With port 0 this is also how
+    // the port is chosen, since the kernel's automatic choice for a
+    // reuseport socket may pick a port that a group of the same user holds.
+    let a = if workers > 1 {
+        let probe = std::net::UdpSocket::bind(a).with_context(|| format!("dns: bind udp {a}"))?;
+        probe.local_addr()?
+    } else {
+        a
+    };
     let first = one(a).with_context(|| format!("dns: bind udp {a}"))?;
     let port = first.local_addr()?.port();
     let mut group = vec![first];
