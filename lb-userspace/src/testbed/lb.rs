@@ -273,7 +273,7 @@ impl Lb {
     /// Starts `lb` again with the same command (after [`Lb::stop`]); the
     /// log is appended to. Waits as the first start did.
     pub fn restart(&mut self) -> Result<()> {
-        self.stop();
+        let _ = self.stop();
         self.spawn()
     }
 
@@ -371,26 +371,26 @@ impl Lb {
         }
     }
 
-    /// SIGTERM, then SIGKILL after 5 s; waits for the exit.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: as in `signal`.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            for _ in 0..100 {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+    /// SIGTERM, then SIGKILL after 5 s; waits for the exit and returns
+    /// how the process ended (`None` if it was not running).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: as in `signal`.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = c.kill();
+        c.wait().ok()
     }
 }
 
 impl Drop for Lb {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
