@@ -55,7 +55,7 @@ pub fn run(requests: usize) -> Result<()> {
 
     let exe = std::env::current_exe()?;
     let lb = topo
-        .start_lb(exe.to_str().context("non-UTF-8 path")?, &cfg, &dir)
+        .start_lb(&exe, &cfg, &dir)
         .context("lb did not come up")?;
     println!(
         "lb is running in namespace {}; sending requests ...",

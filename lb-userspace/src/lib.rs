@@ -12,18 +12,24 @@
 //! - [`proxy`]: the L7 TLS-terminating proxy. [`dns`]: the DNS server.
 //! - [`admin`]: admin API, its client, metrics.
 //! - [`daemon`]: starts the roles a config has and runs them.
-//! - [`testbed`]: namespaces, veth pairs, packets and the XDP test object,
-//!   for the tests, the benchmarks and the demo ([`demo`]).
+//! - `testbed`: namespaces, veth pairs, packets, the XDP test object, an
+//!   `lb` launcher and a config builder, for the tests, the benchmarks and
+//!   the demo (`demo`). Behind the `testbed` feature (on by default through
+//!   `demo`); the production binary is built without it
+//!   (`--no-default-features`).
 //!
 //! Operator docs: `docs/operations.md`.
 pub mod admin;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dns;
 pub mod health;
 pub mod ident;
 pub mod l4;
 pub mod proxy;
+// The library's own unit tests use the testbed whatever the features.
+#[cfg(any(test, feature = "testbed"))]
 pub mod testbed;
 pub mod validate;

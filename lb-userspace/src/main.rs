@@ -8,7 +8,6 @@ use lb_userspace::{
     },
     config::Config,
     daemon::{self, RunOptions},
-    demo,
     ident::VipId,
     l4::dataplane::LoadOptions,
     proxy,
@@ -196,6 +195,7 @@ enum Command {
     /// Reload the daemon's config file (validated first; an invalid one changes nothing).
     Reload(#[command(flatten)] ApiArgsBox),
     /// The built-in demo: a client, lb and three reals in network namespaces.
+    #[cfg(feature = "demo")]
     Demo {
         /// Requests per address family.
         #[arg(long, default_value_t = 300)]
@@ -361,7 +361,8 @@ fn main() -> ExitCode {
         Command::Conns { vip, limit, api } => client_verb(&api.api, Verb::Conns { vip, limit }),
         Command::Health(a) => client_verb(&a.api, Verb::Health),
         Command::Reload(a) => client_verb(&a.api, Verb::Reload),
-        Command::Demo { requests } => demo::run(requests),
+        #[cfg(feature = "demo")]
+        Command::Demo { requests } => lb_userspace::demo::run(requests),
         Command::Cert(args) => proxy::cert_main(args),
     };
     match result {

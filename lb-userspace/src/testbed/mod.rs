@@ -19,8 +19,13 @@
 //! otherwise; GRO is on at the far end of each lb interface, which XDP
 //! redirects into a veth need.
 
+pub mod config;
+pub mod lb;
 pub mod packet;
+pub mod tcp;
 pub mod xdp_test;
+
+pub use lb::{Lb, LbBuilder};
 
 use std::{
     fs::File,
@@ -333,19 +338,28 @@ impl Topology {
         Ok(())
     }
 
+    /// A launcher for `lb_bin run` in the lb namespace, files in `dir`,
+    /// that waits (bounded) until XDP is on every lb interface.
+    pub fn lb_builder(
+        &self,
+        lb_bin: impl AsRef<std::path::Path>,
+        dir: &std::path::Path,
+    ) -> LbBuilder {
+        Lb::builder(lb_bin, dir)
+            .netns(&self.lb)
+            .wait_for_xdp(self.lb_ifaces.iter().cloned())
+    }
+
     /// Writes `config` to `dir/lb.toml`, starts `lb_bin run` in the lb
     /// namespace (log in `dir/lb.log`) and waits, bounded, until XDP is on
     /// every lb interface. The error carries the log.
-    pub fn start_lb(&self, lb_bin: &str, config: &str, dir: &std::path::Path) -> Result<LbProcess> {
-        let cfg = dir.join("lb.toml");
-        std::fs::write(&cfg, config).with_context(|| format!("write {}", cfg.display()))?;
-        let lb = LbProcess::start(&self.lb, lb_bin, &cfg, &dir.join("lb.log"))?;
-        for i in &self.lb_ifaces {
-            if let Err(e) = wait_for_xdp(&self.lb, i, std::time::Duration::from_secs(30)) {
-                bail!("{e:#}\n--- lb log ---\n{}", lb.log());
-            }
-        }
-        Ok(lb)
+    pub fn start_lb(
+        &self,
+        lb_bin: impl AsRef<std::path::Path>,
+        config: &str,
+        dir: &std::path::Path,
+    ) -> Result<Lb> {
+        self.lb_builder(lb_bin, dir).config(config).start()
     }
 
     pub fn vip(&self, v6: bool) -> IpAddr {
@@ -553,115 +567,47 @@ pub fn wait_for_xdp(ns: &Netns, iface: &str, timeout: std::time::Duration) -> Re
 
 /// The L4 config for a [`Topology`] with the given services: for each
 /// `(vip_port, protocol, real_port)` one VIP per family (`VIP4`, `VIP6`),
-/// every real behind it with weight 1.
+/// every real behind it with weight 1. No admin socket: tests and the demo
+/// must not touch /run/lb.
 pub fn services_config(t: &Topology, services: &[(u16, &str, u16)]) -> String {
-    let mut s = String::new();
-    s.push_str("interfaces = [");
-    s.push_str(
-        &t.lb_ifaces
-            .iter()
-            .map(|i| format!("\"{i}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    s.push_str("]\nstats_interval = \"1s\"\n");
-    // No admin socket: tests and the demo must not touch /run/lb.
-    s.push_str("\n[api]\nsocket = \"\"\n");
-    for v6 in [false, true] {
-        let vip = if v6 {
-            VIP6.to_string()
-        } else {
-            VIP4.to_string()
-        };
-        for (vport, proto, rport) in services {
-            s.push_str(&format!(
-                "\n[[vip]]\naddress = \"{vip}\"\nport = {vport}\nprotocol = \"{proto}\"\nmode = \"nat\"\n"
-            ));
-            for i in 1..=t.reals.len() {
-                let a = if v6 {
-                    real6(i).to_string()
-                } else {
-                    real4(i).to_string()
-                };
-                s.push_str(&format!(
-                    "[[vip.real]]\naddress = \"{a}\"\nport = {rport}\nweight = 1\n"
-                ));
-            }
+    config::ConfigBuilder::topology(t)
+        .no_api()
+        .services(t, services)
+        .build()
+}
+
+/// Real names of `n` fresh HTTP requests to `VIP4` port 80 from the
+/// client (empty = failed).
+pub fn http_names(t: &Topology, n: usize) -> Result<Vec<String>> {
+    curl_burst(&t.client, &format!("http://{VIP4}/"), n)
+}
+
+/// A bpffs instance of its own, mounted at a directory unique to this run
+/// (`ip netns exec` remounts /sys, so the host's /sys/fs/bpf is not seen
+/// from inside a namespace); `.0` is the pin path inside it. On drop,
+/// whatever `lb` pinned is removed (which detaches it) and it is unmounted.
+pub struct PinDir(pub std::path::PathBuf, std::path::PathBuf);
+
+impl PinDir {
+    pub fn new() -> Result<PinDir> {
+        let mnt = std::path::PathBuf::from(format!("/tmp/{}", unique("lbtbpf")));
+        std::fs::create_dir_all(&mnt).with_context(|| format!("mkdir {}", mnt.display()))?;
+        let m = mnt.to_str().context("non-UTF-8 path")?;
+        if let Err(e) = run("mount", &["-t", "bpf", "bpf", m]) {
+            let _ = std::fs::remove_dir(&mnt);
+            return Err(e.context("mount bpffs"));
         }
-    }
-    s
-}
-
-/// An `lb run --config …` process inside a namespace, its stdout and stderr
-/// going to a log file. Dropping it sends SIGTERM and waits up to 5 s, then
-/// kills it.
-pub struct LbProcess {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl LbProcess {
-    /// Starts `lb_bin run --config config` in `ns`, logging to `log`.
-    pub fn start(
-        ns: &Netns,
-        lb_bin: &str,
-        config: &std::path::Path,
-        log: &std::path::Path,
-    ) -> Result<LbProcess> {
-        let file = File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let child = ns
-            .command(lb_bin)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .stdout(std::process::Stdio::from(file.try_clone()?))
-            .stderr(std::process::Stdio::from(file))
-            .spawn()
-            .with_context(|| format!("spawn {lb_bin} in {}", ns.name))?;
-        Ok(LbProcess {
-            child,
-            log: log.to_path_buf(),
-        })
-    }
-
-    /// What the process has logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits (bounded) until the log contains `needle`; fails early, with the
-    /// log, when the process exits.
-    pub fn wait_for_log(&mut self, needle: &str, timeout: std::time::Duration) -> Result<()> {
-        let start = std::time::Instant::now();
-        while start.elapsed() < timeout {
-            if self.log().contains(needle) {
-                return Ok(());
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                bail!(
-                    "lb exited ({st}) before logging `{needle}`:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        bail!(
-            "lb did not log `{needle}` within {timeout:?}:\n{}",
-            self.log()
-        )
+        Ok(PinDir(mnt.join("lb"), mnt))
     }
 }
 
-impl Drop for LbProcess {
+impl Drop for PinDir {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        let _ = crate::l4::dataplane::cleanup_pinned(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(m) = self.1.to_str() {
+            let _ = run("umount", &[m]);
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(&self.1);
     }
 }

@@ -109,7 +109,7 @@ fn balances(wiring: Wiring) {
     let dir = tempfile::tempdir().unwrap();
     let lb = topo
         .start_lb(
-            env!("CARGO_BIN_EXE_lb"),
+            crate::LB,
             &testbed::topology_config(&topo, HTTP_PORT, UDP_PORT),
             dir.path(),
         )

@@ -2,7 +2,7 @@
 //! headers, routing, balancing policies, ejection and health, redirects,
 //! the access log.
 
-mod l7_support;
+use crate::l7_support;
 
 use std::time::Duration;
 

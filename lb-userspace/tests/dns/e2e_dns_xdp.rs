@@ -10,7 +10,7 @@
 //! its members (HTTP health endpoints run by the test in each server's
 //! namespace).
 
-mod dns_common;
+use crate::dns_common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,7 +20,7 @@ use std::{
 };
 
 use dns_common::{parse_dig, Dig};
-use lb_userspace::testbed::{self, LbProcess, NameServer, Netns, Topology};
+use lb_userspace::testbed::{self, config::ConfigBuilder, Lb, NameServer, Netns, Topology};
 
 const LB: &str = env!("CARGO_BIN_EXE_lb");
 /// Health endpoints of the two GSLB members (in each server's namespace).
@@ -53,10 +53,7 @@ fn dns_config(i: usize, zone_file: &Path) -> String {
         )
     };
     let mut s = format!(
-        r#"[api]
-socket = ""
-
-[dns]
+        r#"[dns]
 listen = ["{}:53", "[{}]:53"]
 
 [[dns.zone]]
@@ -80,7 +77,7 @@ policy = "all"
             ));
         }
     }
-    s
+    ConfigBuilder::new().no_api().dns(&s).build()
 }
 
 /// Runs one dig with several queries (`queries` are `[name, type]` pairs)
@@ -206,11 +203,13 @@ fn dns_through_xdp_vip_to_two_lb_servers() {
         let i = i + 1;
         let zf = dir.path().join(format!("dns{i}.zone"));
         std::fs::write(&zf, zone(&format!("dns{i}"))).unwrap();
-        let cfg = dir.path().join(format!("dns{i}.toml"));
-        std::fs::write(&cfg, dns_config(i, &zf)).unwrap();
-        let mut p = LbProcess::start(ns, LB, &cfg, &dir.path().join(format!("dns{i}.log")))
-            .expect("start dns server");
-        p.wait_for_log("running:", Duration::from_secs(20))
+        let p = Lb::builder(LB, dir.path())
+            .netns(ns)
+            .name(&format!("dns{i}"))
+            .config(dns_config(i, &zf))
+            .wait_for_log("running:")
+            .timeout(Duration::from_secs(20))
+            .start()
             .unwrap_or_else(|e| panic!("dns{i}: {e:#}"));
         servers.push(p);
     }
@@ -222,7 +221,7 @@ fn dns_through_xdp_vip_to_two_lb_servers() {
             dir.path(),
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let logs = |lb: &LbProcess, servers: &[LbProcess]| -> String {
+    let logs = |lb: &Lb, servers: &[Lb]| -> String {
         let mut s = format!("--- lb log ---\n{}", lb.log());
         for (i, p) in servers.iter().enumerate() {
             s.push_str(&format!("--- dns{} log ---\n{}", i + 1, p.log()));

@@ -1,6 +1,5 @@
 //! Helpers shared by the DNS integration tests: start our server on
 //! loopback, run `dig`, parse what it printed.
-#![allow(dead_code)]
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 

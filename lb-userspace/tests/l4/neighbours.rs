@@ -21,7 +21,11 @@ use lb_userspace::{
         dataplane::{Dataplane, LoadOptions},
         neighbours::{NeighbourError, Netlink, NextHop, Resolver},
     },
-    testbed::{self, privileged, Netns},
+    testbed::{
+        self,
+        config::{ConfigBuilder, Vip},
+        privileged, Netns,
+    },
 };
 
 const NEAR4: &str = "198.18.60.1";
@@ -308,13 +312,16 @@ fn the_data_plane_resolves_reals_and_gateways() {
         return;
     }
     let p = pair();
-    let cfg = Config::parse(&format!(
-        "[[vip]]\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
-         [[vip.real]]\naddress = \"{FAR4}\"\nport = 8080\n\
-         [[vip.real]]\naddress = \"{BEHIND4}\"\nport = 8080\n\
-         [[vip]]\naddress = \"2001:db8:100::1\"\nport = 80\nprotocol = \"tcp\"\n\
-         [[vip.real]]\naddress = \"{BEHIND6}\"\nport = 8080\n"
-    ))
+    let cfg = Config::parse(
+        &ConfigBuilder::new()
+            .vip(
+                Vip::tcp(testbed::VIP4.into(), 80)
+                    .real(FAR4.parse().unwrap(), 8080)
+                    .real(BEHIND4.parse().unwrap(), 8080),
+            )
+            .vip(Vip::tcp(testbed::VIP6.into(), 80).real(BEHIND6.parse().unwrap(), 8080))
+            .build(),
+    )
     .unwrap();
     let finished = p
         .near

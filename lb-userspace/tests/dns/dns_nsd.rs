@@ -2,7 +2,7 @@
 //! questions; the answers must match record for record (as sets per
 //! section), with the same RCODE and AA bit.
 
-mod dns_common;
+use crate::dns_common;
 
 use std::{
     net::{SocketAddr, TcpListener, UdpSocket},

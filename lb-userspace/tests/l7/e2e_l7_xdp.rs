@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::testbed::{self, LbProcess, Netns, Topology};
+use lb_userspace::testbed::{self, config::ConfigBuilder, Lb, Netns, Topology};
 
 const BACKEND_PORT: u16 = 8080;
 const LB: &str = env!("CARGO_BIN_EXE_lb");
@@ -265,14 +265,13 @@ fn public_key(key: &Path, out: &Path) -> PathBuf {
 fn proxy_config(i: usize, certs: &Path, log: &Path) -> String {
     let v4 = testbed::real4(i);
     let v6 = testbed::real6(i);
-    let mut s = String::from("[api]\nsocket = \"\"\n");
+    let mut cfg = ConfigBuilder::new().no_api();
     for (name, listen) in [
         (format!("proxy{i}v4"), format!("{v4}:443")),
         (format!("proxy{i}v6"), format!("[{v6}]:443")),
     ] {
-        s.push_str(&format!(
-            r#"
-[[l7]]
+        cfg = cfg.l7(&format!(
+            r#"[[l7]]
 name = "{name}"
 listen = "{listen}"
 access_log = "{log}"
@@ -296,7 +295,7 @@ servers = ["127.0.0.1:{BACKEND_PORT}"]
             certs = certs.display(),
         ));
     }
-    s
+    cfg.build()
 }
 
 #[test]
@@ -342,12 +341,14 @@ fn https_through_xdp_vip_to_two_lb_proxies() {
     let mut proxies = Vec::new();
     for (i, ns) in topo.reals.iter().enumerate() {
         let i = i + 1;
-        let cfg = dir.path().join(format!("proxy{i}.toml"));
         let access = dir.path().join(format!("proxy{i}.access.log"));
-        std::fs::write(&cfg, proxy_config(i, &certs, &access)).unwrap();
-        let mut p = LbProcess::start(ns, LB, &cfg, &dir.path().join(format!("proxy{i}.log")))
-            .expect("start proxy");
-        p.wait_for_log("running:", Duration::from_secs(20))
+        let p = Lb::builder(LB, dir.path())
+            .netns(ns)
+            .name(&format!("proxy{i}"))
+            .config(proxy_config(i, &certs, &access))
+            .wait_for_log("running:")
+            .timeout(Duration::from_secs(20))
+            .start()
             .unwrap_or_else(|e| panic!("proxy{i}: {e:#}"));
         proxies.push(p);
     }
@@ -360,7 +361,7 @@ fn https_through_xdp_vip_to_two_lb_proxies() {
             dir.path(),
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let logs = |lb: &LbProcess, proxies: &[LbProcess]| -> String {
+    let logs = |lb: &Lb, proxies: &[Lb]| -> String {
         let mut s = format!("--- lb log ---\n{}", lb.log());
         for (i, p) in proxies.iter().enumerate() {
             s.push_str(&format!("--- proxy{} log ---\n{}", i + 1, p.log()));

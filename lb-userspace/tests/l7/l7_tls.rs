@@ -1,7 +1,7 @@
 //! TLS termination seen by real clients: SNI certificate selection, chains,
 //! ALPN h2, `lb cert` output verified by openssl, certificate reload.
 
-mod l7_support;
+use crate::l7_support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Our server on loopback, real `dig` as the client: what dig receives for
 //! each record type and each kind of answer.
 
-mod dns_common;
+use crate::dns_common;
 
 use dns_common::{base_config, dig, have, start, Dig};
 

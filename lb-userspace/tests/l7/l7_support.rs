@@ -1,7 +1,6 @@
 //! Shared pieces of the L7 integration tests: a test PKI, echo backends
 //! (real HTTP/1.1 servers on loopback), a proxy started from TOML, and
 //! clients (curl, openssl, and a rustls + hyper client for bulk requests).
-#![allow(dead_code)]
 
 use std::{
     collections::HashMap,
@@ -98,7 +97,6 @@ impl Pki {
 /// Paths: `/slow/MS` waits MS milliseconds first; `/bytes/N` answers N bytes;
 /// `/status/N` answers with status N; anything else echoes.
 pub struct Backend {
-    pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
     stop: CancellationToken,
@@ -135,7 +133,6 @@ impl Backend {
             }
         });
         Backend {
-            name: name.to_string(),
             addr,
             hits,
             stop,

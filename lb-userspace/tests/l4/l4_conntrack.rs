@@ -15,8 +15,6 @@
 //!   alone. Deleting the forward entry, the reply entry or both from the
 //!   pinned map leaves every connection working on its real.
 
-mod ctl_support;
-
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io::{Read, Write},
@@ -29,7 +27,6 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use ctl_support::{header, privileged, vip, Lb, PinDir};
 use lb_common::{
     flow_hash_seeded, CtValue, FlowKey, CT_FORWARD, CT_REPLY, DEFAULT_HASH_SEED, FAMILY_V4,
     IPPROTO_TCP,
@@ -38,7 +35,11 @@ use lb_userspace::{
     config::Config,
     ident::{addr_bytes, Protocol},
     l4::{dataplane::flow_key, maglev::vip_ring},
-    testbed::{self, Netns, Topology},
+    testbed::{
+        self,
+        config::{ConfigBuilder, Vip},
+        privileged, Lb, Netns, PinDir, Topology,
+    },
 };
 
 const PORT: u16 = 9000;
@@ -360,12 +361,23 @@ fn evicted_flows_keep_their_real_and_follow_the_ring_after_a_change() {
         .map(|(i, ns)| EchoServer::start(ns, &format!("real{}", i + 1)))
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let cfg3 = header(&topo, dir.path()) + &vip(PORT, PORT, &[1, 2, 3], "");
-    let cfg4 = header(&topo, dir.path()) + &vip(PORT, PORT, &[1, 2, 3, 4], "");
+    let cfg = |reals: &[usize]| {
+        ConfigBuilder::topology(&topo)
+            .api_socket(&dir.path().join("lb.sock"))
+            .vip(Vip::tcp(testbed::VIP4.into(), PORT).reals4(reals, PORT))
+            .build()
+    };
+    let (cfg3, cfg4) = (cfg(&[1, 2, 3]), cfg(&[1, 2, 3, 4]));
     let (ring3, ring4) = (Ring::of(&cfg3), Ring::of(&cfg4));
     let size = CT_FLOWS.to_string();
-    let lb = Lb::start(&topo, dir.path(), &cfg3, &["--conntrack-size", &size]);
-    let log = || lb.log_text();
+    let lb = topo
+        .lb_builder(crate::LB, dir.path())
+        .config(&cfg3)
+        .args(["--conntrack-size", &size])
+        .wait_for_api()
+        .start()
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = || lb.log();
 
     // Control: few flows, the table never fills, no mid-flow miss.
     let control = open(&topo.client, CONTROL_FLOWS, "control");
@@ -641,12 +653,21 @@ fn a_flow_that_lost_either_entry_keeps_its_real() {
         .enumerate()
         .map(|(i, ns)| EchoServer::start(ns, &format!("real{}", i + 1)))
         .collect();
-    let pins = PinDir::new();
+    let pins = PinDir::new().expect("bpffs");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = format!("pin_path = \"{}\"\n", pins.0.display())
-        + &header(&topo, dir.path())
-        + &vip(PORT, PORT, &[1, 2, 3], "");
-    let lb = Lb::start(&topo, dir.path(), &cfg, &[]);
+    let cfg = ConfigBuilder::new()
+        .pin_path(&pins.0)
+        .interfaces(topo.lb_ifaces.iter().map(String::as_str))
+        .stats_interval("1s")
+        .api_socket(&dir.path().join("lb.sock"))
+        .vip(Vip::tcp(testbed::VIP4.into(), PORT).reals4(&[1, 2, 3], PORT))
+        .build();
+    let lb = topo
+        .lb_builder(crate::LB, dir.path())
+        .config(cfg)
+        .wait_for_api()
+        .start()
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let vip_sa = SocketAddr::new(testbed::VIP4.into(), PORT);
 
     const CASES: [&str; 4] = [
@@ -709,7 +730,7 @@ fn a_flow_that_lost_either_entry_keeps_its_real() {
         bad.is_empty(),
         "connections broke after losing conntrack entries: {bad:?} \
          ({passed} packets passed to the kernel)\n{}",
-        lb.log_text()
+        lb.log()
     );
     let misses = counter(&lb, "conntrack_miss_mid_flow") - misses;
     assert!(

@@ -1,24 +1,23 @@
 //! `lb run` failures end with one line that names the cause.
 
-use std::process::Command;
+use std::process::Output;
 
-use lb_userspace::testbed::privileged;
+use lb_userspace::testbed::{
+    config::{ConfigBuilder, Vip},
+    privileged, Lb,
+};
 
-const CONFIG: &str = r#"
-[api]
-socket = ""
+fn config() -> String {
+    ConfigBuilder::new()
+        .no_api()
+        .vip(
+            Vip::tcp("198.18.100.1".parse().unwrap(), 80)
+                .real("198.18.11.2".parse().unwrap(), 8080),
+        )
+        .build()
+}
 
-[[vip]]
-address = "198.18.100.1"
-port = 80
-protocol = "tcp"
-[[vip.real]]
-address = "198.18.11.2"
-port = 8080
-"#;
-
-fn run_lb(cmd: &mut Command) -> (i32, String) {
-    let out = cmd.output().expect("run lb");
+fn code_and_stderr(out: Output) -> (i32, String) {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status.code().unwrap_or(-1), err)
 }
@@ -35,16 +34,14 @@ fn unknown_interface_and_missing_privileges() {
     }
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("lb.toml");
-    std::fs::write(&cfg, CONFIG).unwrap();
-    let lb = env!("CARGO_BIN_EXE_lb");
 
-    let (code, err) = run_lb(Command::new(lb).args([
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--iface",
-        "lbnosuch0",
-    ]));
+    let (code, err) = code_and_stderr(
+        Lb::builder(crate::LB, dir.path())
+            .config(config())
+            .args(["--iface", "lbnosuch0"])
+            .run_to_exit()
+            .expect("run lb"),
+    );
     assert_eq!(code, 1, "{err}");
     assert_eq!(last_line(&err), "lb: interface `lbnosuch0` does not exist");
 
@@ -55,18 +52,20 @@ fn unknown_interface_and_missing_privileges() {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     let exe = dir.path().join("lb");
-    std::fs::copy(lb, &exe).unwrap();
-    let (code, err) = run_lb(Command::new("setpriv").args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        exe.to_str().unwrap(),
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--iface",
-        "lo",
-    ]));
+    std::fs::copy(crate::LB, &exe).unwrap();
+    let (code, err) = code_and_stderr(
+        Lb::builder(&exe, dir.path())
+            .wrapper([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ])
+            .config_path(&cfg)
+            .args(["--iface", "lo"])
+            .run_to_exit()
+            .expect("run lb"),
+    );
     assert_eq!(code, 1, "{err}");
     let line = last_line(&err);
     assert!(

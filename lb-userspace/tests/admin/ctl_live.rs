@@ -2,12 +2,15 @@
 //! removing reals does not reset connections to untouched reals; draining
 //! a real keeps its connections working and sends new ones elsewhere.
 
-mod ctl_support;
-
 use std::{collections::BTreeMap, net::SocketAddr};
 
-use ctl_support::*;
-use lb_userspace::testbed::{self, Topology};
+use lb_userspace::testbed::{
+    self,
+    config::{ConfigBuilder, Vip},
+    privileged,
+    tcp::{open_conns, Conn, Mode, Server},
+    Topology,
+};
 
 const ECHO: u16 = 9000;
 const VIP: &str = "198.18.100.1:9000/tcp";
@@ -31,14 +34,26 @@ fn add_remove_and_drain_keep_untouched_connections() {
         .reals
         .iter()
         .enumerate()
-        .map(|(i, ns)| Server::start(ns, &format!("real{}", i + 1), ECHO, Mode::Echo))
+        .map(|(i, ns)| Server::start(ns, &format!("real{}", i + 1), ECHO, Mode::Echo).unwrap())
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = header(&topo, dir.path()) + &vip(ECHO, ECHO, &[1, 2, 3], "drain_timeout = \"10m\"");
-    let lb = Lb::start(&topo, dir.path(), &cfg, &[]);
+    let cfg = ConfigBuilder::topology(&topo)
+        .api_socket(&dir.path().join("lb.sock"))
+        .vip(
+            Vip::tcp(testbed::VIP4.into(), ECHO)
+                .drain_timeout("10m")
+                .reals4(&[1, 2, 3], ECHO),
+        )
+        .build();
+    let lb = topo
+        .lb_builder(crate::LB, dir.path())
+        .config(cfg)
+        .wait_for_api()
+        .start()
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let vip_sa = SocketAddr::new(testbed::VIP4.into(), ECHO);
 
-    let mut held = open_conns(&topo.client, vip_sa, 30);
+    let mut held = open_conns(&topo.client, vip_sa, 30).expect("open connections");
     let spread = count(&held);
     for r in ["real1", "real2", "real3"] {
         assert!(
@@ -90,10 +105,10 @@ fn add_remove_and_drain_keep_untouched_connections() {
             anyhow::ensure!(broken.is_empty(), "untouched connections broke: {broken:?}");
             Ok(held)
         })
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", lb.log_text()));
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lb.log()));
 
     // New connections: real4 takes some, real3 none.
-    let fresh = open_conns(&topo.client, vip_sa, 30);
+    let fresh = open_conns(&topo.client, vip_sa, 30).expect("open connections");
     let fs = count(&fresh);
     assert!(
         fs.get("real4").copied().unwrap_or(0) > 0,
@@ -124,8 +139,8 @@ fn add_remove_and_drain_keep_untouched_connections() {
             }
             Ok(())
         })
-        .unwrap_or_else(|e| panic!("drained real's connection broke: {e:#}\n{}", lb.log_text()));
-    let fresh = open_conns(&topo.client, vip_sa, 30);
+        .unwrap_or_else(|e| panic!("drained real's connection broke: {e:#}\n{}", lb.log()));
+    let fresh = open_conns(&topo.client, vip_sa, 30).expect("open connections");
     let fs = count(&fresh);
     assert_eq!(
         fs.get("real1"),
@@ -167,13 +182,25 @@ fn drain_timeout_ends_remaining_flows() {
         .reals
         .iter()
         .enumerate()
-        .map(|(i, ns)| Server::start(ns, &format!("real{}", i + 1), ECHO, Mode::Echo))
+        .map(|(i, ns)| Server::start(ns, &format!("real{}", i + 1), ECHO, Mode::Echo).unwrap())
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = header(&topo, dir.path()) + &vip(ECHO, ECHO, &[1, 2], "drain_timeout = \"2s\"");
-    let lb = Lb::start(&topo, dir.path(), &cfg, &[]);
+    let cfg = ConfigBuilder::topology(&topo)
+        .api_socket(&dir.path().join("lb.sock"))
+        .vip(
+            Vip::tcp(testbed::VIP4.into(), ECHO)
+                .drain_timeout("2s")
+                .reals4(&[1, 2], ECHO),
+        )
+        .build();
+    let lb = topo
+        .lb_builder(crate::LB, dir.path())
+        .config(cfg)
+        .wait_for_api()
+        .start()
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let vip_sa = SocketAddr::new(testbed::VIP4.into(), ECHO);
-    let mut held = open_conns(&topo.client, vip_sa, 12);
+    let mut held = open_conns(&topo.client, vip_sa, 12).expect("open connections");
     assert!(
         held.iter().any(|c| c.real == "real1"),
         "no connection to real1"
@@ -181,7 +208,7 @@ fn drain_timeout_ends_remaining_flows() {
     let real1 = format!("{}:{ECHO}", testbed::real4(1));
     lb.cli(&["real", "drain", VIP, &real1]).unwrap();
     std::thread::sleep(std::time::Duration::from_secs(4));
-    let log = lb.log_text();
+    let log = lb.log();
     assert!(log.contains("drain of 198.18.11.2:9000 finished"), "{log}");
     // Connections to real1 lost their real (the next packet reaches
     // real2, which resets it); those to real2 are untouched.
@@ -200,5 +227,5 @@ fn drain_timeout_ends_remaining_flows() {
             }
             Ok(())
         })
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", lb.log_text()));
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lb.log()));
 }

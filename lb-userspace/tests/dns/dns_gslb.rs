@@ -1,7 +1,7 @@
 //! GSLB through the real server with `dig`: health-driven membership,
 //! region by ECS and by source address, weighted subsets, fallback.
 
-mod dns_common;
+use crate::dns_common;
 
 use std::{
     net::SocketAddr,

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use lb_userspace::config::Config;
+use lb_userspace::{config::Config, testbed::Lb};
 
 /// A VIP with one good real, to build cases from.
 const GOOD: &str = r#"
@@ -564,14 +564,16 @@ fn check_and_run_agree() {
     let mut failures = Vec::new();
     for (desc, text, field) in &all {
         std::fs::write(&file, text).unwrap();
-        let lb = |verb: &str| {
-            Command::new(env!("CARGO_BIN_EXE_lb"))
-                .args([verb, "--config", file.to_str().unwrap()])
-                .env("RUST_LOG", "warn")
-                .output()
-                .unwrap()
-        };
-        let (check, run) = (lb("check"), lb("run"));
+        let check = Command::new(env!("CARGO_BIN_EXE_lb"))
+            .args(["check", "--config", file.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let run = Lb::builder(env!("CARGO_BIN_EXE_lb"), dir.path())
+            .config_path(&file)
+            .env("RUST_LOG", "warn")
+            .run_to_exit()
+            .unwrap_or_else(|e| panic!("{desc}: {e:#}"));
         let (ce, re) = (error_lines(&check.stderr), error_lines(&run.stderr));
         if check.status.code() != Some(1) || run.status.code() != Some(1) {
             failures.push(format!(
@@ -614,28 +616,16 @@ fn check_and_run_agree() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
-    let log = dir.path().join("run.log");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_lb"))
-        .args(["run", "--config", file.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let started = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("running: 0 VIPs") {
-            break true;
-        }
-        if run.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
-            break false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
-    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
-    let status = run.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut run = Lb::builder(env!("CARGO_BIN_EXE_lb"), dir.path())
+        .name("run")
+        .config_path(&file)
+        .start()
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let started = run
+        .wait_for_log("running: 0 VIPs", std::time::Duration::from_secs(20))
+        .is_ok();
+    let status = run.stop().expect("lb run was started");
+    let text = run.log();
     assert!(
         started,
         "lb run did not start a config lb check accepts:\n{text}"

@@ -1,7 +1,7 @@
 //! Malformed queries, QDCOUNT, EDNS limits, rate limiting, zone reload, and
 //! a bounded random-input run over the query path.
 
-mod dns_common;
+use crate::dns_common;
 
 use std::{
     net::SocketAddr,

@@ -3,15 +3,16 @@
 //! still succeeds; started again, it takes traffic within rise × interval
 //! (+ one interval). Each state change is logged once, with its reason.
 
-mod ctl_support;
-
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
-use ctl_support::*;
-use lb_userspace::testbed::{NameServer, Topology};
+use lb_userspace::testbed::{
+    self,
+    config::{ConfigBuilder, Health, Vip},
+    http_names, privileged, NameServer, Topology,
+};
 
 const HTTP_PORT: u16 = 8080;
 const INTERVAL: Duration = Duration::from_millis(500);
@@ -45,19 +46,27 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = header(&topo, dir.path())
-        + &vip(
-            80,
-            HTTP_PORT,
-            &[1, 2, 3],
-            &format!(
-                "[vip.health]\nkind = \"http\"\npath = \"/\"\ninterval = \"{}ms\"\ntimeout = \"300ms\"\nrise = {RISE}\nfall = {FALL}\n",
-                INTERVAL.as_millis()
-            ),
-        );
-    let lb = Lb::start(&topo, dir.path(), &cfg, &[]);
+    let health = Health::http("/")
+        .interval(&format!("{}ms", INTERVAL.as_millis()))
+        .timeout("300ms")
+        .rise(RISE)
+        .fall(FALL);
+    let cfg = ConfigBuilder::topology(&topo)
+        .api_socket(&dir.path().join("lb.sock"))
+        .vip(
+            Vip::tcp(testbed::VIP4.into(), 80)
+                .health(health)
+                .reals4(&[1, 2, 3], HTTP_PORT),
+        )
+        .build();
+    let lb = topo
+        .lb_builder(crate::LB, dir.path())
+        .config(cfg)
+        .wait_for_api()
+        .start()
+        .unwrap_or_else(|e| panic!("{e:#}"));
 
-    let before = spread(&http_names(&topo, 60));
+    let before = spread(&http_names(&topo, 60).unwrap());
     assert_eq!(
         before.get("").copied().unwrap_or(0),
         0,
@@ -93,12 +102,12 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let left_after =
-        left_after.unwrap_or_else(|| panic!("real2 never left the ring\n{}", lb.log_text()));
+        left_after.unwrap_or_else(|| panic!("real2 never left the ring\n{}", lb.log()));
     assert!(
         left_after <= out_deadline,
         "real2 left the ring after {left_after:?}, more than fall × interval + interval (+{SLACK:?} slack)"
     );
-    let during = spread(&http_names(&topo, 90));
+    let during = spread(&http_names(&topo, 90).unwrap());
     assert_eq!(
         during.get("").copied().unwrap_or(0),
         0,
@@ -128,13 +137,12 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let back_after =
-        back_after.unwrap_or_else(|| panic!("real2 never came back\n{}", lb.log_text()));
+    let back_after = back_after.unwrap_or_else(|| panic!("real2 never came back\n{}", lb.log()));
     assert!(
         back_after <= in_deadline,
         "real2 came back after {back_after:?}, more than rise × interval + interval (+{SLACK:?} slack)"
     );
-    let after = spread(&http_names(&topo, 90));
+    let after = spread(&http_names(&topo, 90).unwrap());
     assert_eq!(after.get("").copied().unwrap_or(0), 0, "{after:?}");
     let r2 = after.get("real2").copied().unwrap_or(0);
     assert!(
@@ -143,7 +151,7 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
     );
 
     // One log line per state change of real2, each with its reason.
-    let log = lb.log_text();
+    let log = lb.log();
     let down: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("198.18.12.2:8080 is down"))
@@ -173,9 +181,25 @@ fn every_real_down_keeps_the_last_ring() {
         .enumerate()
         .map(|(i, ns)| NameServer::start(ns, &format!("real{}", i + 1), HTTP_PORT, 8053).unwrap())
         .collect();
-    let cfg = header(&topo, dir.path())
-        + &vip(80, HTTP_PORT, &[1, 2], "[vip.health]\nkind = \"tcp\"\nport = 9\ninterval = \"200ms\"\ntimeout = \"100ms\"\nfall = 1\n");
-    let lb = Lb::start(&topo, dir.path(), &cfg, &[]);
+    let health = Health::tcp()
+        .port(9)
+        .interval("200ms")
+        .timeout("100ms")
+        .fall(1);
+    let cfg = ConfigBuilder::topology(&topo)
+        .api_socket(&dir.path().join("lb.sock"))
+        .vip(
+            Vip::tcp(testbed::VIP4.into(), 80)
+                .health(health)
+                .reals4(&[1, 2], HTTP_PORT),
+        )
+        .build();
+    let lb = topo
+        .lb_builder(crate::LB, dir.path())
+        .config(cfg)
+        .wait_for_api()
+        .start()
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let start = Instant::now();
     loop {
         let s = lb.cli_json(&["status"]);
@@ -185,16 +209,16 @@ fn every_real_down_keeps_the_last_ring() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "never all down: {s}\n{}",
-            lb.log_text()
+            lb.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let names = http_names(&topo, 30);
+    let names = http_names(&topo, 30).unwrap();
     assert!(
         names.iter().all(|n| !n.is_empty()),
         "all_down = keep must not black-hole: {names:?}"
     );
-    let log = lb.log_text();
+    let log = lb.log();
     assert_eq!(
         log.matches("every real is down; all_down = keep").count(),
         1,

@@ -2,7 +2,7 @@
 //! TLS garbage, plain HTTP on the TLS port, header trickle, connection
 //! limits, upstream timeouts, retries, HTTP/2 stream limits and reset floods.
 
-mod l7_support;
+use crate::l7_support;
 
 use std::{
     net::SocketAddr,

@@ -4,15 +4,18 @@
 //! finishes with no reset and no gap longer than a second. `lb cleanup`
 //! detaches and removes the pinned state.
 
-mod ctl_support;
-
 use std::{
     net::{SocketAddr, TcpStream},
     time::Duration,
 };
 
-use ctl_support::*;
-use lb_userspace::testbed::{self, Topology};
+use lb_userspace::testbed::{
+    self,
+    config::{ConfigBuilder, Vip},
+    privileged,
+    tcp::{read_stream, Mode, Server},
+    PinDir, Topology,
+};
 
 const STREAM: u16 = 9100;
 const CHUNK: usize = 1024;
@@ -34,14 +37,23 @@ fn a_transfer_survives_an_lb_restart() {
         .reals
         .iter()
         .enumerate()
-        .map(|(i, ns)| Server::start(ns, &format!("real{}", i + 1), STREAM, mode))
+        .map(|(i, ns)| Server::start(ns, &format!("real{}", i + 1), STREAM, mode).unwrap())
         .collect();
-    let pins = PinDir::new();
+    let pins = PinDir::new().expect("bpffs");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = format!("pin_path = \"{}\"\n", pins.0.display())
-        + &header(&topo, dir.path())
-        + &vip(STREAM, STREAM, &[1, 2, 3], "");
-    let mut lb = Lb::start(&topo, dir.path(), &cfg, &[]);
+    let cfg = ConfigBuilder::new()
+        .pin_path(&pins.0)
+        .interfaces(topo.lb_ifaces.iter().map(String::as_str))
+        .stats_interval("1s")
+        .api_socket(&dir.path().join("lb.sock"))
+        .vip(Vip::tcp(testbed::VIP4.into(), STREAM).reals4(&[1, 2, 3], STREAM))
+        .build();
+    let mut lb = topo
+        .lb_builder(crate::LB, dir.path())
+        .config(cfg)
+        .wait_for_api()
+        .start()
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(pins.0.join("map_CONNTRACK").exists(), "maps are not pinned");
     assert!(pins.0.join("link_l0").exists(), "links are not pinned");
 
@@ -54,13 +66,13 @@ fn a_transfer_survives_an_lb_restart() {
     });
     std::thread::sleep(Duration::from_millis(1200));
     lb.stop();
-    let log = lb.log_text();
+    let log = lb.log();
     assert!(log.contains("XDP stays attached"), "{log}");
     // Still attached while no lb runs.
     assert!(topo.lb.ip(&["link", "show", "l0"]).unwrap().contains("xdp"));
-    lb.spawn(&topo, &[]);
+    lb.restart().unwrap_or_else(|e| panic!("{e:#}"));
     let (bytes, gap) = reader.join().unwrap().expect("transfer");
-    let log = lb.log_text();
+    let log = lb.log();
     assert!(log.contains("pinned state found: 1 VIPs, 3 reals"), "{log}");
     assert!(log.contains("program replaced in the pinned link"), "{log}");
     assert_eq!(
@@ -85,7 +97,8 @@ fn a_transfer_survives_an_lb_restart() {
 
     // `lb run --cleanup`-less exit, then `lb cleanup`: detached, gone.
     lb.stop();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
+    let out = lb
+        .host_command()
         .args(["cleanup", "--pin-path", pins.0.to_str().unwrap()])
         .output()
         .unwrap();
@@ -108,18 +121,22 @@ fn run_cleanup_detaches_on_exit() {
         return;
     }
     let topo = Topology::build(1).expect("topology");
-    let pins = PinDir::new();
+    let pins = PinDir::new().expect("bpffs");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = header(&topo, dir.path()) + &vip(80, 8080, &[1], "");
+    let cfg = ConfigBuilder::topology(&topo)
+        .api_socket(&dir.path().join("lb.sock"))
+        .vip(Vip::tcp(testbed::VIP4.into(), 80).reals4(&[1], 8080))
+        .build();
     let pin_arg = pins.0.to_str().unwrap().to_string();
-    let mut lb = Lb::start(
-        &topo,
-        dir.path(),
-        &cfg,
-        &["--pin-path", &pin_arg, "--cleanup"],
-    );
+    let mut lb = topo
+        .lb_builder(crate::LB, dir.path())
+        .config(cfg)
+        .args(["--pin-path", &pin_arg, "--cleanup"])
+        .wait_for_api()
+        .start()
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(pins.0.join("link_l1").exists());
     lb.stop();
-    assert!(!pins.0.exists(), "{}", lb.log_text());
+    assert!(!pins.0.exists(), "{}", lb.log());
     assert!(!topo.lb.ip(&["link", "show", "l0"]).unwrap().contains("xdp"));
 }

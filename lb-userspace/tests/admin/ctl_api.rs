@@ -3,14 +3,15 @@
 //! invalid config (nothing changes, the error says why), the bearer token
 //! of the TCP listener, and the Prometheus endpoint.
 
-mod ctl_support;
-
 use std::time::Duration;
 
-use ctl_support::*;
 use lb_userspace::{
     admin::client::{Client, Endpoint},
-    testbed::{self, NameServer, Topology},
+    testbed::{
+        self,
+        config::{ConfigBuilder, Health, Vip},
+        http_names, privileged, NameServer, Topology,
+    },
 };
 use serde_json::{json, Value};
 
@@ -41,13 +42,23 @@ fn every_verb_and_bad_requests() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "0123456789abcdef0123\n").unwrap();
-    let cfg = header(&topo, dir.path())
-        + &format!(
-            "listen = \"127.0.0.1:9181\"\ntoken_file = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:9180\"\n",
-            token_file.display()
+    let cfg = ConfigBuilder::topology(&topo)
+        .api_socket(&dir.path().join("lb.sock"))
+        .api_key("listen", "127.0.0.1:9181")
+        .api_key("token_file", token_file.display().to_string())
+        .metrics_listen("127.0.0.1:9180")
+        .vip(
+            Vip::tcp(testbed::VIP4.into(), 80)
+                .health(Health::tcp().interval("500ms"))
+                .reals4(&[1, 2], 8080),
         )
-        + &vip(80, 8080, &[1, 2], "[vip.health]\nkind = \"tcp\"\ninterval = \"500ms\"\n");
-    let lb = Lb::start(&topo, dir.path(), &cfg, &[]);
+        .build();
+    let lb = topo
+        .lb_builder(crate::LB, dir.path())
+        .config(cfg)
+        .wait_for_api()
+        .start()
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let mode = std::fs::metadata(&lb.socket).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
@@ -102,7 +113,7 @@ fn every_verb_and_bad_requests() {
     assert_eq!(v["vips"][1]["reals"][0]["weight"], 2);
     assert_eq!(v["vips"][1]["drain_timeout_secs"], 30.0);
     // Traffic, then stats and conns.
-    let names = http_names(&topo, 20);
+    let names = http_names(&topo, 20).unwrap();
     assert!(
         names.iter().all(|n| n == "real1" || n == "real2"),
         "{names:?}"
@@ -265,7 +276,7 @@ fn every_verb_and_bad_requests() {
     lb.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
     assert!(lb
-        .log_text()
+        .log()
         .contains("reload refused, running config unchanged"));
     let after = lb.cli_json(&["vip", "list"]);
     let stable = |v: &Value| -> Vec<String> {
@@ -293,7 +304,7 @@ fn every_verb_and_bad_requests() {
         stable(&after),
         "a failed reload changed the state"
     );
-    let names = http_names(&topo, 10);
+    let names = http_names(&topo, 10).unwrap();
     assert!(names.iter().all(|n| !n.is_empty()), "{names:?}");
     assert_eq!(lb.cli_json(&["status"])["reloads_failed"], 2);
     // A valid reload applies as a diff.
@@ -306,13 +317,13 @@ fn every_verb_and_bad_requests() {
         .unwrap_or_else(|e| panic!("reload: {e}"));
     let v = lb.cli_json(&["vip", "list"]);
     assert_eq!(v["vips"][0]["reals"].as_array().unwrap().len(), 1, "{v}");
-    let names = http_names(&topo, 10);
+    let names = http_names(&topo, 10).unwrap();
     assert!(names.iter().all(|n| n == "real1"), "{names:?}");
 
     // The loopback TCP listener needs the token.
     let out = topo
         .lb
-        .command(env!("CARGO_BIN_EXE_lb"))
+        .command(crate::LB)
         .args([
             "status",
             "--json",
@@ -330,7 +341,7 @@ fn every_verb_and_bad_requests() {
     );
     let out = topo
         .lb
-        .command(env!("CARGO_BIN_EXE_lb"))
+        .command(crate::LB)
         .args(["status", "--api", "127.0.0.1:9181"])
         .env("LB_TOKEN", "wrong-token-wrong-token")
         .output()
