@@ -19,7 +19,7 @@ use lb_userspace::dns::{
 };
 
 #[derive(Debug, Clone, Args)]
-pub struct DnsBenchArgs {
+pub(crate) struct DnsBenchArgs {
     /// Seconds of load per server.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
@@ -137,7 +137,7 @@ fn wait_ready(addr: SocketAddr) -> Result<()> {
         sock.send_to(&q, addr)?;
         let mut buf = [0u8; 1500];
         if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if n >= 12 && buf[3] & 0x0f == 0 {
+            if n >= 12 && buf[3].trailing_zeros() >= 4 {
                 return Ok(());
             }
         }
@@ -326,7 +326,7 @@ fn bench_knot(args: &DnsBenchArgs, zone: &Path, queries: &Path) -> Result<PerfRe
 }
 
 /// Runs the benchmark and writes `dns.md` and `dns.json` under `args.out`.
-pub fn run(args: &DnsBenchArgs) -> Result<()> {
+pub(crate) fn run(args: &DnsBenchArgs) -> Result<()> {
     if args.duration == 0 || args.duration > 600 {
         bail!("--duration must be 1..=600 seconds");
     }

@@ -23,7 +23,7 @@ const ROLE_ENV: &str = "LB_BENCH_L7_ROLE";
 
 /// L7 proxy vs nginx with wrk (HTTP/1.1) and h2load (HTTP/2), both over TLS.
 #[derive(clap::Args, Debug, Clone)]
-pub struct L7BenchArgs {
+pub(crate) struct L7BenchArgs {
     /// Seconds of load per tool and per server.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
@@ -51,7 +51,7 @@ pub struct L7BenchArgs {
 }
 
 /// Runs the benchmark, or, when re-executed as a child, one of its servers.
-pub fn run(args: &L7BenchArgs) -> Result<()> {
+pub(crate) fn run(args: &L7BenchArgs) -> Result<()> {
     match std::env::var(ROLE_ENV) {
         Ok(role) if role == "backend" => return serve_backend(args.body_size),
         Ok(role) => {
@@ -67,8 +67,7 @@ pub fn run(args: &L7BenchArgs) -> Result<()> {
             .arg("-c")
             .arg(format!("command -v {tool}"))
             .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
+            .map_or(true, |o| !o.status.success())
         {
             bail!("{tool} not found (apt-get install wrk nghttp2-client nginx)");
         }
@@ -192,7 +191,7 @@ pub fn run(args: &L7BenchArgs) -> Result<()> {
     let meta = json!({
         "duration_s": args.duration, "connections": args.connections, "h2_streams": args.streams,
         "workers": args.workers, "client_threads": args.client_threads, "body_size": args.body_size,
-        "access_log": args.access_log, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "access_log": args.access_log, "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "results": results,
     });
     std::fs::write(out.join("l7.json"), serde_json::to_string_pretty(&meta)?)?;
@@ -440,7 +439,7 @@ fn run_h2load(args: &L7BenchArgs, port: u16, dir: &Path) -> Result<Load> {
         .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
         .map(|us| us / 1000.0)
         .collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
+    lat.sort_by(f64::total_cmp);
     if !lat.is_empty() {
         let pick = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
         load.p50_ms = pick(0.50);
@@ -466,7 +465,7 @@ fn render(args: &L7BenchArgs, results: &[serde_json::Value]) -> String {
         args.body_size,
         if args.access_log { "on" } else { "off" },
         args.streams,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     ));
     md.push_str("| tool | server | req/s | p50 ms | p99 ms | errors | peak RSS MiB |\n|---|---|---:|---:|---:|---:|---:|\n");
     for r in results {
@@ -547,7 +546,7 @@ fn serve_proxy(cfg: &Path, workers: usize) -> Result<()> {
         println!("ready {:?}", server.local_addrs().await);
         // Runs until the parent kills it.
         loop {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            tokio::time::sleep(Duration::from_hours(1)).await;
         }
     })
 }

@@ -280,9 +280,9 @@ pub fn check(q: &[u8]) -> Outcome {
 
 /// The question type when the question is at the usual place (behaviour only).
 fn plain_qtype(q: &[u8]) -> u16 {
-    lb_userspace::dns::cache::plain_query(q)
-        .map(|p| u16::from_be_bytes([q[p.question_end - 4], q[p.question_end - 3]]))
-        .unwrap_or(0)
+    lb_userspace::dns::cache::plain_query(q).map_or(0, |p| {
+        u16::from_be_bytes([q[p.question_end - 4], q[p.question_end - 3]])
+    })
 }
 
 const DICTIONARY: &[&[u8]] = &[
@@ -443,7 +443,7 @@ pub fn generate(rng: &mut Rng) -> Vec<u8> {
     out.push(b3);
     let questions = if rng.one_in(10) { rng.below(3) } else { 1 };
     let edns = rng.one_in(2);
-    let extra = if rng.one_in(15) { 1 } else { 0 };
+    let extra = i32::from(rng.one_in(15));
     out.extend_from_slice(&(questions as u16).to_be_bytes());
     out.extend_from_slice(&(extra as u16).to_be_bytes());
     out.extend_from_slice(&0u16.to_be_bytes());

@@ -284,33 +284,30 @@ async fn exchange(l: Arc<Listener>, input: &[u8]) -> Result<Vec<u8>, String> {
     let mut conn = tokio::spawn(handle_connection(l, client, peer));
     let joined = tokio::select! {
         r = &mut conn => Some(r),
-        _ = starved.notified() => None,
+        () = starved.notified() => None,
     };
-    let joined = match joined {
-        Some(r) => r,
-        None => {
-            // All input read: stop the listener (a request in flight
-            // finishes), then, if still waiting for input, EOF.
-            cancel.cancel();
-            match tokio::time::timeout(SETTLE, &mut conn).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let w = {
-                        let mut p = pipe.lock().unwrap();
-                        p.eof = true;
-                        p.reader.take()
-                    };
-                    if let Some(w) = w {
-                        w.wake();
-                    }
-                    match tokio::time::timeout(HANG, &mut conn).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            conn.abort();
-                            return Err(format!("connection still open {HANG:?} after EOF"));
-                        }
-                    }
-                }
+    let joined = if let Some(r) = joined {
+        r
+    } else {
+        // All input read: stop the listener (a request in flight
+        // finishes), then, if still waiting for input, EOF.
+        cancel.cancel();
+        if let Ok(r) = tokio::time::timeout(SETTLE, &mut conn).await {
+            r
+        } else {
+            let w = {
+                let mut p = pipe.lock().unwrap();
+                p.eof = true;
+                p.reader.take()
+            };
+            if let Some(w) = w {
+                w.wake();
+            }
+            if let Ok(r) = tokio::time::timeout(HANG, &mut conn).await {
+                r
+            } else {
+                conn.abort();
+                return Err(format!("connection still open {HANG:?} after EOF"));
             }
         }
     };
@@ -472,7 +469,7 @@ const HOSTS: &[&str] = &[
 /// A request (sometimes two, pipelined), usually well formed.
 pub fn generate(rng: &mut Rng) -> Vec<u8> {
     let mut out = Vec::new();
-    for _ in 0..1 + rng.one_in(4) as usize {
+    for _ in 0..=(rng.one_in(4) as usize) {
         let m = rng.pick(METHODS);
         let version = *rng.pick(&["HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.0"]);
         out.extend_from_slice(format!("{m} {} {version}\r\n", rng.pick(TARGETS)).as_bytes());

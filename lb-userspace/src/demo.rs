@@ -30,6 +30,8 @@ fn interrupted() -> Result<()> {
 
 /// Runs the demo; `requests` per address family.
 pub fn run(requests: usize) -> Result<()> {
+    // SAFETY: `on_signal` only stores to an atomic, which is
+    // async-signal-safe, and has the signature a signal handler needs.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);

@@ -90,10 +90,11 @@ fn sh(cmd: &mut Command) -> Result<()> {
 }
 
 fn ok(cmd: &mut Command) -> bool {
-    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+    cmd.output().is_ok_and(|o| o.status.success())
 }
 
 fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc_geteuid() == 0 }
 }
 
@@ -130,8 +131,7 @@ fn setup() -> Result<()> {
     let has_src = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
-        .unwrap_or(false);
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"));
     if !has_src {
         eprintln!("setup: installing rust-src for the nightly toolchain");
         sh(Command::new("rustup").args([
@@ -145,8 +145,7 @@ fn setup() -> Result<()> {
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("0.13"))
-        .unwrap_or(false);
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("0.13"));
     if !linker_ok {
         eprintln!("setup: building bpf-linker 0.13 against LLVM 22 (a few minutes)");
         sh(Command::new("cargo")

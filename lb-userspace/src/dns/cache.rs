@@ -142,20 +142,19 @@ impl ResponseCache {
             .get(&self.key[..])
             .filter(|e| !needs_rrl || e.rrl.is_some())
         {
-            let full = match (transport, &state.rrl, &e.rrl) {
-                (Transport::Udp, Some(limiter), Some((key, _))) => {
-                    match apply_rrl(limiter, key, src, stats, e) {
-                        (Some(v), full) => {
-                            out.extend_from_slice(&v);
-                            full
-                        }
-                        (None, _) => return false,
+            let full = if let (Transport::Udp, Some(limiter), Some((key, _))) =
+                (transport, &state.rrl, &e.rrl)
+            {
+                match apply_rrl(limiter, key, src, stats, e) {
+                    (Some(v), full) => {
+                        out.extend_from_slice(&v);
+                        full
                     }
+                    (None, _) => return false,
                 }
-                _ => {
-                    out.extend_from_slice(&e.bytes);
-                    true
-                }
+            } else {
+                out.extend_from_slice(&e.bytes);
+                true
             };
             if full && e.truncated {
                 bump(&stats.truncated);

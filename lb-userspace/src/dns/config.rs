@@ -153,7 +153,7 @@ pub struct DnsSettings {
 /// One UDP worker per CPU, at most 8.
 pub fn default_udp_workers() -> usize {
     std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+        .map_or(1, std::num::NonZero::get)
         .min(8)
 }
 

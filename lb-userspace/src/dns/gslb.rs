@@ -157,8 +157,8 @@ pub struct Client {
 impl Client {
     pub fn from_source(a: IpAddr) -> Self {
         let a = match a {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(a),
-            a => a,
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+            a @ IpAddr::V4(_) => a,
         };
         Client {
             addr: a,

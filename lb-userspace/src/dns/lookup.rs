@@ -191,7 +191,6 @@ pub fn resolve(
                         .extend(with_owner(std::slice::from_ref(rec), &name));
                     name = target;
                     hops += 1;
-                    continue;
                 }
                 Step::NoData => return nodata(zone, a),
             },

@@ -165,7 +165,7 @@ impl DnsServer {
         let old = self
             .shared
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let mut problems = Vec::new();
         let mut zones = Vec::new();
@@ -174,15 +174,15 @@ impl DnsServer {
             let new = &z.zone;
             match old.catalog.get(&lower) {
                 Some(p) if !serial_newer(new.serial, p.serial) => {
-                    if new.serial != p.serial {
+                    if new.serial == p.serial {
+                        log::info!("dns: zone {} serial {} unchanged", z.origin, p.serial);
+                    } else {
                         problems.push(format!(
                             "dns.zone[{i}].file: {}: serial {} is not newer than the loaded {}; keeping the loaded zone",
                             z.file.display(),
                             new.serial,
                             p.serial
                         ));
-                    } else {
-                        log::info!("dns: zone {} serial {} unchanged", z.origin, p.serial);
                     }
                     zones.push(p.clone());
                 }
@@ -203,7 +203,7 @@ impl DnsServer {
         let gslb = (!s.pools.is_empty())
             .then(|| Gslb::new(s.pools.clone(), s.regions.clone(), self.monitor.clone()));
         let rrl = match (&old.rrl, &s.rrl) {
-            (Some(_), Some(n)) | (None, Some(n)) => Some(RateLimiter::new(n.clone())),
+            (Some(_) | None, Some(n)) => Some(RateLimiter::new(n.clone())),
             _ => None,
         };
         let state = State {
@@ -212,7 +212,10 @@ impl DnsServer {
             max_udp_payload: s.max_udp_payload,
             rrl,
         };
-        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
+        *self
+            .shared
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(state);
         drop(old);
         if problems.is_empty() {
             Ok(())
@@ -255,7 +258,7 @@ impl DnsServer {
         let st = self
             .shared
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         st.catalog
             .zones()
@@ -275,7 +278,7 @@ impl DnsServer {
         let st = self
             .shared
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let t = if tcp {
             query::Transport::Tcp
@@ -291,7 +294,7 @@ impl DnsServer {
         let st = self
             .shared
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         match hickory_proto::op::Message::from_vec(packet) {
             Ok(m) => query::udp_limit(&m, st.max_udp_payload),
@@ -369,7 +372,7 @@ async fn bind_pair(
         let port = u[0].local_addr()?.port();
         match TcpListener::bind(SocketAddr::new(a.ip(), port)).await {
             Ok(t) => return Ok((u, t)),
-            Err(e) if a.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) if a.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {}
             Err(e) => return Err(e).with_context(|| format!("dns: bind tcp {a}")),
         }
     }

@@ -85,7 +85,9 @@ impl RrlKey {
                 _ => RrlKey::Answer(
                     a.kind,
                     a.final_name.clone(),
-                    req.queries.first().map(|q| q.query_type()),
+                    req.queries
+                        .first()
+                        .map(hickory_proto::op::Query::query_type),
                 ),
             },
             None => RrlKey::Code(resp.metadata.response_code.low()),
@@ -129,27 +131,21 @@ pub(super) fn handle_inner(
         bump(&stats.dropped);
         return (None, None);
     }
-    let header = match Header::read(&mut BinDecoder::new(packet)) {
-        Ok(h) => h,
-        Err(_) => {
-            bump(&stats.dropped);
-            return (None, None);
-        }
+    let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
+        bump(&stats.dropped);
+        return (None, None);
     };
     if header.metadata.message_type == MessageType::Response {
         // Never answer a response: that is how reflection loops start.
         bump(&stats.dropped);
         return (None, None);
     }
-    let req = match Message::from_vec(packet) {
-        Ok(m) => m,
-        Err(_) => {
-            bump(&stats.formerr);
-            let mut r = Message::response(header.metadata.id, header.metadata.op_code);
-            r.metadata.recursion_desired = header.metadata.recursion_desired;
-            r.metadata.response_code = ResponseCode::FormErr;
-            return (r.to_vec().ok(), None);
-        }
+    let Ok(req) = Message::from_vec(packet) else {
+        bump(&stats.formerr);
+        let mut r = Message::response(header.metadata.id, header.metadata.op_code);
+        r.metadata.recursion_desired = header.metadata.recursion_desired;
+        r.metadata.response_code = ResponseCode::FormErr;
+        return (r.to_vec().ok(), None);
     };
     let (resp, answer) = respond(state, &req, src);
     let limit = match transport {
@@ -402,5 +398,8 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
 }
 
 pub(super) fn current(shared: &Shared) -> Arc<State> {
-    shared.read().unwrap_or_else(|e| e.into_inner()).clone()
+    shared
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }

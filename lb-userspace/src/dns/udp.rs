@@ -18,6 +18,10 @@ const MAX_UDP_QUERY: usize = 4096;
 /// at least every `poll`): `recvmmsg` takes up to [`UDP_BATCH`] queries per
 /// call, answers come from a per-worker [`ResponseCache`] when they can, and
 /// `sendmmsg` sends the replies of a batch together.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the worker thread owns its socket and handles for its whole life"
+)]
 pub fn serve_udp_blocking(
     sock: std::net::UdpSocket,
     shared: Shared,
@@ -28,7 +32,7 @@ pub fn serve_udp_blocking(
     use std::os::fd::AsRawFd;
     if let Err(e) = sock
         .set_nonblocking(false)
-        .and_then(|_| sock.set_read_timeout(Some(poll)))
+        .and_then(|()| sock.set_read_timeout(Some(poll)))
     {
         log::error!("dns: udp socket setup: {e}");
         return;
@@ -38,9 +42,13 @@ pub fn serve_udp_blocking(
     let mut outs: Vec<Vec<u8>> = (0..UDP_BATCH).map(|_| Vec::with_capacity(1232)).collect();
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut addrs: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; UDP_BATCH];
+    // SAFETY: as above.
     let mut iovs: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; UDP_BATCH];
+    // SAFETY: as above.
     let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; UDP_BATCH];
+    // SAFETY: as above.
     let mut send_iovs: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; UDP_BATCH];
+    // SAFETY: as above.
     let mut send_hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; UDP_BATCH];
     let mut cache = ResponseCache::new();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -50,9 +58,9 @@ pub fn serve_udp_blocking(
                 iov_len: MAX_UDP_QUERY,
             };
             let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_name = (&raw mut addrs[i]).cast();
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut iovs[i];
+            h.msg_iov = &raw mut iovs[i];
             h.msg_iovlen = 1;
             h.msg_control = std::ptr::null_mut();
             h.msg_controllen = 0;
@@ -108,9 +116,9 @@ pub fn serve_udp_blocking(
                     iov_len: outs[k].len(),
                 };
                 let sh = &mut send_hdrs[k].msg_hdr;
-                sh.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+                sh.msg_name = (&raw mut addrs[i]).cast();
                 sh.msg_namelen = h.msg_namelen;
-                sh.msg_iov = &mut send_iovs[k];
+                sh.msg_iov = &raw mut send_iovs[k];
                 sh.msg_iovlen = 1;
                 sh.msg_control = std::ptr::null_mut();
                 sh.msg_controllen = 0;
@@ -149,7 +157,9 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match ss.ss_family as libc::c_int {
         libc::AF_INET => {
             // SAFETY: the family says this storage holds a sockaddr_in.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let a = unsafe {
+                &*std::ptr::from_ref::<libc::sockaddr_storage>(ss).cast::<libc::sockaddr_in>()
+            };
             Some(SocketAddr::new(
                 std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
                 u16::from_be(a.sin_port),
@@ -157,7 +167,9 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         libc::AF_INET6 => {
             // SAFETY: the family says this storage holds a sockaddr_in6.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let a = unsafe {
+                &*std::ptr::from_ref::<libc::sockaddr_storage>(ss).cast::<libc::sockaddr_in6>()
+            };
             Some(SocketAddr::V6(std::net::SocketAddrV6::new(
                 std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
                 u16::from_be(a.sin6_port),

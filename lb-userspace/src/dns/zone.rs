@@ -46,7 +46,7 @@ pub struct Node {
 
 impl Node {
     pub fn get(&self, t: RecordType) -> Option<&[Record]> {
-        self.rrsets.get(&u16::from(t)).map(|v| v.as_slice())
+        self.rrsets.get(&u16::from(t)).map(std::vec::Vec::as_slice)
     }
 }
 
@@ -332,7 +332,7 @@ fn find_error_line(text: &str, origin: &Name, path: Option<&Path>) -> Option<usi
     }
     let (mut lo, mut hi) = (0usize, ends.len() - 1);
     while lo < hi {
-        let mid = (lo + hi) / 2;
+        let mid = usize::midpoint(lo, hi);
         if fails(mid) {
             hi = mid;
         } else {

@@ -65,7 +65,7 @@ impl AccessLog {
     pub fn write(&self, line: String) {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(line) {
-            Ok(()) => {}
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed);
                 if n.is_power_of_two() {
@@ -76,7 +76,6 @@ impl AccessLog {
                     );
                 }
             }
-            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 }
@@ -248,7 +247,7 @@ mod tests {
             tls: Some("TLSv1.3"),
             sni: Some("www.example.com".into()),
             duration: Duration::from_micros(1500),
-            upstream_duration: Some(Duration::from_micros(1000)),
+            upstream_duration: Some(Duration::from_millis(1)),
             user_agent: "a \"b\"".into(),
             reason: None,
         };

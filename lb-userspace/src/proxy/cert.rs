@@ -174,34 +174,32 @@ pub fn generate(args: &CertArgs) -> Result<Written> {
     let dir = args.dir.as_path();
 
     let reuse = !args.new_ca;
-    let root = match load_issuer(dir, "root")?.filter(|_| reuse) {
-        Some((issuer, _)) => issuer,
-        None => {
-            let kp = KeyPair::generate_for(alg)?;
-            let params = ca_params(&args.ca_name, args.ca_days, None);
-            let cert = params.self_signed(&kp)?;
-            write_file(&dir.join("root.pem"), &cert.pem(), false)?;
-            write_file(&dir.join("root.key"), &kp.serialize_pem(), true)?;
-            // A fresh root invalidates an old intermediate.
-            let _ = fs::remove_file(dir.join("intermediate.pem"));
-            Issuer::new(params, kp)
-        }
+    let root = if let Some((issuer, _)) = load_issuer(dir, "root")?.filter(|_| reuse) {
+        issuer
+    } else {
+        let kp = KeyPair::generate_for(alg)?;
+        let params = ca_params(&args.ca_name, args.ca_days, None);
+        let cert = params.self_signed(&kp)?;
+        write_file(&dir.join("root.pem"), &cert.pem(), false)?;
+        write_file(&dir.join("root.key"), &kp.serialize_pem(), true)?;
+        // A fresh root invalidates an old intermediate.
+        let _ = fs::remove_file(dir.join("intermediate.pem"));
+        Issuer::new(params, kp)
     };
-    let (inter, inter_pem) = match load_issuer(dir, "intermediate")?.filter(|_| reuse) {
-        Some(v) => v,
-        None => {
-            let kp = KeyPair::generate_for(alg)?;
-            let params = ca_params(
-                &format!("{} intermediate", args.ca_name),
-                args.ca_days / 2,
-                Some(0),
-            );
-            let cert = params.signed_by(&kp, &root)?;
-            let pem = cert.pem();
-            write_file(&dir.join("intermediate.pem"), &pem, false)?;
-            write_file(&dir.join("intermediate.key"), &kp.serialize_pem(), true)?;
-            (Issuer::new(params, kp), pem)
-        }
+    let (inter, inter_pem) = if let Some(v) = load_issuer(dir, "intermediate")?.filter(|_| reuse) {
+        v
+    } else {
+        let kp = KeyPair::generate_for(alg)?;
+        let params = ca_params(
+            &format!("{} intermediate", args.ca_name),
+            args.ca_days / 2,
+            Some(0),
+        );
+        let cert = params.signed_by(&kp, &root)?;
+        let pem = cert.pem();
+        write_file(&dir.join("intermediate.pem"), &pem, false)?;
+        write_file(&dir.join("intermediate.key"), &kp.serialize_pem(), true)?;
+        (Issuer::new(params, kp), pem)
     };
 
     let mut leaves = Vec::new();
@@ -219,14 +217,13 @@ pub fn generate(args: &CertArgs) -> Result<Written> {
         dn.push(DnType::CommonName, names[0].as_str());
         p.distinguished_name = dn;
         for n in &names {
-            match n.parse::<IpAddr>() {
-                Ok(ip) => p.subject_alt_names.push(SanType::IpAddress(ip)),
-                Err(_) => {
-                    super::config::normalize_host_pattern(n)
-                        .map_err(|e| anyhow::anyhow!("--leaf: {e}"))?;
-                    p.subject_alt_names
-                        .push(SanType::DnsName(n.to_ascii_lowercase().try_into()?));
-                }
+            if let Ok(ip) = n.parse::<IpAddr>() {
+                p.subject_alt_names.push(SanType::IpAddress(ip));
+            } else {
+                super::config::normalize_host_pattern(n)
+                    .map_err(|e| anyhow::anyhow!("--leaf: {e}"))?;
+                p.subject_alt_names
+                    .push(SanType::DnsName(n.to_ascii_lowercase().try_into()?));
             }
         }
         p.is_ca = IsCa::ExplicitNoCa;
@@ -287,6 +284,7 @@ mod tests {
 
     #[test]
     fn generates_chain_and_reuses_ca() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let args = CertArgs {
             dir: dir.path().to_path_buf(),
@@ -305,7 +303,6 @@ mod tests {
         generate(&args2).unwrap();
         assert_eq!(fs::read(&w.root).unwrap(), root_before, "root reused");
         // Keys are private.
-        use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&w.leaves[0].3).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0);
     }

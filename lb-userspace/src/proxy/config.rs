@@ -216,6 +216,10 @@ pub enum AccessLogTarget {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "a set of independent headers, one flag each, as the config lists them"
+)]
 pub struct ForwardedSet {
     pub x_forwarded_for: bool,
     pub x_forwarded_proto: bool,
@@ -280,7 +284,7 @@ pub const DEFAULT_MAX_H2_STREAMS: u32 = 128;
 
 fn dur(
     field: String,
-    v: &Option<String>,
+    v: Option<&str>,
     default: Duration,
     errors: &mut Vec<ConfigError>,
 ) -> Duration {
@@ -400,20 +404,17 @@ impl L7Config {
             None => path.to_string(),
         };
 
-        let listen = match self.listen.parse::<SocketAddr>() {
-            // Port 0 binds a free port (tests); `L7Server::local_addrs` tells which.
-            Ok(a) => Some(a),
-            Err(_) => {
-                errors.push(ConfigError::new(
-                    f("listen"),
-                    format!(
-                        "`{}` is not address:port (e.g. 127.0.0.1:443 or [2001:db8::1]:443)",
-                        self.listen
-                    ),
-                ));
-                None
-            }
-        };
+        // Port 0 binds a free port (tests); `L7Server::local_addrs` tells which.
+        let listen = self.listen.parse::<SocketAddr>().ok();
+        if listen.is_none() {
+            errors.push(ConfigError::new(
+                f("listen"),
+                format!(
+                    "`{}` is not address:port (e.g. 127.0.0.1:443 or [2001:db8::1]:443)",
+                    self.listen
+                ),
+            ));
+        }
 
         let tls_on = self.tls.unwrap_or(!self.cert.is_empty());
         let redirect_on = self.redirect_to_https.unwrap_or(false);
@@ -542,31 +543,31 @@ impl L7Config {
         let timeouts = Timeouts {
             connect: dur(
                 f("timeouts.connect"),
-                &t.connect,
+                t.connect.as_deref(),
                 Duration::from_secs(3),
                 &mut errors,
             ),
             header: dur(
                 f("timeouts.header"),
-                &t.header,
+                t.header.as_deref(),
                 Duration::from_secs(10),
                 &mut errors,
             ),
             upstream_response: dur(
                 f("timeouts.upstream_response"),
-                &t.upstream_response,
-                Duration::from_secs(60),
+                t.upstream_response.as_deref(),
+                Duration::from_mins(1),
                 &mut errors,
             ),
             idle: dur(
                 f("timeouts.idle"),
-                &t.idle,
-                Duration::from_secs(60),
+                t.idle.as_deref(),
+                Duration::from_mins(1),
                 &mut errors,
             ),
             shutdown: dur(
                 f("timeouts.shutdown"),
-                &t.shutdown,
+                t.shutdown.as_deref(),
                 Duration::from_secs(10),
                 &mut errors,
             ),
@@ -792,15 +793,14 @@ fn compile_upstream(
         }
         (Some(k), _) => {
             if let Some(h) = k.strip_prefix("header:") {
-                match http::HeaderName::from_bytes(h.trim().as_bytes()) {
-                    Ok(name) => Some(HashKey::Header(name)),
-                    Err(_) => {
-                        errors.push(ConfigError::new(
-                            f("hash_key"),
-                            format!("`{h}` is not a header name"),
-                        ));
-                        None
-                    }
+                if let Ok(name) = http::HeaderName::from_bytes(h.trim().as_bytes()) {
+                    Some(HashKey::Header(name))
+                } else {
+                    errors.push(ConfigError::new(
+                        f("hash_key"),
+                        format!("`{h}` is not a header name"),
+                    ));
+                    None
                 }
             } else if let Some(c) = k.strip_prefix("cookie:") {
                 let c = c.trim();
@@ -847,15 +847,15 @@ fn compile_upstream(
     ) as usize;
     let idle_timeout = dur(
         f("idle_timeout"),
-        &u.idle_timeout,
-        Duration::from_secs(60),
+        u.idle_timeout.as_deref(),
+        Duration::from_mins(1),
         errors,
     );
     let retries = int_in(f("retries"), u.retries, 2, 0..=16, errors) as u32;
     let eject_after = int_in(f("eject_after"), u.eject_after, 3, 0..=1000, errors) as u32;
     let eject_for = dur(
         f("eject_for"),
-        &u.eject_for,
+        u.eject_for.as_deref(),
         Duration::from_secs(10),
         errors,
     );
@@ -978,8 +978,7 @@ policy = "random"
         let errs = errors_of(&format!("tls = true\n{BASE}"));
         assert!(errs[0].starts_with("l7[0].cert:"), "{errs:?}");
         let text = format!(
-            "{}\n[[cert]]\ncert = \"/nonexistent/a.pem\"\nkey = \"/nonexistent/a.key\"\n",
-            BASE
+            "{BASE}\n[[cert]]\ncert = \"/nonexistent/a.pem\"\nkey = \"/nonexistent/a.key\"\n"
         );
         let errs = errors_of(&text);
         assert!(

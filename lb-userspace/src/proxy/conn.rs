@@ -71,7 +71,7 @@ where
     if let Some(tls) = st.tls.clone() {
         let acceptor = TlsAcceptor::from(tls);
         let tls_stream = tokio::select! {
-            _ = l.cancel.cancelled() => return,
+            () = l.cancel.cancelled() => return,
             r = tokio::time::timeout(timeouts.header, acceptor.accept(io)) => match r {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -158,7 +158,7 @@ async fn serve<I>(
             &ctx,
             idle,
             timeouts.shutdown,
-            |c| c.graceful_shutdown(),
+            hyper::server::conn::http2::Connection::graceful_shutdown,
             &name,
             peer,
         )
@@ -176,7 +176,7 @@ async fn serve<I>(
             &ctx,
             idle,
             timeouts.shutdown,
-            |c| c.graceful_shutdown(),
+            hyper::server::conn::http1::Connection::graceful_shutdown,
             &name,
             peer,
         )
@@ -201,21 +201,20 @@ async fn drive<C, E>(
     let cancel = ctx.listener.cancel.clone();
     let res = tokio::select! {
         r = conn.as_mut() => Some(r),
-        _ = idle.as_mut() => None,
-        _ = cancel.cancelled() => None,
-        _ = ctx.abusive.cancelled() => {
+        () = idle.as_mut() => None,
+        () = cancel.cancelled() => None,
+        () = ctx.abusive.cancelled() => {
             log::warn!("l7 {name}: closing connection from {peer}: too many cancelled streams");
             return;
         }
     };
-    let res = match res {
-        Some(r) => r,
-        None => {
-            shutdown(conn.as_mut());
-            match tokio::time::timeout(grace, conn.as_mut()).await {
-                Ok(r) => r,
-                Err(_) => return,
-            }
+    let res = if let Some(r) = res {
+        r
+    } else {
+        shutdown(conn.as_mut());
+        match tokio::time::timeout(grace, conn.as_mut()).await {
+            Ok(r) => r,
+            Err(_) => return,
         }
     };
     if let Err(e) = res {
@@ -231,7 +230,11 @@ async fn idle_watch(ctx: Arc<ConnCtx>, idle: Duration) {
         if quiet >= idle && ctx.in_flight.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let wait = if quiet >= idle { idle } else { idle - quiet };
+        let wait = if quiet >= idle {
+            idle
+        } else {
+            idle.checked_sub(quiet).unwrap()
+        };
         tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
     }
 }

@@ -87,7 +87,7 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `spec.listen` and starts accepting.
-    pub async fn start(spec: ListenerSpec, monitor: &Monitor) -> anyhow::Result<Arc<Listener>> {
+    pub fn start(spec: ListenerSpec, monitor: &Monitor) -> anyhow::Result<Arc<Listener>> {
         let configured = spec.listen;
         let name = spec.name.clone();
         let mut l = Listener::unbound(spec, monitor)?;
@@ -149,7 +149,10 @@ impl Listener {
         let new_max = state.spec.limits.max_connections;
         let old_max = self.max_connections.swap(new_max, Ordering::Relaxed);
         {
-            let mut debt = self.limit_debt.lock().unwrap_or_else(|e| e.into_inner());
+            let mut debt = self
+                .limit_debt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if new_max > old_max {
                 // Cancel outstanding debt first, then hand out the rest.
                 let up = new_max - old_max;
@@ -170,7 +173,10 @@ impl Listener {
     /// Takes permits freed since `max_connections` was lowered out of
     /// circulation until the semaphore matches the configured limit.
     fn pay_limit_debt(&self) {
-        let mut debt = self.limit_debt.lock().unwrap_or_else(|e| e.into_inner());
+        let mut debt = self
+            .limit_debt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *debt > 0 {
             let removed = self.limit.forget_permits(*debt);
             *debt -= removed;
@@ -210,7 +216,7 @@ async fn accept_loop(l: Arc<Listener>, sock: TcpListener) {
     let mut refused: u64 = 0;
     loop {
         let accepted = tokio::select! {
-            _ = l.cancel.cancelled() => break,
+            () = l.cancel.cancelled() => break,
             r = sock.accept() => r,
         };
         match accepted {

@@ -57,7 +57,7 @@ impl L7Server {
             if let Some(t) = &spec.tls {
                 tls::warn_expiry(&spec.name, &t.certs);
             }
-            match Listener::start(spec, &monitor).await {
+            match Listener::start(spec, &monitor) {
                 Ok(l) => listeners.push(l),
                 Err(e) => {
                     for l in &listeners {
@@ -113,7 +113,7 @@ impl L7Server {
         }
         let mut started = Vec::new();
         for spec in fresh {
-            match Listener::start(spec, &self.monitor).await {
+            match Listener::start(spec, &self.monitor) {
                 Ok(l) => started.push(l),
                 Err(e) => {
                     for l in &started {

@@ -99,8 +99,7 @@ pub(super) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Respons
         target: req
             .uri()
             .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| req.uri().to_string()),
+            .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string()),
         version: version_str(req.version()),
         tls: ctx.tls_version,
         sni: ctx.sni.clone(),
@@ -195,7 +194,7 @@ async fn proxy(
         .as_deref()
         .map(normalize_request_host)
         .unwrap_or_default();
-    entry.host = host.clone();
+    entry.host.clone_from(&host);
     if req.version() == Version::HTTP_11 && raw_host.is_none() {
         return (
             Err(local(
@@ -238,8 +237,7 @@ async fn proxy(
         let path = req
             .uri()
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+            .map_or("/", http::uri::PathAndQuery::as_str);
         let location = format!("https://{host_part}{port}{path}");
         let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::PERMANENT_REDIRECT);
         let mut l = local(status, None);
@@ -324,8 +322,7 @@ async fn proxy(
     let uri = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
+        .map_or("/", http::uri::PathAndQuery::as_str)
         .parse::<http::Uri>()
         .unwrap_or_else(|_| http::Uri::from_static("/"));
     let mut up_req = Request::new(body);

@@ -40,7 +40,7 @@ impl fmt::Debug for LoadedCert {
             .field("default", &self.default)
             .field("chain_len", &self.key.cert.len())
             .field("cert_path", &self.cert_path)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,7 +151,7 @@ pub fn load_cert(path: &str, c: &CertConfig) -> Result<LoadedCert, Vec<ConfigErr
         match normalize_host_pattern(n) {
             Ok(n) => {
                 if !names.contains(&n) {
-                    names.push(n)
+                    names.push(n);
                 }
             }
             Err(e) => errors.push(ConfigError::new(format!("{path}.names[{i}]"), e)),
@@ -286,7 +286,7 @@ pub fn warn_expiry(listener: &str, certs: &[LoadedCert]) {
         let Some(na) = c.not_after else { continue };
         match na.duration_since(now) {
             Err(_) => log::warn!("l7 {listener}: certificate {} has expired", c.cert_path),
-            Ok(left) if left < Duration::from_secs(14 * 86400) => log::warn!(
+            Ok(left) if left < Duration::from_hours(336) => log::warn!(
                 "l7 {listener}: certificate {} expires in {} hours",
                 c.cert_path,
                 left.as_secs() / 3600

@@ -140,8 +140,11 @@ impl Pool {
             let period = (idle_timeout / 2).max(Duration::from_millis(100));
             loop {
                 tokio::time::sleep(period).await;
-                for s in weak.iter().filter_map(|w| w.upgrade()) {
-                    let mut idle = s.idle.lock().unwrap_or_else(|e| e.into_inner());
+                for s in weak.iter().filter_map(std::sync::Weak::upgrade) {
+                    let mut idle = s
+                        .idle
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     idle.retain(|c| c.since.elapsed() < idle_timeout && !c.sender.is_closed());
                 }
             }
@@ -250,7 +253,10 @@ impl Pool {
         // Pooled connections first; one found closed gives the request back.
         loop {
             let idle = {
-                let mut idle = server.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let mut idle = server
+                    .idle
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 idle.pop()
             };
             let Some(conn) = idle else { break };
@@ -267,7 +273,6 @@ impl Pool {
                 Ok(resp) => return Ok((resp, guard)),
                 Err(DispatchError::Unsent(r)) => {
                     req = *r;
-                    continue;
                 }
                 Err(DispatchError::Failed(e)) => return Err(SendError::Failed(e)),
                 Err(DispatchError::Timeout) => return Err(SendError::Timeout),
@@ -328,9 +333,8 @@ impl Pool {
         response_timeout: Duration,
     ) -> Result<Response<Incoming>, DispatchError> {
         let fut = sender.try_send_request(req);
-        let result = match tokio::time::timeout(response_timeout, fut).await {
-            Err(_) => return Err(DispatchError::Timeout),
-            Ok(r) => r,
+        let Ok(result) = tokio::time::timeout(response_timeout, fut).await else {
+            return Err(DispatchError::Timeout);
         };
         match result {
             Ok(resp) => {
@@ -341,7 +345,10 @@ impl Pool {
                     let server = server.clone();
                     tokio::spawn(async move {
                         if sender.ready().await.is_ok() {
-                            let mut idle = server.idle.lock().unwrap_or_else(|e| e.into_inner());
+                            let mut idle = server
+                                .idle
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
                             if idle.len() < max_idle {
                                 idle.push(IdleConn {
                                     sender,
@@ -386,10 +393,10 @@ mod tests {
             hash_key: (policy == Policy::ConsistentHash).then(|| HashKey::Cookie("sid".into())),
             host_header: HostHeader::Preserve,
             max_idle_per_server: 4,
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_mins(1),
             retries: 2,
             eject_after: 2,
-            eject_for: Duration::from_secs(60),
+            eject_for: Duration::from_mins(1),
             health: None,
         }
     }

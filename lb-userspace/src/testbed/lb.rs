@@ -402,6 +402,5 @@ fn has_xdp(ns: Option<&str>, iface: &str) -> bool {
     }
     c.args(["link", "show", iface])
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("xdp"))
-        .unwrap_or(false)
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("xdp"))
 }

@@ -43,11 +43,13 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// test fails when `CI` is set (CI runs as root) and is skipped, with the
 /// reason printed, otherwise.
 pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        if std::env::var_os("CI").is_some() {
-            panic!("this test needs root (network namespaces and XDP); CI must run as root");
-        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs root (network namespaces and XDP); CI must run as root"
+        );
         eprintln!("skipped: needs root (network namespaces and XDP)");
     }
     root
@@ -164,6 +166,8 @@ impl Drop for Netns {
 /// Moves the calling thread into the namespace at `path`.
 pub fn enter(path: &str) -> Result<()> {
     let f = File::open(path).with_context(|| format!("open {path}"))?;
+    // SAFETY: the fd is an open namespace file that outlives the call;
+    // setns only changes the calling thread's network namespace.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
         bail!("setns {path}: {}", std::io::Error::last_os_error());
@@ -279,19 +283,16 @@ impl Topology {
         }
         for (i, r) in reals.iter().enumerate() {
             let i = i + 1;
-            let l = match &switch {
-                Some(sw) => {
-                    let port = format!("s{i}");
-                    veth_plain(sw, &port, r, "r0")?;
-                    sw.ip(&["link", "set", &port, "master", "br0"])?;
-                    "l1".to_string()
-                }
-                None => {
-                    let l = format!("l{i}");
-                    veth(&lb, &l, r, "r0")?;
-                    lb_ifaces.push(l.clone());
-                    l
-                }
+            let l = if let Some(sw) = &switch {
+                let port = format!("s{i}");
+                veth_plain(sw, &port, r, "r0")?;
+                sw.ip(&["link", "set", &port, "master", "br0"])?;
+                "l1".to_string()
+            } else {
+                let l = format!("l{i}");
+                veth(&lb, &l, r, "r0")?;
+                lb_ifaces.push(l.clone());
+                l
             };
             if wiring.full_checksums {
                 full_checksums(r, "r0")?;
@@ -448,8 +449,8 @@ impl NameServer {
                     }
                 };
                 tokio::select! {
-                    _ = http => {}
-                    _ = udp_loop => {}
+                    () = http => {}
+                    () = udp_loop => {}
                     _ = stop_rx => {}
                 }
                 Ok(())

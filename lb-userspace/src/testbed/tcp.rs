@@ -82,7 +82,7 @@ fn serve(mut s: TcpStream, name: &str, mode: Mode, stop: &AtomicBool) {
                 match r.read_line(&mut line) {
                     Ok(0) => return,
                     Ok(_) => {
-                        if s.write_all(format!("{name}:{}", line).as_bytes()).is_err() {
+                        if s.write_all(format!("{name}:{line}").as_bytes()).is_err() {
                             return;
                         }
                         line.clear();
@@ -176,19 +176,18 @@ pub fn open_conns(client: &Netns, vip: SocketAddr, n: usize) -> anyhow::Result<V
 
 /// Reads a whole stream from `vip`, returning (bytes, largest gap between reads).
 pub fn read_stream(stream: &mut TcpStream) -> (usize, Duration) {
-    let mut buf = [0u8; 65536];
+    let mut buf = vec![0u8; 65536];
     let mut total = 0;
     let mut last = Instant::now();
     let mut gap = Duration::ZERO;
     loop {
         match stream.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) | Err(_) => break,
             Ok(n) => {
                 total += n;
                 gap = gap.max(last.elapsed());
                 last = Instant::now();
             }
-            Err(_) => break,
         }
     }
     (total, gap)

@@ -8,63 +8,60 @@ use lb_userspace::dns::{
     DnsServer,
 };
 
-pub fn data_dir() -> PathBuf {
+pub(crate) fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/dns")
 }
 
-pub fn zone_file() -> PathBuf {
+pub(crate) fn zone_file() -> PathBuf {
     data_dir().join("example.com.zone")
 }
 
 /// Is `tool` on PATH? If not: panic under CI, else print why and say no.
-pub fn have(tool: &str, package: &str) -> bool {
+pub(crate) fn have(tool: &str, package: &str) -> bool {
     let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         || ["/usr/sbin", "/usr/bin", "/sbin"]
             .iter()
             .any(|d| PathBuf::from(d).join(tool).is_file());
     if !found {
         let msg = format!("`{tool}` not found: install the Debian package `{package}`");
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}");
-        }
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
         eprintln!("skipping: {msg}");
     }
     found
 }
 
-pub fn parse_config(toml_text: &str) -> DnsConfig {
+pub(crate) fn parse_config(toml_text: &str) -> DnsConfig {
     toml::from_str(toml_text).unwrap_or_else(|e| panic!("bad test config: {e}\n{toml_text}"))
 }
 
 /// A `[dns]` table validated as `lb` does (zone files read and parsed).
-pub fn settings(toml_text: &str) -> DnsSettings {
+pub(crate) fn settings(toml_text: &str) -> DnsSettings {
     try_settings(toml_text).unwrap_or_else(|e| panic!("invalid test config: {e}\n{toml_text}"))
 }
 
 /// Like [`settings`], with the errors as `lb` reports them.
-pub fn try_settings(toml_text: &str) -> Result<DnsSettings, String> {
+pub(crate) fn try_settings(toml_text: &str) -> Result<DnsSettings, String> {
     let mut errors = Vec::new();
     match parse_config(toml_text).settings("dns", &mut errors) {
         Some(s) if errors.is_empty() => Ok(s),
         _ => Err(errors
             .iter()
-            .map(|e| e.to_string())
+            .map(std::string::ToString::to_string)
             .collect::<Vec<_>>()
             .join("\n")),
     }
 }
 
 /// The standard test server: our example.com zone on 127.0.0.1, ephemeral port.
-pub fn base_config(extra: &str) -> String {
+pub(crate) fn base_config(extra: &str) -> String {
     format!(
         "listen = [\"127.0.0.1:0\"]\n{extra}\n[[zone]]\nname = \"example.com.\"\nfile = \"{}\"\n",
         zone_file().display()
     )
 }
 
-pub async fn start(toml_text: &str) -> (DnsServer, SocketAddr) {
+pub(crate) async fn start(toml_text: &str) -> (DnsServer, SocketAddr) {
     let srv = DnsServer::start(&settings(toml_text))
         .await
         .expect("server starts");
@@ -75,7 +72,7 @@ pub async fn start(toml_text: &str) -> (DnsServer, SocketAddr) {
 
 /// What dig printed, parsed.
 #[derive(Debug, Clone, Default)]
-pub struct Dig {
+pub(crate) struct Dig {
     pub raw: String,
     pub status: String,
     pub flags: Vec<String>,
@@ -92,12 +89,12 @@ pub struct Dig {
 }
 
 impl Dig {
-    pub fn has_flag(&self, f: &str) -> bool {
+    pub(crate) fn has_flag(&self, f: &str) -> bool {
         self.flags.iter().any(|x| x == f)
     }
 
     /// Records of a section as (name, ttl, type, rdata), names lowercased.
-    pub fn records(section: &[String]) -> Vec<(String, u32, String, String)> {
+    pub(crate) fn records(section: &[String]) -> Vec<(String, u32, String, String)> {
         section
             .iter()
             .map(|l| {
@@ -113,7 +110,7 @@ impl Dig {
     }
 
     /// "type rdata" of each answer record.
-    pub fn answer_data(&self) -> Vec<String> {
+    pub(crate) fn answer_data(&self) -> Vec<String> {
         let mut v: Vec<String> = Self::records(&self.answer)
             .into_iter()
             .map(|(_, _, t, d)| format!("{t} {d}"))
@@ -123,7 +120,7 @@ impl Dig {
     }
 }
 
-pub fn parse_dig(out: &str) -> Dig {
+pub(crate) fn parse_dig(out: &str) -> Dig {
     let mut d = Dig {
         raw: out.to_string(),
         ..Dig::default()
@@ -185,7 +182,7 @@ pub fn parse_dig(out: &str) -> Dig {
 }
 
 /// Runs `dig @addr -p port +norec +time=2 +tries=1 <args>` (bounded).
-pub async fn dig(addr: SocketAddr, args: &[&str]) -> Dig {
+pub(crate) async fn dig(addr: SocketAddr, args: &[&str]) -> Dig {
     let out = tokio::time::timeout(
         Duration::from_secs(20),
         tokio::process::Command::new("dig")

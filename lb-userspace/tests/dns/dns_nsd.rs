@@ -17,7 +17,7 @@ use dns_common::{base_config, dig, have, start, Dig};
 struct Nsd {
     child: Child,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Nsd {
@@ -92,12 +92,12 @@ zone:
         Nsd {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _dir: dir,
+            dir,
         }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("nsd.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("nsd.log")).unwrap_or_default()
     }
 }
 

@@ -343,8 +343,14 @@ fn dns_through_xdp_vip_to_two_lb_servers() {
 
     // GSLB: both members healthy → both addresses, from both servers.
     let gslb_qs = [("app.example.com", "A"), ("app.example.com", "AAAA")].repeat(10);
-    let all4: BTreeSet<String> = MEMBER4.iter().map(|s| s.to_string()).collect();
-    let all6: BTreeSet<String> = MEMBER6.iter().map(|s| s.to_string()).collect();
+    let all4: BTreeSet<String> = MEMBER4
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
+    let all6: BTreeSet<String> = MEMBER6
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
     let vip4 = topo.vip(false);
     for d in dig_batch(&topo.client, vip4, false, &gslb_qs) {
         assert!(d.has_flag("aa"), "{}", d.raw);
@@ -359,7 +365,7 @@ fn dns_through_xdp_vip_to_two_lb_servers() {
     // Member 2's health endpoint goes away on both servers' sides: within a
     // few probe intervals every answer, from either server, lists member 1
     // only.
-    for (_, h2) in health.iter_mut() {
+    for (_, h2) in &mut health {
         drop(h2.take());
     }
     let one4: BTreeSet<String> = [MEMBER4[0].to_string()].into();
@@ -378,7 +384,10 @@ fn dns_through_xdp_vip_to_two_lb_servers() {
         if done {
             break;
         }
-        let last: Vec<Vec<String>> = replies.iter().map(|d| d.answer_data()).collect();
+        let last: Vec<Vec<String>> = replies
+            .iter()
+            .map(super::dns_common::Dig::answer_data)
+            .collect();
         assert!(
             Instant::now() < deadline,
             "member 2 still answered 15 s after its health endpoint stopped: {last:?}\n{}",

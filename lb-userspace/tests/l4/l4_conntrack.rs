@@ -117,7 +117,7 @@ impl EchoServer {
                     }
                 };
                 tokio::select! {
-                    _ = serve => {}
+                    () = serve => {}
                     _ = stop_rx => {}
                 }
                 Ok(())
@@ -284,8 +284,7 @@ fn failures(flows: &[Flow], out: &[Outcome]) -> Vec<String> {
 fn real_name(addr: IpAddr) -> String {
     (1..=4)
         .find(|&i| IpAddr::from(testbed::real4(i)) == addr)
-        .map(|i| format!("real{i}"))
-        .unwrap_or_else(|| format!("unknown real {addr}"))
+        .map_or_else(|| format!("unknown real {addr}"), |i| format!("real{i}"))
 }
 
 /// The real the Maglev ring of `config`'s first VIP gives a new flow from
@@ -642,6 +641,12 @@ fn reply_key(real: &str, port: u16) -> FlowKey {
 /// both. Every connection keeps working on its real.
 #[test]
 fn a_flow_that_lost_either_entry_keeps_its_real() {
+    const CASES: [&str; 4] = [
+        "untouched",
+        "forward entry gone",
+        "reply entry gone",
+        "both gone",
+    ];
     if !privileged() {
         return;
     }
@@ -670,12 +675,6 @@ fn a_flow_that_lost_either_entry_keeps_its_real() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     let vip_sa = SocketAddr::new(testbed::VIP4.into(), PORT);
 
-    const CASES: [&str; 4] = [
-        "untouched",
-        "forward entry gone",
-        "reply entry gone",
-        "both gone",
-    ];
     let flows = open(&topo.client, 2 * CASES.len(), "open");
     let data = MapData::from_pin(pins.0.join("map_CONNTRACK")).expect("pinned CONNTRACK");
     let mut ct: BpfHashMap<MapData, FlowKey, CtValue> = Map::from_map_data(data)

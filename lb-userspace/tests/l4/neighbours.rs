@@ -227,7 +227,7 @@ fn local_unroutable_and_missing_give_typed_errors() {
     }
     match missing_iface {
         Err(e @ NeighbourError::NoInterface { .. }) => {
-            assert_eq!(e.to_string(), "interface `nosuch0` does not exist")
+            assert_eq!(e.to_string(), "interface `nosuch0` does not exist");
         }
         other => panic!("expected NoInterface, got {other:?}"),
     }
@@ -249,8 +249,7 @@ fn ip_route_get(ns: &Netns, addr: &str) -> (String, IpAddr) {
     let dev = r["dev"].as_str().unwrap().to_string();
     let nh = r["gateway"]
         .as_str()
-        .map(|g| g.parse().unwrap())
-        .unwrap_or_else(|| ip(addr));
+        .map_or_else(|| ip(addr), |g| g.parse().unwrap());
     (dev, nh)
 }
 

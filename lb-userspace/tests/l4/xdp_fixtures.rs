@@ -45,14 +45,14 @@ fn fx(
 }
 
 fn fixtures() -> Vec<Fixture> {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
     let c4 = IpAddr::V4(CLIENT4);
     let v4 = IpAddr::V4(VIP4);
     let r4 = IpAddr::V4(REAL4);
     let c6 = IpAddr::V6(CLIENT6);
     let v6 = IpAddr::V6(VIP6);
     let r6 = IpAddr::V6(REAL6);
-    const SYN: u8 = 0x02;
-    const ACK: u8 = 0x10;
     let mut f = Vec::new();
 
     // --- IPv4 TCP
@@ -580,18 +580,22 @@ fn fixtures() -> Vec<Fixture> {
 }
 
 fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
     b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join("")
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 #[test]
 fn xdp_fixtures() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        if std::env::var_os("CI").is_some() {
-            panic!("the XDP fixtures need root (BPF_PROG_TEST_RUN); CI must run as root");
-        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the XDP fixtures need root (BPF_PROG_TEST_RUN); CI must run as root"
+        );
         eprintln!("skipped: the XDP fixtures need root");
         return;
     }

@@ -46,7 +46,7 @@ async fn read_all<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     loop {
         match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(0) | Err(_)) | Err(_) => break,
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
         }
     }
@@ -262,7 +262,7 @@ async fn connections_over_max_connections_are_closed() {
     let mut buf = [0u8; 16];
     let r = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buf)).await;
     assert!(
-        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        matches!(r, Ok(Ok(0) | Err(_))),
         "third connection must be closed: {r:?}"
     );
     drop(c1);

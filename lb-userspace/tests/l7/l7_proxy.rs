@@ -178,7 +178,7 @@ async fn spread(policy: &str, n: usize, headers: &[(&str, &str)]) -> Vec<u64> {
         assert_eq!(s, 200);
     }
     server.shutdown().await;
-    bs.iter().map(|b| b.hits()).collect()
+    bs.iter().map(super::l7_support::Backend::hits).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,8 +215,8 @@ async fn least_outstanding_spreads_sequential_load_and_avoids_busy_servers() {
     let mut c3 = H1Client::connect(&pki, addrs[0], "a.example.com").await;
     let busy_req = tokio::spawn(async move { c3.get("/slow/1500", &[]).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let before: Vec<u64> = bs.iter().map(|b| b.hits()).collect();
-    let busy = if before[0] > before[1] { 0 } else { 1 };
+    let before: Vec<u64> = bs.iter().map(super::l7_support::Backend::hits).collect();
+    let busy = i32::from(before[0] <= before[1]);
     let mut c = H1Client::connect(&pki, addrs[0], "a.example.com").await;
     for _ in 0..10 {
         let (s, who, _) = c.get("/", &[]).await;
@@ -294,13 +294,13 @@ async fn killed_upstream_is_ejected_and_requests_keep_succeeding() {
         assert_eq!(c.get("/", &[]).await.0, 200);
     }
     bs[1].kill().await;
-    let hits_before: Vec<u64> = bs.iter().map(|b| b.hits()).collect();
+    let hits_before: Vec<u64> = bs.iter().map(super::l7_support::Backend::hits).collect();
     for i in 0..60 {
         let (s, who, body) = c.get("/", &[]).await;
         assert_eq!(s, 200, "request {i} after the kill failed: {body}");
         assert_ne!(who, "b1");
     }
-    let hits_after: Vec<u64> = bs.iter().map(|b| b.hits()).collect();
+    let hits_after: Vec<u64> = bs.iter().map(super::l7_support::Backend::hits).collect();
     assert_eq!(hits_after[1], hits_before[1]);
     assert_eq!(
         hits_after[0] + hits_after[2] - hits_before[0] - hits_before[2],

@@ -27,30 +27,27 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// True when `tool` is on PATH. Missing: panics under CI, otherwise prints why the test is skipped.
-pub fn have_tool(tool: &str) -> bool {
+pub(crate) fn have_tool(tool: &str) -> bool {
     let found = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool}"))
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+        .is_ok_and(|o| o.status.success());
     if !found {
-        if std::env::var_os("CI").is_some() {
-            panic!("{tool} is required for this test (apt-get install {tool}); CI is set, so this is a failure");
-        }
+        assert!(std::env::var_os("CI").is_none(), "{tool} is required for this test (apt-get install {tool}); CI is set, so this is a failure");
         eprintln!("skipping: {tool} not found on PATH");
     }
     found
 }
 
 /// A root CA, an intermediate and leaves, written by `lb cert`'s code.
-pub struct Pki {
+pub(crate) struct Pki {
     pub dir: tempfile::TempDir,
 }
 
 impl Pki {
     /// Leaves: `a.example.com`, `*.b.example.com` (+ `b.example.com`), `other.example.net`.
-    pub fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let args = cert::CertArgs {
             dir: dir.path().to_path_buf(),
@@ -64,22 +61,22 @@ impl Pki {
         cert::generate(&args).unwrap();
         Pki { dir }
     }
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
-    pub fn root(&self) -> String {
+    pub(crate) fn root(&self) -> String {
         self.path("root.pem").display().to_string()
     }
-    pub fn chain(&self, stem: &str) -> String {
+    pub(crate) fn chain(&self, stem: &str) -> String {
         self.path(&format!("{stem}.chain.pem"))
             .display()
             .to_string()
     }
-    pub fn key(&self, stem: &str) -> String {
+    pub(crate) fn key(&self, stem: &str) -> String {
         self.path(&format!("{stem}.key")).display().to_string()
     }
     /// `[[l7.cert]]` tables for the leaves `a.example.com` and `*.b.example.com`.
-    pub fn cert_tables(&self) -> String {
+    pub(crate) fn cert_tables(&self) -> String {
         format!(
             "[[l7.cert]]\ncert = \"{}\"\nkey = \"{}\"\n[[l7.cert]]\ncert = \"{}\"\nkey = \"{}\"\n",
             self.chain("a.example.com"),
@@ -96,7 +93,7 @@ impl Pki {
 ///
 /// Paths: `/slow/MS` waits MS milliseconds first; `/bytes/N` answers N bytes;
 /// `/status/N` answers with status N; anything else echoes.
-pub struct Backend {
+pub(crate) struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
     stop: CancellationToken,
@@ -104,7 +101,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub async fn start(name: &str) -> Backend {
+    pub(crate) async fn start(name: &str) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
@@ -115,7 +112,7 @@ impl Backend {
         tasks.spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
-                    _ = s.cancelled() => return,
+                    () = s.cancelled() => return,
                     r = listener.accept() => match r { Ok(v) => v, Err(_) => continue },
                 };
                 let (n, h, s) = (n.clone(), h.clone(), s.clone());
@@ -126,7 +123,7 @@ impl Backend {
                     });
                     let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
                     tokio::select! {
-                        _ = s.cancelled() => {}
+                        () = s.cancelled() => {}
                         _ = conn => {}
                     }
                 });
@@ -141,7 +138,7 @@ impl Backend {
     }
 
     /// Closes the listener and every open connection: the server is gone.
-    pub async fn kill(&self) {
+    pub(crate) async fn kill(&self) {
         self.stop.cancel();
         // Return only once the listener and every connection are closed, so
         // that no request sent afterwards can still reach this server.
@@ -149,7 +146,7 @@ impl Backend {
         self.tasks.wait().await;
     }
 
-    pub fn hits(&self) -> u64 {
+    pub(crate) fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }
 }
@@ -168,8 +165,7 @@ async fn echo(name: &str, hits: &AtomicU64, req: Request<Incoming>) -> Response<
         req.method(),
         req.uri()
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/"),
+            .map_or("/", http::uri::PathAndQuery::as_str),
         req.version()
     );
     for (k, v) in req.headers() {
@@ -190,8 +186,7 @@ async fn echo(name: &str, hits: &AtomicU64, req: Request<Incoming>) -> Response<
         .into_body()
         .collect()
         .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+        .map_or(0, |b| b.to_bytes().len());
     text.push_str(&format!("body-length: {body_len}\n"));
     let body = match path.strip_prefix("/bytes/") {
         Some(n) => Bytes::from(vec![b'x'; n.parse().unwrap_or(0)]),
@@ -206,7 +201,7 @@ async fn echo(name: &str, hits: &AtomicU64, req: Request<Incoming>) -> Response<
 }
 
 /// Parses an echo body into header name → value (the last one wins).
-pub fn echoed_headers(body: &str) -> HashMap<String, String> {
+pub(crate) fn echoed_headers(body: &str) -> HashMap<String, String> {
     body.lines()
         .skip(1)
         .filter_map(|l| l.split_once(": "))
@@ -215,14 +210,14 @@ pub fn echoed_headers(body: &str) -> HashMap<String, String> {
 }
 
 /// Starts the proxy from a full config text (parsed and validated like `lb run` does).
-pub async fn start_proxy(toml: &str) -> (L7Server, Vec<SocketAddr>) {
+pub(crate) async fn start_proxy(toml: &str) -> (L7Server, Vec<SocketAddr>) {
     let cfg = Config::parse(toml).unwrap_or_else(|e| panic!("config rejected:\n{e}\n---\n{toml}"));
     let server = L7Server::start(&cfg.l7).await.expect("proxy starts");
     let addrs = server.local_addrs().await;
     (server, addrs)
 }
 
-pub fn upstream_table(name: &str, backends: &[&Backend], extra: &str) -> String {
+pub(crate) fn upstream_table(name: &str, backends: &[&Backend], extra: &str) -> String {
     let servers: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
     format!(
         "[[l7.upstream]]\nname = \"{name}\"\nservers = [{}]\n{extra}\n",
@@ -231,7 +226,7 @@ pub fn upstream_table(name: &str, backends: &[&Backend], extra: &str) -> String 
 }
 
 /// Runs a command off the async runtime.
-pub async fn run(cmd: &str, args: Vec<String>) -> Output {
+pub(crate) async fn run(cmd: &str, args: Vec<String>) -> Output {
     let cmd = cmd.to_string();
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(&cmd)
@@ -245,7 +240,7 @@ pub async fn run(cmd: &str, args: Vec<String>) -> Output {
 }
 
 /// `curl` over HTTPS to `host` resolved to the proxy. Returns (exit code, stdout, stderr).
-pub async fn curl_https(
+pub(crate) async fn curl_https(
     pki: &Pki,
     proxy: SocketAddr,
     host: &str,
@@ -263,7 +258,7 @@ pub async fn curl_https(
         "--resolve".into(),
         format!("{host}:{port}:127.0.0.1"),
     ];
-    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(std::string::ToString::to_string));
     args.push(format!("https://{host}:{port}{path}"));
     let out = run("curl", args).await;
     (
@@ -274,7 +269,7 @@ pub async fn curl_https(
 }
 
 /// A rustls client config trusting the test root, offering `alpn`.
-pub fn client_tls(root_pem: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+pub(crate) fn client_tls(root_pem: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in lb_userspace::proxy::tls::read_pem_certs(root_pem).unwrap() {
         roots.add(c).unwrap();
@@ -291,13 +286,13 @@ pub fn client_tls(root_pem: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> 
 }
 
 /// One HTTP/1.1 keep-alive connection through TLS to the proxy.
-pub struct H1Client {
+pub(crate) struct H1Client {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
 }
 
 impl H1Client {
-    pub async fn connect(pki: &Pki, proxy: SocketAddr, host: &str) -> H1Client {
+    pub(crate) async fn connect(pki: &Pki, proxy: SocketAddr, host: &str) -> H1Client {
         let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
         let connector =
             tokio_rustls::TlsConnector::from(client_tls(&pki.path("root.pem"), &[b"http/1.1"]));
@@ -314,7 +309,11 @@ impl H1Client {
     }
 
     /// GET `path` with extra headers; returns (status, x-backend, body).
-    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    pub(crate) async fn get(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, String) {
         let mut b = Request::get(path);
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
             b = b.header("host", &self.host);
@@ -342,7 +341,7 @@ impl H1Client {
 }
 
 /// An HTTP/2 connection through TLS (ALPN h2) to the proxy.
-pub async fn h2_connect(
+pub(crate) async fn h2_connect(
     pki: &Pki,
     proxy: SocketAddr,
     host: &str,
