@@ -1,6 +1,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap_complete::{generate, shells};
 use lb_userspace::{
     admin::{
         client::{self as cli, Client, Endpoint, Verb},
@@ -203,6 +204,20 @@ enum Command {
     },
     /// Generate a test PKI (root CA, intermediate, leaf certificates).
     Cert(proxy::CertArgs),
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    ///
+    /// bash: `lb completions bash > /etc/bash_completion.d/lb`; zsh: into a
+    /// directory on `$fpath` as `_lb`; fish: `~/.config/fish/completions/lb.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write the man pages: `lb.1` to stdout, or with --out every page
+    /// (`lb.1` and one `lb-<command>.1` per command) into a directory.
+    Man {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Client options, flattened into every client verb.
@@ -232,6 +247,31 @@ fn xdp_level(s: &str) -> anyhow::Result<u8> {
             "--xdp-log: `{other}` is not a level (off, error, warn, info, debug, trace)"
         ),
     })
+}
+
+/// Shells `lb completions` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `lb man`: the pages come from the same clap definitions as `--help`.
+fn man(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cmd = Cli::command();
+    match out {
+        None => clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .context("writing the man page"),
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -364,6 +404,16 @@ fn main() -> ExitCode {
         #[cfg(feature = "demo")]
         Command::Demo { requests } => lb_userspace::demo::run(requests),
         Command::Cert(args) => proxy::cert_main(args),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            match shell {
+                Shell::Bash => generate(shells::Bash, &mut cmd, "lb", &mut std::io::stdout()),
+                Shell::Zsh => generate(shells::Zsh, &mut cmd, "lb", &mut std::io::stdout()),
+                Shell::Fish => generate(shells::Fish, &mut cmd, "lb", &mut std::io::stdout()),
+            }
+            Ok(())
+        }
+        Command::Man { out } => man(out.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

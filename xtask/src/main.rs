@@ -71,6 +71,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dnsperf", "/usr/bin/dnsperf"),
     ("tcpdump", "/usr/bin/tcpdump"),
     ("iputils-ping", "/usr/bin/ping"),
+    ("groff-base", "/usr/bin/groff"),
 ];
 
 fn root() -> PathBuf {

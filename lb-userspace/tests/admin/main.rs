@@ -4,6 +4,7 @@
 /// The `lb` binary under test.
 const LB: &str = env!("CARGO_BIN_EXE_lb");
 
+mod cli_docs;
 mod ctl_api;
 mod ctl_health;
 mod ctl_live;
