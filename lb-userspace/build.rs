@@ -25,6 +25,11 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest_dir.join("../lb-ebpf").canonicalize()?;
     let ebpf_dir = ebpf_dir.to_str().expect("utf-8 path");
+    // aya-build passes every line the nested cargo writes to stderr on as a
+    // `cargo:warning`, so its progress lines ("Compiling core ...") would
+    // reach the user as dozens of warnings. Quiet drops those; compiler
+    // warnings and errors come through cargo's JSON messages and still show.
+    env::set_var("CARGO_TERM_QUIET", "true");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "lb-ebpf",
