@@ -363,6 +363,15 @@ impl Topology {
         self.lb_builder(lb_bin, dir).config(config).start()
     }
 
+    /// Starts something on every real, in order: `start(namespace, "realN")`.
+    pub fn on_reals<T>(&self, mut start: impl FnMut(&Netns, &str) -> T) -> Vec<T> {
+        self.reals
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| start(ns, &format!("real{}", i + 1)))
+            .collect()
+    }
+
     pub fn vip(&self, v6: bool) -> IpAddr {
         if v6 {
             IpAddr::V6(VIP6)
@@ -611,4 +620,15 @@ impl Drop for PinDir {
         }
         let _ = std::fs::remove_dir(&self.1);
     }
+}
+
+/// How often each name occurs (which real got how many flows or requests).
+pub fn tally<S: Into<String>>(
+    names: impl IntoIterator<Item = S>,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for n in names {
+        *m.entry(n.into()).or_default() += 1;
+    }
+    m
 }

@@ -33,12 +33,8 @@ fn every_verb_and_bad_requests() {
     }
     let topo = Topology::build(3).expect("topology");
     topo.block_kernel_forwarding().expect("nft");
-    let _servers: Vec<NameServer> = topo
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| NameServer::start(ns, &format!("real{}", i + 1), 8080, 8053).unwrap())
-        .collect();
+    let _servers: Vec<NameServer> =
+        topo.on_reals(|ns, name| NameServer::start(ns, name, 8080, 8053).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "0123456789abcdef0123\n").unwrap();

@@ -3,15 +3,12 @@
 //! still succeeds; started again, it takes traffic within rise × interval
 //! (+ one interval). Each state change is logged once, with its reason.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use lb_userspace::testbed::{
     self,
     config::{ConfigBuilder, Health, Vip},
-    http_names, privileged, NameServer, Topology,
+    http_names, privileged, tally, NameServer, Topology,
 };
 
 const HTTP_PORT: u16 = 8080;
@@ -22,14 +19,6 @@ const FALL: u32 = 2;
 /// failing probe may take up to its timeout).
 const SLACK: Duration = Duration::from_millis(1500);
 
-fn spread(names: &[String]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for n in names {
-        *m.entry(n.clone()).or_default() += 1;
-    }
-    m
-}
-
 #[test]
 fn a_failed_real_leaves_the_ring_and_comes_back() {
     if !privileged() {
@@ -37,14 +26,8 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
     }
     let topo = Topology::build(3).expect("topology");
     topo.block_kernel_forwarding().expect("nft");
-    let mut servers: Vec<Option<NameServer>> = topo
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            Some(NameServer::start(ns, &format!("real{}", i + 1), HTTP_PORT, 8053).unwrap())
-        })
-        .collect();
+    let mut servers: Vec<Option<NameServer>> =
+        topo.on_reals(|ns, name| Some(NameServer::start(ns, name, HTTP_PORT, 8053).unwrap()));
     let dir = tempfile::tempdir().unwrap();
     let health = Health::http("/")
         .interval(&format!("{}ms", INTERVAL.as_millis()))
@@ -66,7 +49,7 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
         .start()
         .unwrap_or_else(|e| panic!("{e:#}"));
 
-    let before = spread(&http_names(&topo, 60).unwrap());
+    let before = tally(http_names(&topo, 60).unwrap());
     assert_eq!(
         before.get("").copied().unwrap_or(0),
         0,
@@ -107,7 +90,7 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
         left_after <= out_deadline,
         "real2 left the ring after {left_after:?}, more than fall × interval + interval (+{SLACK:?} slack)"
     );
-    let during = spread(&http_names(&topo, 90).unwrap());
+    let during = tally(http_names(&topo, 90).unwrap());
     assert_eq!(
         during.get("").copied().unwrap_or(0),
         0,
@@ -142,7 +125,7 @@ fn a_failed_real_leaves_the_ring_and_comes_back() {
         back_after <= in_deadline,
         "real2 came back after {back_after:?}, more than rise × interval + interval (+{SLACK:?} slack)"
     );
-    let after = spread(&http_names(&topo, 90).unwrap());
+    let after = tally(http_names(&topo, 90).unwrap());
     assert_eq!(after.get("").copied().unwrap_or(0), 0, "{after:?}");
     let r2 = after.get("real2").copied().unwrap_or(0);
     assert!(
@@ -175,12 +158,8 @@ fn every_real_down_keeps_the_last_ring() {
     let dir = tempfile::tempdir().unwrap();
     // Health probes a port nothing listens on: every real goes down, but
     // traffic to the service port keeps flowing (all_down = keep).
-    let _servers: Vec<NameServer> = topo
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| NameServer::start(ns, &format!("real{}", i + 1), HTTP_PORT, 8053).unwrap())
-        .collect();
+    let _servers: Vec<NameServer> =
+        topo.on_reals(|ns, name| NameServer::start(ns, name, HTTP_PORT, 8053).unwrap());
     let health = Health::tcp()
         .port(9)
         .interval("200ms")

@@ -2,26 +2,18 @@
 //! removing reals does not reset connections to untouched reals; draining
 //! a real keeps its connections working and sends new ones elsewhere.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::net::SocketAddr;
 
 use lb_userspace::testbed::{
     self,
     config::{ConfigBuilder, Vip},
-    privileged,
-    tcp::{open_conns, Conn, Mode, Server},
+    privileged, tally,
+    tcp::{open_conns, Mode, Server},
     Topology,
 };
 
 const ECHO: u16 = 9000;
 const VIP: &str = "198.18.100.1:9000/tcp";
-
-fn count(conns: &[Conn]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for c in conns {
-        *m.entry(c.real.clone()).or_default() += 1;
-    }
-    m
-}
 
 #[test]
 fn add_remove_and_drain_keep_untouched_connections() {
@@ -30,12 +22,8 @@ fn add_remove_and_drain_keep_untouched_connections() {
     }
     let topo = Topology::build(4).expect("topology");
     topo.block_kernel_forwarding().expect("nft");
-    let _servers: Vec<Server> = topo
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| Server::start(ns, &format!("real{}", i + 1), ECHO, Mode::Echo).unwrap())
-        .collect();
+    let _servers: Vec<Server> =
+        topo.on_reals(|ns, name| Server::start(ns, name, ECHO, Mode::Echo).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let cfg = ConfigBuilder::topology(&topo)
         .api_socket(&dir.path().join("lb.sock"))
@@ -54,7 +42,7 @@ fn add_remove_and_drain_keep_untouched_connections() {
     let vip_sa = SocketAddr::new(testbed::VIP4.into(), ECHO);
 
     let mut held = open_conns(&topo.client, vip_sa, 30).expect("open connections");
-    let spread = count(&held);
+    let spread = tally(held.iter().map(|c| c.real.as_str()));
     for r in ["real1", "real2", "real3"] {
         assert!(
             spread.get(r).copied().unwrap_or(0) >= 3,
@@ -109,7 +97,7 @@ fn add_remove_and_drain_keep_untouched_connections() {
 
     // New connections: real4 takes some, real3 none.
     let fresh = open_conns(&topo.client, vip_sa, 30).expect("open connections");
-    let fs = count(&fresh);
+    let fs = tally(fresh.iter().map(|c| c.real.as_str()));
     assert!(
         fs.get("real4").copied().unwrap_or(0) > 0,
         "real4 got no new connection: {fs:?}"
@@ -141,7 +129,7 @@ fn add_remove_and_drain_keep_untouched_connections() {
         })
         .unwrap_or_else(|e| panic!("drained real's connection broke: {e:#}\n{}", lb.log()));
     let fresh = open_conns(&topo.client, vip_sa, 30).expect("open connections");
-    let fs = count(&fresh);
+    let fs = tally(fresh.iter().map(|c| c.real.as_str()));
     assert_eq!(
         fs.get("real1"),
         None,
@@ -178,12 +166,8 @@ fn drain_timeout_ends_remaining_flows() {
     }
     let topo = Topology::build(2).expect("topology");
     topo.block_kernel_forwarding().expect("nft");
-    let _servers: Vec<Server> = topo
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| Server::start(ns, &format!("real{}", i + 1), ECHO, Mode::Echo).unwrap())
-        .collect();
+    let _servers: Vec<Server> =
+        topo.on_reals(|ns, name| Server::start(ns, name, ECHO, Mode::Echo).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let cfg = ConfigBuilder::topology(&topo)
         .api_socket(&dir.path().join("lb.sock"))

@@ -33,12 +33,8 @@ fn a_transfer_survives_an_lb_restart() {
         chunks: CHUNKS,
         every: Duration::from_millis(25),
     };
-    let _servers: Vec<Server> = topo
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| Server::start(ns, &format!("real{}", i + 1), STREAM, mode).unwrap())
-        .collect();
+    let _servers: Vec<Server> =
+        topo.on_reals(|ns, name| Server::start(ns, name, STREAM, mode).unwrap());
     let pins = PinDir::new().expect("bpffs");
     let dir = tempfile::tempdir().unwrap();
     let cfg = ConfigBuilder::new()

@@ -353,12 +353,7 @@ fn evicted_flows_keep_their_real_and_follow_the_ring_after_a_change() {
     let started = Instant::now();
     let topo = Topology::build(4).expect("topology");
     topo.block_kernel_forwarding().expect("nft");
-    let servers: Vec<EchoServer> = topo
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| EchoServer::start(ns, &format!("real{}", i + 1)))
-        .collect();
+    let servers: Vec<EchoServer> = topo.on_reals(EchoServer::start);
     let dir = tempfile::tempdir().unwrap();
     let cfg = |reals: &[usize]| {
         ConfigBuilder::topology(&topo)
@@ -652,12 +647,7 @@ fn a_flow_that_lost_either_entry_keeps_its_real() {
     }
     let topo = Topology::build(3).expect("topology");
     topo.block_kernel_forwarding().expect("nft");
-    let _servers: Vec<EchoServer> = topo
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| EchoServer::start(ns, &format!("real{}", i + 1)))
-        .collect();
+    let _servers: Vec<EchoServer> = topo.on_reals(EchoServer::start);
     let pins = PinDir::new().expect("bpffs");
     let dir = tempfile::tempdir().unwrap();
     let cfg = ConfigBuilder::new()

@@ -96,14 +96,8 @@ fn balances(wiring: Wiring) {
         return;
     }
     let topo = Topology::build_wired(3, wiring).expect("topology");
-    let _servers: Vec<NameServer> = topo
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            NameServer::start(ns, &format!("real{}", i + 1), HTTP_PORT, UDP_PORT).unwrap()
-        })
-        .collect();
+    let _servers: Vec<NameServer> =
+        topo.on_reals(|ns, name| NameServer::start(ns, name, HTTP_PORT, UDP_PORT).unwrap());
     topo.block_kernel_forwarding().expect("nft");
 
     let dir = tempfile::tempdir().unwrap();
