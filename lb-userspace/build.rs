@@ -2,7 +2,8 @@
 //! them in OUT_DIR: aya-build copies every binary target of the package
 //! there, `lb-xdp` (the production object, embedded by `dataplane`) and
 //! `lb-xdp-test` (the measurement and test programs, embedded by
-//! `xdp_test`), each with `include_bytes!`.
+//! `xdp_test`) and `lb-decap` (the DSR reals' decap program, embedded by
+//! `decap`), each with `include_bytes!`.
 //!
 //! `AYA_BUILD_SKIP=1` skips the eBPF build (for hosts without bpf-linker that
 //! only work on the L7 or DNS roles); the binary then reports at run time that
@@ -11,7 +12,11 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let objects = [out_dir.join("lb-xdp"), out_dir.join("lb-xdp-test")];
+    let objects = [
+        out_dir.join("lb-xdp"),
+        out_dir.join("lb-xdp-test"),
+        out_dir.join("lb-decap"),
+    ];
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");

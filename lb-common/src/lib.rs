@@ -32,7 +32,22 @@ pub const IPPROTO_UDP: u8 = 17;
 /// `VipMeta.flags`: the entry only marks the address as a VIP address (port 0,
 /// protocol 0); it balances nothing, but lets the program count and drop
 /// malformed traffic for that address instead of passing it.
-pub const VIP_F_ADDR_ONLY: u32 = 1;
+pub const VIP_F_ADDR_ONLY: u8 = 1;
+
+/// Forwarding modes (`VipMeta.mode`, `CtValue.mode`).
+///
+/// NAT: destination rewritten to the real, replies rewritten back (the
+/// LB is the reals' gateway). The zero value, so entries written before
+/// modes existed read as NAT.
+pub const MODE_NAT: u8 = 0;
+/// DSR, IP in IP: the client's packet, untouched, inside an outer IPv4 or
+/// IPv6 header to the real (IPIP, IP6IP6, 4-in-6, 6-in-4 by the
+/// families). Replies go from the real to the client directly.
+pub const MODE_DSR_IPIP: u8 = 1;
+/// DSR, GUE (variant 1: the inner IP header right after the UDP header),
+/// to the VIP's `gue_port` on the real, with the flow hash in the source
+/// port.
+pub const MODE_DSR_GUE: u8 = 2;
 
 /// `RealDef.flags`: the slot holds a configured real.
 pub const REAL_F_VALID: u32 = 1;
@@ -58,7 +73,13 @@ pub struct VipMeta {
     pub ring_slot: u32,
     /// Prime ring size, at most RING_STRIDE.
     pub ring_size: u32,
-    pub flags: u32,
+    /// `VIP_F_*`.
+    pub flags: u8,
+    /// `MODE_*`.
+    pub mode: u8,
+    /// `MODE_DSR_GUE`: the UDP destination port on the reals (network
+    /// byte order).
+    pub gue_port: u16,
 }
 
 /// A real server, indexed by real id in the real array.
@@ -99,9 +120,11 @@ pub struct CtValue {
     pub vip_index: u32,
     /// [`CT_FORWARD`] or [`CT_REPLY`].
     pub kind: u8,
-    pub _pad: u8,
+    /// The VIP's `MODE_*` when the flow began. A VIP whose mode changes
+    /// gets a new VIP index, so an entry never outlives its mode.
+    pub mode: u8,
     /// Reply entries: the VIP port the reply's source is rewritten to
-    /// (network byte order).
+    /// (network byte order). Forward entries of a GUE VIP: its `gue_port`.
     pub vip_port: u16,
     /// Reply entries: the VIP address the reply's source is rewritten to.
     pub vip_addr: [u8; 16],
@@ -114,6 +137,35 @@ pub struct CtValue {
 pub const CT_FORWARD: u8 = 1;
 /// [`CtValue::kind`] of a real → client entry.
 pub const CT_REPLY: u8 = 2;
+
+/// The outer source addresses of DSR packets of one family (`ENCAP_SOURCE`,
+/// index 0 IPv4, 1 IPv6): `addr` with the bits of `host_mask` filled from
+/// the flow, so the reals' receive-side scaling spreads flows over their
+/// queues. The mask covers the address's last four bytes (IPv4: all of
+/// it), read as a native-endian `u32` of those bytes as they lie in the
+/// address. `family` 0: no source (DSR packets of that family are dropped,
+/// counted).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EncapSource {
+    pub addr: [u8; 16],
+    pub host_mask: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of the decap program's `DECAP_ADDRS`: an address of this host that
+/// tunnel packets may be addressed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DecapAddr {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Most addresses `DECAP_ADDRS` holds.
+pub const MAX_DECAP_ADDRS: u32 = 1024;
 
 /// Per-CPU next-hop cache entry of a real (indexed by real id): what the
 /// last successful `bpf_fib_lookup` towards the real returned.
@@ -186,31 +238,31 @@ pub struct CsumScratch {
     pub bytes: [u8; CSUM_CHUNK],
 }
 
+/// Defines `$name: u32` for each entry, numbered from 0 in list order,
+/// `COUNT`, and `NAMES` (the names in index order).
+macro_rules! stat_list {
+    ($($(#[$doc:meta])* $name:ident = $label:literal,)*) => {
+        /// The list's positions: `Index::X as u32` is `X`'s index.
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms, dead_code)]
+        #[repr(u32)]
+        enum Index {
+            $($name,)*
+            __Count,
+        }
+        $($(#[$doc])* pub const $name: u32 = Index::$name as u32;)*
+        /// Number of counters.
+        pub const COUNT: u32 = Index::__Count as u32;
+        /// Names for logs, the API and metrics, in index order.
+        pub const NAMES: [&str; COUNT as usize] = [$($label,)*];
+    };
+}
+
 /// Global counter indexes (per-CPU u64 array `GLOBAL_STATS`) and their
 /// names, generated from one list by [`stat_list!`]: each entry is the index
 /// constant and its name for logs, the API and metrics, numbered in order.
 /// The numbering is part of the pinned `GLOBAL_STATS` map's meaning:
 /// entries are only ever added at the end.
 pub mod stat {
-    /// Defines `$name: u32` for each entry, numbered from 0 in list order,
-    /// `COUNT`, and `NAMES` (the names in index order).
-    macro_rules! stat_list {
-        ($($(#[$doc:meta])* $name:ident = $label:literal,)*) => {
-            /// The list's positions: `Index::X as u32` is `X`'s index.
-            #[allow(non_camel_case_types, clippy::upper_case_acronyms, dead_code)]
-            #[repr(u32)]
-            enum Index {
-                $($name,)*
-                __Count,
-            }
-            $($(#[$doc])* pub const $name: u32 = Index::$name as u32;)*
-            /// Number of counters.
-            pub const COUNT: u32 = Index::__Count as u32;
-            /// Names for logs, the API and metrics, in index order.
-            pub const NAMES: [&str; COUNT as usize] = [$($label,)*];
-        };
-    }
-
     stat_list! {
         RX = "rx",
         PASS_NON_VIP = "pass_non_vip",
@@ -262,6 +314,44 @@ pub mod stat {
         /// One direction's conntrack entry re-written from the other's, after
         /// the LRU evicted it alone.
         CT_RESTORED = "conntrack_restored",
+        /// A client → VIP packet of a DSR VIP sent encapsulated to its real.
+        DSR_ENCAP = "dsr_encap",
+        /// A DSR packet for a real of a family with no encap source
+        /// configured (`ENCAP_SOURCE`): dropped.
+        DROP_NO_ENCAP_SOURCE = "drop_no_encap_source",
+        /// A DSR packet that had no room for its outer headers
+        /// (`bpf_xdp_adjust_head` refused): dropped.
+        DROP_ENCAP_ROOM = "drop_encap_no_room",
+    }
+}
+
+/// Counters of the decap program (`lb_decap`, per-CPU u64 array
+/// `DECAP_STATS`), as [`stat`] is for `lb_xdp`.
+pub mod decap_stat {
+    stat_list! {
+        RX = "rx",
+        /// IPv4 in IPv4 (IPIP) addressed to this host, stripped.
+        IPIP = "ipip",
+        /// IPv6 in IPv6, stripped.
+        IP6IP6 = "ip6ip6",
+        /// IPv6 in IPv4, stripped.
+        IP6_IN_IP4 = "ip6_in_ip4",
+        /// IPv4 in IPv6, stripped.
+        IP4_IN_IP6 = "ip4_in_ip6",
+        /// GUE (UDP to a decap port, the inner IP header right after the
+        /// UDP header), stripped.
+        GUE = "gue",
+        /// Not a tunnel packet this program strips (not IPIP, IPv6 in IP or
+        /// GUE to the decap port; or an outer IPv4 header with options, or
+        /// a fragment): passed untouched.
+        PASS_NOT_TUNNEL = "pass_not_tunnel",
+        /// A tunnel packet not addressed to one of this host's decap
+        /// addresses: passed untouched.
+        PASS_NOT_LOCAL = "pass_not_local",
+        /// A tunnel packet addressed to this host whose inner packet is
+        /// truncated, or not of the IP version the outer header announces:
+        /// dropped.
+        DROP_MALFORMED = "drop_malformed",
     }
 }
 
@@ -345,14 +435,18 @@ macro_rules! assert_layout {
 }
 
 assert_layout!(VipKey, size 20, align 2, { addr: 0, port: 16, proto: 18, family: 19 });
-assert_layout!(VipMeta, size 16, align 4, { vip_index: 0, ring_slot: 4, ring_size: 8, flags: 12 });
+assert_layout!(VipMeta, size 16, align 4, {
+    vip_index: 0, ring_slot: 4, ring_size: 8, flags: 12, mode: 13, gue_port: 14,
+});
 assert_layout!(RealDef, size 24, align 4, { addr: 0, port: 16, family: 18, _pad: 19, flags: 20 });
 assert_layout!(FlowKey, size 40, align 8, {
     src: 0, dst: 16, sport: 32, dport: 34, proto: 36, family: 37, _pad: 38,
 });
 assert_layout!(CtValue, size 32, align 8, {
-    real_id: 0, vip_index: 4, kind: 8, _pad: 9, vip_port: 10, vip_addr: 12, checked: 28,
+    real_id: 0, vip_index: 4, kind: 8, mode: 9, vip_port: 10, vip_addr: 12, checked: 28,
 });
+assert_layout!(EncapSource, size 24, align 4, { addr: 0, host_mask: 16, family: 20, _pad: 21 });
+assert_layout!(DecapAddr, size 20, align 1, { addr: 0, family: 16, _pad: 17 });
 assert_layout!(NextHop, size 40, align 8, {
     expires_ns: 0, ingress: 8, egress: 12, max_len: 16, smac: 18, dmac: 24, _pad: 30,
 });
@@ -365,7 +459,10 @@ assert_layout!(CsumScratch, size CSUM_CHUNK, align 8, { bytes: 0 });
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Counters, CtValue, FlowKey, GenTemplate, NextHop, RealDef, VipKey, VipMeta};
+    use super::{
+        Counters, CtValue, DecapAddr, EncapSource, FlowKey, GenTemplate, NextHop, RealDef, VipKey,
+        VipMeta,
+    };
     // SAFETY: this impl and every one below: each type is #[repr(C)], Copy, made only of
     // integers and integer arrays with its padding spelled out as fields
     // (layouts asserted above), so every bit pattern is a valid value and
@@ -385,6 +482,10 @@ mod pod {
     unsafe impl aya::Pod for NextHop {}
     // SAFETY: as above.
     unsafe impl aya::Pod for GenTemplate {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EncapSource {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DecapAddr {}
 }
 
 #[cfg(test)]
@@ -430,8 +531,11 @@ mod tests {
             (CT_MISS_MID_FLOW, 29, "conntrack_miss_mid_flow"),
             (DROP_BAD_SOURCE, 30, "drop_bad_source"),
             (CT_RESTORED, 31, "conntrack_restored"),
+            (DSR_ENCAP, 32, "dsr_encap"),
+            (DROP_NO_ENCAP_SOURCE, 33, "drop_no_encap_source"),
+            (DROP_ENCAP_ROOM, 34, "drop_encap_no_room"),
         ];
-        assert_eq!(COUNT, 32);
+        assert_eq!(COUNT, 35);
         assert_eq!(NAMES.len(), COUNT as usize);
         for (index, number, name) in expected {
             assert_eq!(index, number, "{name}");

@@ -1,8 +1,80 @@
-//! The data plane's header checks, as pure functions of the header fields:
+//! Header layouts of the XDP programs, and the data plane's header checks,
+//! as pure functions of the header fields:
 //! the XDP program calls them on what it read from the packet, and host
 //! tests compare them with a from-scratch reading of the same bytes. Each
 //! returns the TCP/UDP length the IP header gives, or the `stat` counter of
 //! the reason the packet is malformed.
+
+// --- Header layouts ----------------------------------------------------
+//
+// Fields are byte arrays so that no access depends on alignment; multi-byte
+// values are network order and read with `from_be_bytes`.
+
+pub const ETH_HLEN: usize = 14;
+pub const VLAN_HLEN: usize = 4;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: [u8; 2],
+}
+
+#[repr(C)]
+pub struct VlanHdr {
+    pub tci: [u8; 2],
+    pub proto: [u8; 2],
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub vtc_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+#[repr(C)]
+pub struct TcpHdr {
+    pub src: [u8; 2],
+    pub dst: [u8; 2],
+    pub seq: [u8; 4],
+    pub ack: [u8; 4],
+    pub off: u8,
+    pub flags: u8,
+    pub window: [u8; 2],
+    pub check: [u8; 2],
+    pub urg: [u8; 2],
+}
+
+#[repr(C)]
+pub struct UdpHdr {
+    pub src: [u8; 2],
+    pub dst: [u8; 2],
+    pub len: [u8; 2],
+    pub check: [u8; 2],
+}
 
 use lb_common::stat;
 

@@ -14,3 +14,4 @@
 
 pub mod checksum;
 pub mod hdr;
+pub mod tunnel;

@@ -1,8 +1,10 @@
 //! The XDP fast path of `lb`.
 //!
 //! `lb_xdp`: parse → conntrack (both directions of a flow, one lookup) →
-//! on a miss, VIP lookup → Maglev ring → NAT rewrite → FIB → XDP_TX /
-//! redirect. Replies from reals are rewritten back to the VIP.
+//! on a miss, VIP lookup → Maglev ring → NAT rewrite, or DSR
+//! encapsulation (`encap.rs`) → FIB → XDP_TX / redirect. Replies from
+//! reals of NAT VIPs are rewritten back to the VIP; those of DSR VIPs go
+//! from the real to the client and never reach the LB.
 //! Everything not for a VIP (and not a reply of a balanced flow) passes to the
 //! kernel untouched. Policies (see README, "Data plane policies"):
 //! - IPv4 fragments and IPv4 packets with options addressed to a VIP address
@@ -27,6 +29,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod csum;
+mod encap;
 mod forward;
 mod maps;
 mod nat;
@@ -40,7 +43,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     flow_hash_seeded, stat, CtValue, FlowKey, RealDef, ReplyHopKey, VipKey, VipMeta, CT_FORWARD,
-    CT_REPLY, DEFAULT_HASH_SEED, IPPROTO_TCP, REAL_F_VALID, RING_STRIDE,
+    CT_REPLY, DEFAULT_HASH_SEED, IPPROTO_TCP, MODE_NAT, REAL_F_VALID, RING_STRIDE,
 };
 use maps::{CONNTRACK, HASH_SEED, REALS, RINGS, SKB_IFACES, VIPS, VIP_KEYS};
 use parse::*;
@@ -82,24 +85,26 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
         }
         Some(ct) if vip_owns(ct.vip_index, &pkt.key) => match REALS.get(ct.real_id) {
             Some(real) if real.flags & REAL_F_VALID != 0 => {
-                if partner_due(hit) {
+                // Only NAT flows have a reply entry (DSR replies never
+                // cross the LB).
+                if ct.mode == MODE_NAT && partner_due(hit) {
                     keep_reply(&pkt, ct.vip_index, ct.real_id, real);
                 }
-                Some((ct.vip_index, ct.real_id, real))
+                Some((ct.vip_index, ct.real_id, real, ct.mode, ct.vip_port))
             }
             _ => None,
         },
         // Stale (VIP gone or real removed): treated as a new flow.
         _ => None,
     };
-    let (vip_index, real_id, real, new) = match established {
-        Some((vip_index, real_id, real)) => {
+    let (vip_index, real_id, real, new, mode, gue_port) = match established {
+        Some((vip_index, real_id, real, mode, gue_port)) => {
             if nat::ttl_expired(ctx, pkt.l3, pkt.family)? {
                 count(stat::PASS_TTL_EXPIRED);
                 return Ok(xdp_action::XDP_PASS);
             }
             count(stat::CT_HIT);
-            (vip_index, real_id, real, false)
+            (vip_index, real_id, real, false, mode, gue_port)
         }
         None => {
             // A new flow to a VIP (exact port first, then all-ports).
@@ -131,7 +136,14 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
             }
             let real_id = pick as u32;
             match REALS.get(real_id) {
-                Some(real) => (meta.vip_index, real_id, real, true),
+                Some(real) => (
+                    meta.vip_index,
+                    real_id,
+                    real,
+                    true,
+                    meta.mode,
+                    meta.gue_port,
+                ),
                 None => return Ok(xdp_action::XDP_DROP),
             }
         }
@@ -144,6 +156,8 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
             real_id,
             real,
             new,
+            mode,
+            gue_port,
         },
     ))
 }
@@ -190,7 +204,7 @@ fn keep_reply(pkt: &Packet, vip_index: u32, real_id: u32, real: &RealDef) -> u32
         real_id,
         vip_index,
         kind: CT_REPLY,
-        _pad: 0,
+        mode: MODE_NAT,
         vip_port: pkt.key.dport,
         vip_addr: pkt.key.dst,
         checked: 0,
@@ -220,7 +234,7 @@ fn keep_forward(pkt: &Packet, rev: &CtValue) -> u32 {
         real_id: rev.real_id,
         vip_index: rev.vip_index,
         kind: CT_FORWARD,
-        _pad: 0,
+        mode: MODE_NAT,
         vip_port: 0,
         vip_addr: [0; 16],
         checked: 0,
@@ -237,6 +251,9 @@ struct Balanced {
     real: &'static RealDef,
     /// The flow's first packet (or first after its entry went stale).
     new: bool,
+    /// `MODE_*`, and for GUE the real's UDP port (network order).
+    mode: u8,
+    gue_port: u16,
 }
 
 const TCP_SYN: u8 = 0x02;
@@ -308,19 +325,22 @@ fn try_new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u64, (
         real_id,
         vip_index: meta.vip_index,
         kind: CT_FORWARD,
-        _pad: 0,
-        vip_port: 0,
+        mode: meta.mode,
+        vip_port: meta.gue_port,
         vip_addr: [0; 16],
         checked: 0,
     };
     let _ = CONNTRACK.insert(&pkt.key, &ct, 0);
-    // The reply will come from real:port to client:sport; map it back to the
-    // VIP. Replies keep this entry fresh in the LRU.
-    let rkey = reply_key(pkt, real);
-    ct.kind = CT_REPLY;
-    ct.vip_port = pkt.key.dport;
-    ct.vip_addr = pkt.key.dst;
-    let _ = CONNTRACK.insert(&rkey, &ct, 0);
+    if meta.mode == MODE_NAT {
+        // The reply will come from real:port to client:sport; map it back
+        // to the VIP. Replies keep this entry fresh in the LRU. (DSR
+        // replies go from the real to the client directly.)
+        let rkey = reply_key(pkt, real);
+        ct.kind = CT_REPLY;
+        ct.vip_port = pkt.key.dport;
+        ct.vip_addr = pkt.key.dst;
+        let _ = CONNTRACK.insert(&rkey, &ct, 0);
+    }
     count(stat::CT_MISS);
     if pkt.proto == IPPROTO_TCP {
         // SAFETY: `ptr_at` checked the header lies in the packet; one byte
@@ -378,8 +398,20 @@ fn try_to_real(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> Result<u32, (
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::add_vip(vip_index, bytes, new_flow, false);
     stats::add_real(real_id, bytes, new_flow, false);
-    let sum = nat::rewrite_to(ctx, pkt, &real.addr, real_port(real, pkt), nat::Side::Dst)?;
-    let action = forward::forward(ctx, pkt.l3, pkt.family, &forward::Hop::Real(real_id));
+    if flow.mode == MODE_NAT {
+        let sum = nat::rewrite_to(ctx, pkt, &real.addr, real_port(real, pkt), nat::Side::Dst)?;
+        let action = forward::forward(ctx, pkt.l3, pkt.family, &forward::Hop::Real(real_id));
+        return settle(ctx, &sum, action);
+    }
+    let mut sum = nat::L4Sum::Full;
+    let spec = encap::Spec {
+        real,
+        mode: flow.mode,
+        gue_port: flow.gue_port,
+    };
+    encap::encap(ctx, pkt, &spec, &mut sum)?;
+    count(stat::DSR_ENCAP);
+    let action = forward::forward(ctx, pkt.l3, real.family, &forward::Hop::Real(real_id));
     settle(ctx, &sum, action)
 }
 

@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    stat, Counters, CsumScratch, CtValue, FlowKey, NextHop, RealDef, ReplyHopKey, VipKey, VipMeta,
-    CONNTRACK_SIZE, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REPLY_HOPS_SIZE, RING_SLOTS, RING_STRIDE,
+    stat, Counters, CsumScratch, CtValue, EncapSource, FlowKey, NextHop, RealDef, ReplyHopKey,
+    VipKey, VipMeta, CONNTRACK_SIZE, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REPLY_HOPS_SIZE,
+    RING_SLOTS, RING_STRIDE,
 };
 
 #[map]
@@ -73,3 +74,8 @@ pub static SKB_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TX_PORT
 /// Scratch space for completing partial checksums (see `segment::sum`).
 #[map]
 pub static CSUM_SCRATCH: PerCpuArray<CsumScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Outer source addresses of DSR packets: index 0 IPv4, 1 IPv6 (see
+/// `EncapSource`), written by the control plane.
+#[map]
+pub static ENCAP_SOURCE: Array<EncapSource> = Array::with_max_entries(2, 0);

@@ -82,6 +82,24 @@ pub struct Partial {
     udp: bool,
 }
 
+impl Partial {
+    /// A partial checksum of a segment whose pseudo header and ports stay
+    /// as they are (DSR: the inner packet is not rewritten), with the L4
+    /// header now at `l4`.
+    #[inline(always)]
+    pub fn unchanged(l4: u16, len: u16, pseudo: u16, udp: bool) -> Partial {
+        Partial {
+            l4,
+            len,
+            pseudo_old: pseudo,
+            pseudo_new: pseudo,
+            port_old: 0,
+            port_new: 0,
+            udp,
+        }
+    }
+}
+
 /// Rewrites one address and port (port in network order as stored in the
 /// maps), decrements TTL / hop limit, and fixes the IPv4 header checksum and
 /// the TCP/UDP checksum incrementally. A partial checksum (see
@@ -220,7 +238,7 @@ fn try_rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum,
 /// checked the IHL is 5 and the total length covers it), or the IPv6
 /// payload length.
 #[inline(always)]
-fn pkt_l4_len(ctx: &XdpContext, pkt: &Packet) -> Result<u16, ()> {
+pub fn pkt_l4_len(ctx: &XdpContext, pkt: &Packet) -> Result<u16, ()> {
     if pkt.family == FAMILY_V4 {
         // SAFETY: `ptr_at` checked the header lies in the packet; one byte
         // array is read, right away.

@@ -13,71 +13,10 @@ use lb_ebpf::hdr;
 
 use crate::{maps::VIPS, stats::count};
 
-pub const ETH_HLEN: usize = 14;
-pub const VLAN_HLEN: usize = 4;
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-pub const ETH_P_8021Q: u16 = 0x8100;
-pub const IPV4_HLEN: usize = 20;
-pub const IPV6_HLEN: usize = 40;
-
-#[repr(C)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    pub proto: [u8; 2],
-}
-
-#[repr(C)]
-pub struct VlanHdr {
-    pub tci: [u8; 2],
-    pub proto: [u8; 2],
-}
-
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub version_ihl: u8,
-    pub tos: u8,
-    pub tot_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag_off: [u8; 2],
-    pub ttl: u8,
-    pub proto: u8,
-    pub check: [u8; 2],
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-}
-
-#[repr(C)]
-pub struct Ipv6Hdr {
-    pub vtc_flow: [u8; 4],
-    pub payload_len: [u8; 2],
-    pub next_hdr: u8,
-    pub hop_limit: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-}
-
-#[repr(C)]
-pub struct TcpHdr {
-    pub src: [u8; 2],
-    pub dst: [u8; 2],
-    pub seq: [u8; 4],
-    pub ack: [u8; 4],
-    pub off: u8,
-    pub flags: u8,
-    pub window: [u8; 2],
-    pub check: [u8; 2],
-    pub urg: [u8; 2],
-}
-
-#[repr(C)]
-pub struct UdpHdr {
-    pub src: [u8; 2],
-    pub dst: [u8; 2],
-    pub len: [u8; 2],
-    pub check: [u8; 2],
-}
+pub use lb_ebpf::hdr::{
+    EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, VlanHdr, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6,
+    IPV4_HLEN, IPV6_HLEN, VLAN_HLEN,
+};
 
 /// What the parser learnt about a TCP/UDP packet (8-aligned for
 /// [`zeroed_in`]).
@@ -149,8 +88,9 @@ pub fn opaque(ctx: &XdpContext) -> &XdpContext {
 ///   as a packet offset promises no alignment (or the caller must show the
 ///   alignment otherwise);
 /// - while the packet stays where it is: no helper that moves or resizes
-///   packet data (`bpf_xdp_adjust_head`, `_tail`, `_meta`; this crate calls
-///   none) may run between this call and the pointer's last use;
+///   packet data (`bpf_xdp_adjust_head`, `_tail`, `_meta`; only the DSR
+///   encapsulation and the decap program call one) may run between this
+///   call and the pointer's last use;
 /// - without a `&mut` made from it overlapping another live reference to the
 ///   same bytes.
 #[inline(always)]

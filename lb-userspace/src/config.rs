@@ -18,8 +18,9 @@ use serde::Deserialize;
 pub use crate::validate::{parse_duration, ConfigError, ConfigErrors};
 use crate::{
     admin::config::{validate_api, ApiConfig, RawApi},
+    decap::config::{validate_decap, DecapConfig, RawDecap},
     dns::config::{DnsConfig, DnsSettings},
-    l4::config::{validate_vip, RawVip, Vip},
+    l4::config::{validate_encap_sources, validate_vip, EncapSources, RawVip, Vip},
     proxy::config::{compile_all, L7Config, ListenerSpec},
 };
 
@@ -42,6 +43,10 @@ pub struct Config {
     /// on every LB node of a deployment; changing it moves every flow that
     /// has no conntrack entry (like a changed ring).
     pub hash_seed: u32,
+    /// Outer source addresses of DSR packets (`encap_source`).
+    pub encap_sources: EncapSources,
+    /// The `[decap]` role of a DSR real.
+    pub decap: Option<DecapConfig>,
 }
 
 impl Config {
@@ -88,6 +93,9 @@ struct RawConfig {
     api: Option<RawApi>,
     metrics: Option<RawMetrics>,
     hash_seed: Option<i64>,
+    #[serde(default)]
+    encap_source: Vec<String>,
+    decap: Option<RawDecap>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,7 +104,7 @@ struct RawMetrics {
     listen: Option<String>,
 }
 
-fn valid_ifname(name: &str) -> Result<(), String> {
+pub(crate) fn valid_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("empty interface name".into());
     }
@@ -228,6 +236,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         }),
     };
 
+    let encap_sources = validate_encap_sources(&raw.encap_source, &mut errors);
+    let decap = raw.decap.as_ref().map(|d| {
+        let decap = validate_decap(d, &mut errors);
+        for (i, name) in decap.interfaces.iter().enumerate() {
+            if raw.interfaces.contains(name) {
+                errors.push(ConfigError::new(
+                    format!("decap.interfaces[{i}]"),
+                    format!("`{name}` is also in `interfaces`: an interface runs the balancer or the decap program, not both"),
+                ));
+            }
+        }
+        decap
+    });
+
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -241,6 +263,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         api,
         metrics_listen,
         hash_seed,
+        encap_sources,
+        decap,
     })
 }
 

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::api::{self, ApiState, ReloadRequest},
     config::Config,
+    decap::Decap,
     dns::DnsServer,
     health::Monitor,
     l4::{
@@ -81,12 +82,8 @@ fn load_config(path: &Path) -> Result<Config> {
 
 /// Reloads the config file: validated first, then L7 and DNS, then the L4
 /// diff. An invalid file changes nothing; the error says why.
-async fn reload(
-    ctl: &Mutex<Control>,
-    l7: Option<&L7Server>,
-    dns: Option<&DnsServer>,
-    path: &Path,
-) -> Result<(), String> {
+async fn reload(ctl: &Mutex<Control>, roles: &Roles, path: &Path) -> Result<(), String> {
+    let (l7, dns) = (roles.l7.as_ref(), roles.dns.as_ref());
     let new = match load_config(path) {
         Ok(c) => c,
         Err(e) => {
@@ -110,6 +107,7 @@ async fn reload(
         ("pin_path", new.pin_path != ctl.config().pin_path),
         ("api", new.api != ctl.config().api),
         ("metrics", new.metrics_listen != ctl.config().metrics_listen),
+        ("decap", new.decap.is_some() != ctl.config().decap.is_some()),
     ] {
         if changed {
             warn!("reload: `{what}` changed; it takes effect at the next start");
@@ -126,9 +124,15 @@ async fn reload(
             failed.push(format!("DNS: {e:#}"));
         }
     }
+    if let (Some(d), Some(nd)) = (&roles.decap, &new.decap) {
+        if let Err(e) = d.lock().await.reload(nd) {
+            failed.push(format!("decap: {e:#}"));
+        }
+    }
     if let Err(e) = ctl.set_hash_seed(new.hash_seed) {
         failed.push(format!("L4: hash_seed not applied: {e:#}"));
     }
+    ctl.set_encap_sources(new.encap_sources);
     if let Err(e) = ctl.set_vips(new.vips.clone()) {
         failed.push(format!("L4: data plane update failed, L4 unchanged: {e:#}"));
     }
@@ -142,6 +146,13 @@ async fn reload(
         error!("reload: {msg}");
         Err(msg)
     }
+}
+
+/// The user-space roles besides L4, as started.
+struct Roles {
+    l7: Option<L7Server>,
+    dns: Option<DnsServer>,
+    decap: Option<Arc<Mutex<Decap>>>,
 }
 
 /// Runs until a termination signal.
@@ -196,6 +207,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         Some(d) => Some(DnsServer::start(d).await?),
         None => None,
     };
+    let decap = match &cfg.decap {
+        Some(d) => Some(Arc::new(Mutex::new(Decap::start(d)?))),
+        None => None,
+    };
+    let roles = Roles { l7, dns, decap };
 
     let stop = CancellationToken::new();
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
@@ -203,17 +219,22 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         ctl: ctl.clone(),
         reload: reload_tx,
         config_path: opts.config.clone(),
+        decap: roles.decap.clone(),
     });
     let socket = api::start(&cfg.api, state, stop.clone())?;
     if let Some(addr) = cfg.metrics_listen {
         api::serve_metrics(addr, ctl.clone(), stop.clone()).await?;
     }
     info!(
-        "running: {} VIPs on [{}], {} L7 listeners, dns {}",
+        "running: {} VIPs on [{}], {} L7 listeners, dns {}, decap {}",
         cfg.vips.len(),
         interfaces.join(", "),
         cfg.l7.len(),
-        if dns.is_some() { "on" } else { "off" }
+        if roles.dns.is_some() { "on" } else { "off" },
+        cfg.decap.as_ref().map_or("off".to_string(), |d| format!(
+            "on [{}]",
+            d.interfaces.join(", ")
+        ))
     );
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -223,6 +244,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut log_tick = tokio::time::interval(Duration::from_millis(200));
     let mut neigh_tick = tokio::time::interval(Duration::from_secs(30));
     let mut drain_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut decap_tick = tokio::time::interval(Duration::from_secs(5));
     neigh_tick.tick().await;
     let mut prev = Snapshot::default();
     let mut prev_at = Instant::now();
@@ -232,11 +254,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading {}", opts.config.display());
-                let _ = reload(&ctl, l7.as_ref(), dns.as_ref(), &opts.config).await;
+                let _ = reload(&ctl, &roles, &opts.config).await;
             }
             Some(reply) = reload_rx.recv() => {
                 info!("API: reloading {}", opts.config.display());
-                let r = reload(&ctl, l7.as_ref(), dns.as_ref(), &opts.config).await;
+                let r = reload(&ctl, &roles, &opts.config).await;
                 let _ = reply.send(r);
             }
             r = changes.recv() => {
@@ -250,6 +272,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             _ = drain_tick.tick() => {
                 ctl.lock().await.tick();
+            }
+            _ = decap_tick.tick(), if roles.decap.is_some() => {
+                if let Some(d) = &roles.decap {
+                    if let Err(e) = d.lock().await.sync_addresses() {
+                        warn!("decap: refreshing the host addresses: {e:#}");
+                    }
+                }
             }
             _ = stats_tick.tick() => {
                 let mut c = ctl.lock().await;
@@ -283,10 +312,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(path) = &socket {
         let _ = std::fs::remove_file(path);
     }
-    if let Some(l7) = l7 {
+    if let Some(l7) = roles.l7 {
         l7.shutdown().await;
     }
-    if let Some(d) = dns {
+    if let Some(d) = roles.dns {
         d.shutdown().await;
     }
     let dp = ctl.lock().await.take_dp();

@@ -10,6 +10,7 @@
 //! - [`health`]: probes and the rise/fall state machine, shared by L4, L7
 //!   and DNS.
 //! - [`proxy`]: the L7 TLS-terminating proxy. [`dns`]: the DNS server.
+//! - [`decap`]: a DSR real's decap program (`[decap]`).
 //! - [`admin`]: admin API, its client, metrics.
 //! - [`daemon`]: starts the roles a config has and runs them.
 //! - `testbed`: namespaces, veth pairs, packets, the XDP test object, an
@@ -22,6 +23,7 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod decap;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod dns;

@@ -132,6 +132,8 @@ pub struct ApiState {
     pub ctl: Arc<Mutex<Control>>,
     pub reload: mpsc::Sender<ReloadRequest>,
     pub config_path: PathBuf,
+    /// The decap role, when configured.
+    pub decap: Option<Arc<Mutex<crate::decap::Decap>>>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -325,7 +327,16 @@ async fn route(
         "/v1/status" => {
             let ctl = state.ctl.lock().await;
             let mut s = views::status(&ctl);
+            drop(ctl);
             s.config = Some(state.config_path.display().to_string());
+            if let Some(d) = &state.decap {
+                s.decap = Some(
+                    d.lock()
+                        .await
+                        .status()
+                        .map_err(|e| ApiError::new(500, None, format!("decap status: {e:#}")))?,
+                );
+            }
             Ok((200, value(&s)))
         }
         "/v1/vips" => {

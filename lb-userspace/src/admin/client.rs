@@ -352,6 +352,33 @@ fn human_status(v: &Value) -> String {
         v["reloads_ok"],
         v["reloads_failed"]
     ));
+    if let Some(d) = v["decap"].as_object() {
+        let ifaces: Vec<String> = d["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| format!("{} ({})", s(&i[0]), s(&i[1])))
+            .collect();
+        let counters: Vec<String> = d["counters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c[0] != "rx" && c[1].as_u64().is_some_and(|n| n > 0))
+            .map(|c| format!("{}={}", s(&c[0]), c[1]))
+            .collect();
+        out.push_str(&format!(
+            "decap: interfaces [{}], GUE port {}, {} host addresses, {} packets; {}\n",
+            ifaces.join(", "),
+            d["gue_port"],
+            d["addresses"].as_array().map_or(0, Vec::len),
+            d["counters"][0][1],
+            if counters.is_empty() {
+                "nothing stripped yet".to_string()
+            } else {
+                counters.join(" ")
+            }
+        ));
+    }
     out
 }
 
@@ -366,8 +393,9 @@ fn human_vips(v: &Value) -> String {
     ]];
     for vip in v["vips"].as_array().into_iter().flatten() {
         let name = format!(
-            "{}{}",
+            "{} {}{}",
             s(&vip["vip"]),
+            s(&vip["mode"]),
             if vip["all_down"].as_bool() == Some(true) {
                 format!(" [all down: {}]", s(&vip["all_down_policy"]))
             } else {

@@ -41,6 +41,8 @@ pub struct VipView {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: &'static str,
+    /// `nat`, `dsr/ipip` or `dsr/gue:PORT`.
+    pub mode: String,
     pub ring_size: u32,
     pub all_down_policy: &'static str,
     /// True while every real that should take traffic is down.
@@ -64,6 +66,7 @@ pub fn vip(ctl: &Control, id: &VipId) -> Option<VipView> {
         vip: id.to_string(),
         address: v.address,
         port: v.port,
+        mode: v.mode.describe(),
         protocol: v.protocol.as_str(),
         ring_size: v.ring_size,
         all_down_policy: v.all_down.as_str(),
@@ -239,6 +242,7 @@ pub fn status(ctl: &Control) -> StatusView {
         dns: ctl.config().dns.is_some(),
         reloads_ok: counters.reloads_ok,
         reloads_failed: counters.reloads_failed,
+        decap: None,
     }
 }
 
@@ -267,6 +271,8 @@ pub struct StatusView {
     pub dns: bool,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// The decap role, when `[decap]` is configured.
+    pub decap: Option<crate::decap::DecapStatus>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]

@@ -19,10 +19,47 @@ pub const DEFAULT_RING_SIZE: u32 = 65537;
 /// reals to spread evenly; 7 keeps tiny test rings possible.
 pub const MIN_RING_SIZE: u32 = 7;
 
-/// Forwarding mode of a VIP. Only NAT exists today.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Forwarding mode of a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
+    /// Destination rewritten to the real, replies rewritten back: the LB
+    /// is the reals' gateway.
     Nat,
+    /// Direct server return: the client's packet, untouched, encapsulated
+    /// to the real, which answers the client from the VIP directly.
+    Dsr(Encap),
+}
+
+/// How DSR packets reach the real.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encap {
+    /// IP in IP: IPIP, IP6IP6, 4-in-6 or 6-in-4 by the families.
+    Ipip,
+    /// GUE (variant 1) to this UDP port on the real.
+    Gue { port: u16 },
+}
+
+/// GUE's UDP port when `gue_port` is not set (on the LB and in `[decap]`).
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+
+impl Mode {
+    /// The config's words: `nat`, `dsr/ipip`, `dsr/gue:PORT`.
+    pub fn describe(self) -> String {
+        match self {
+            Mode::Nat => "nat".into(),
+            Mode::Dsr(Encap::Ipip) => "dsr/ipip".into(),
+            Mode::Dsr(Encap::Gue { port }) => format!("dsr/gue:{port}"),
+        }
+    }
+
+    /// The data plane's `MODE_*` value, and the GUE port.
+    pub fn wire(self) -> (u8, u16) {
+        match self {
+            Mode::Nat => (lb_common::MODE_NAT, 0),
+            Mode::Dsr(Encap::Ipip) => (lb_common::MODE_DSR_IPIP, 0),
+            Mode::Dsr(Encap::Gue { port }) => (lb_common::MODE_DSR_GUE, port),
+        }
+    }
 }
 
 /// A validated real server.
@@ -100,6 +137,10 @@ pub struct RawVip {
     pub protocol: String,
     #[serde(default = "default_mode")]
     pub mode: String,
+    /// `dsr` only: `ipip` (default) or `gue`.
+    pub encap: Option<String>,
+    /// `encap = "gue"` only: the UDP destination port on the reals.
+    pub gue_port: Option<i64>,
     pub ring_size: Option<i64>,
     pub drain_timeout: Option<String>,
     pub all_down: Option<String>,
@@ -182,16 +223,7 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
             None
         }
     };
-    let mode = match rv.mode.to_ascii_lowercase().as_str() {
-        "nat" => Some(Mode::Nat),
-        other => {
-            errors.push(ConfigError::new(
-                format!("{p}.mode"),
-                format!("`{other}` is not supported (nat)"),
-            ));
-            None
-        }
-    };
+    let mode = validate_mode(p, rv, errors);
     let ring_size = match rv.ring_size {
         None => Some(DEFAULT_RING_SIZE),
         Some(n) if n < MIN_RING_SIZE as i64 || n > MAX_RING_SIZE as i64 => {
@@ -256,7 +288,12 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
     for (ri, rr) in rv.real.iter().enumerate() {
         let rp = format!("{p}.real[{ri}]");
         let health = if vip_health_ok { &rv.health } else { &None };
-        if let Some(real) = validate_real(&rp, rr, address, port, health, errors) {
+        let vip = VipSide {
+            address,
+            port,
+            mode,
+        };
+        if let Some(real) = validate_real(&rp, rr, &vip, health, errors) {
             if !seen_real.insert((real.address, real.port)) {
                 errors.push(ConfigError::new(
                     rp.clone(),
@@ -300,6 +337,82 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
     })
 }
 
+/// `mode`, `encap` and `gue_port` of one `[[vip]]`.
+fn validate_mode(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Option<Mode> {
+    let mode = rv.mode.to_ascii_lowercase();
+    let encap = rv.encap.as_deref().map(str::to_ascii_lowercase);
+    if mode != "dsr" {
+        if encap.is_some() {
+            errors.push(ConfigError::new(
+                format!("{p}.encap"),
+                "only used with mode = \"dsr\"",
+            ));
+        }
+        if rv.gue_port.is_some() {
+            errors.push(ConfigError::new(
+                format!("{p}.gue_port"),
+                "only used with mode = \"dsr\" and encap = \"gue\"",
+            ));
+        }
+    }
+    match mode.as_str() {
+        "nat" => Some(Mode::Nat),
+        "dsr" => match encap.as_deref() {
+            None | Some("ipip") => {
+                if rv.gue_port.is_some() {
+                    errors.push(ConfigError::new(
+                        format!("{p}.gue_port"),
+                        "only used with encap = \"gue\"",
+                    ));
+                }
+                Some(Mode::Dsr(Encap::Ipip))
+            }
+            Some("gue") => match rv.gue_port.map(u16::try_from) {
+                None => Some(Mode::Dsr(Encap::Gue {
+                    port: DEFAULT_GUE_PORT,
+                })),
+                Some(Ok(port)) if port != 0 => Some(Mode::Dsr(Encap::Gue { port })),
+                Some(_) => {
+                    errors.push(ConfigError::new(
+                        format!("{p}.gue_port"),
+                        format!("{} is not a port (1-65535)", rv.gue_port.unwrap_or(0)),
+                    ));
+                    None
+                }
+            },
+            Some(other) => {
+                errors.push(ConfigError::new(
+                    format!("{p}.encap"),
+                    format!("`{other}` is not an encapsulation (ipip or gue)"),
+                ));
+                None
+            }
+        },
+        "fullnat" => {
+            errors.push(ConfigError::new(
+                format!("{p}.mode"),
+                "`fullnat` is not available in this version (nat or dsr)",
+            ));
+            None
+        }
+        other => {
+            errors.push(ConfigError::new(
+                format!("{p}.mode"),
+                format!("`{other}` is not a mode (nat or dsr)"),
+            ));
+            None
+        }
+    }
+}
+
+/// What a real's validation needs of its VIP (`None` where the VIP's own
+/// field was invalid).
+pub struct VipSide {
+    pub address: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub mode: Option<Mode>,
+}
+
 /// The VIP's health table with the real's keys on top. Keys that belong
 /// to one kind are only inherited when the real keeps the VIP's kind.
 pub fn merge_health(
@@ -335,19 +448,22 @@ pub fn merge_health(
     }
 }
 
-/// Validates one `[[vip.real]]` of a VIP whose address and port are
-/// `vip_addr`/`vip_port` (`None` when those were invalid); `vip_health` is
-/// the VIP's (already validated) health table.
+/// Validates one `[[vip.real]]` of `vip`; `vip_health` is the VIP's
+/// (already validated) health table.
+///
+/// A DSR real receives the client's packet untouched, so on the VIP's
+/// port: its `port` may be left out (it is the VIP's) or must equal it.
 pub fn validate_real(
     rp: &str,
     rr: &RawReal,
-    vip_addr: Option<IpAddr>,
-    vip_port: Option<u16>,
+    vip: &VipSide,
     vip_health: &Option<HealthConfig>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Real> {
+    let (vip_addr, vip_port) = (vip.address, vip.port);
+    let dsr = matches!(vip.mode, Some(Mode::Dsr(_)));
     let raddr = parse_ip(&format!("{rp}.address"), &rr.address, errors);
-    if let (Some(v), Some(r)) = (vip_addr, raddr) {
+    if let (Some(v), Some(r), false) = (vip_addr, raddr, dsr) {
         if v.is_ipv4() != r.is_ipv4() {
             errors.push(ConfigError::new(
                 format!("{rp}.address"),
@@ -360,6 +476,16 @@ pub fn validate_real(
         }
     }
     let rport = match (vip_port, u16::try_from(rr.port)) {
+        (Some(vp), Ok(0)) if dsr => Some(vp),
+        (Some(vp), Ok(n)) if dsr && n != vp => {
+            errors.push(ConfigError::new(
+                format!("{rp}.port"),
+                format!(
+                    "{n}: a DSR real receives the client's packet untouched, on the VIP's port {vp}; leave the real's port out"
+                ),
+            ));
+            None
+        }
         (_, Err(_)) => {
             errors.push(ConfigError::new(
                 format!("{rp}.port"),
@@ -425,4 +551,104 @@ pub fn validate_real(
         weight: weight?,
         check: check?,
     })
+}
+
+/// The outer source addresses of DSR packets (`encap_source`): per family a
+/// prefix whose host bits are filled from each flow, so that the reals'
+/// receive-side scaling spreads flows over their queues. A family without
+/// one uses this node's own address towards the reals (the kernel's route
+/// source), the same for every flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EncapSources {
+    pub v4: Option<(std::net::Ipv4Addr, u8)>,
+    pub v6: Option<(std::net::Ipv6Addr, u8)>,
+}
+
+/// Shortest `encap_source` prefixes: the host bits come from the last 32
+/// bits of the address.
+pub const MIN_ENCAP_PREFIX_V4: u8 = 16;
+pub const MIN_ENCAP_PREFIX_V6: u8 = 96;
+
+/// Validates `encap_source`: at most one prefix per family, each at least
+/// [`MIN_ENCAP_PREFIX_V4`] / [`MIN_ENCAP_PREFIX_V6`] long.
+pub fn validate_encap_sources(list: &[String], errors: &mut Vec<ConfigError>) -> EncapSources {
+    let mut out = EncapSources::default();
+    for (i, s) in list.iter().enumerate() {
+        let field = format!("encap_source[{i}]");
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s.as_str(), None),
+        };
+        let Ok(ip) = addr.parse::<IpAddr>() else {
+            errors.push(ConfigError::new(
+                field,
+                format!("`{s}` is not an address or prefix (e.g. 198.18.250.0/24)"),
+            ));
+            continue;
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = match len.map(str::parse::<u8>) {
+            None => max,
+            Some(Ok(l)) if l <= max => l,
+            Some(_) => {
+                errors.push(ConfigError::new(
+                    field,
+                    format!("`{s}`: the prefix length must be 0..={max}"),
+                ));
+                continue;
+            }
+        };
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+            errors.push(ConfigError::new(
+                field,
+                format!("`{s}` cannot be a packet's source"),
+            ));
+            continue;
+        }
+        match ip {
+            IpAddr::V4(a) => {
+                if len < MIN_ENCAP_PREFIX_V4 {
+                    errors.push(ConfigError::new(
+                        field,
+                        format!("`{s}`: an IPv4 prefix must be /{MIN_ENCAP_PREFIX_V4} or longer"),
+                    ));
+                } else if out.v4.replace((a, len)).is_some() {
+                    errors.push(ConfigError::new(
+                        field,
+                        "a second IPv4 prefix (one per family)",
+                    ));
+                }
+            }
+            IpAddr::V6(a) => {
+                if len < MIN_ENCAP_PREFIX_V6 {
+                    errors.push(ConfigError::new(
+                        field,
+                        format!("`{s}`: an IPv6 prefix must be /{MIN_ENCAP_PREFIX_V6} or longer"),
+                    ));
+                } else if out.v6.replace((a, len)).is_some() {
+                    errors.push(ConfigError::new(
+                        field,
+                        "a second IPv6 prefix (one per family)",
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The host mask of an `encap_source` prefix over the address's last four
+/// bytes, as the data plane's `EncapSource.host_mask` holds it (a native
+/// `u32` of those bytes in wire order).
+pub fn encap_host_mask(ip: IpAddr, len: u8) -> u32 {
+    let bits_in_last32 = match ip {
+        IpAddr::V4(_) => u32::from(len),
+        IpAddr::V6(_) => u32::from(len).saturating_sub(96),
+    };
+    let mask_be: u32 = if bits_in_last32 >= 32 {
+        0
+    } else {
+        u32::MAX >> bits_in_last32
+    };
+    u32::from_ne_bytes(mask_be.to_be_bytes())
 }

@@ -23,7 +23,7 @@ use crate::{
     health::{CheckKind, Monitor, Status, Target, TargetId},
     ident::{RealId, VipId},
     l4::{
-        config::{validate_real, validate_vip, AllDown, RawReal, RawVip, Vip},
+        config::{validate_real, validate_vip, AllDown, RawReal, RawVip, Vip, VipSide},
         dataplane::{Dataplane, Snapshot},
     },
 };
@@ -139,6 +139,7 @@ impl Control {
         };
         if let Some(dp) = c.dp.as_mut() {
             dp.set_hash_seed(config.hash_seed)?;
+            dp.set_encap_sources(config.encap_sources);
         }
         c.set_vips(config.vips)?;
         Ok(c)
@@ -158,6 +159,13 @@ impl Control {
             );
         }
         Ok(())
+    }
+
+    /// The config's `encap_source`, used from the next VIP update on.
+    pub fn set_encap_sources(&mut self, sources: crate::l4::config::EncapSources) {
+        if let Some(dp) = self.dp.as_mut() {
+            dp.set_encap_sources(sources);
+        }
     }
 
     pub fn monitor(&self) -> &Monitor {
@@ -461,14 +469,12 @@ impl Control {
         let vi = self.find_vip(vip)?;
         let v = &self.vips[vi];
         let mut errors = Vec::new();
-        let real = validate_real(
-            "real",
-            raw,
-            Some(v.address),
-            Some(v.port),
-            &v.health,
-            &mut errors,
-        );
+        let side = VipSide {
+            address: Some(v.address),
+            port: Some(v.port),
+            mode: Some(v.mode),
+        };
+        let real = validate_real("real", raw, &side, &v.health, &mut errors);
         if let Some(e) = errors.into_iter().next() {
             return Err(ControlError::invalid(&e.field, e.reason));
         }

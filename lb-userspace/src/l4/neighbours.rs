@@ -66,6 +66,8 @@ pub enum NeighbourError {
     NotUnicast { addr: IpAddr, kind: String },
     #[error("the route to {addr} names no output device")]
     NoDevice { addr: IpAddr },
+    #[error("the route to {addr} names no source address")]
+    NoSource { addr: IpAddr },
     #[error("interface `{name}` does not exist")]
     NoInterface { name: String },
     #[error("cannot install the managed neighbour {addr} on {dev}: {error}")]
@@ -112,6 +114,25 @@ impl Netlink {
     /// The route the kernel would use for `addr` (`ip route get ADDR`):
     /// output interface and next hop. A local address is refused.
     pub fn route_to(&mut self, addr: IpAddr) -> Result<NextHop, NeighbourError> {
+        next_hop_of(addr, &self.route(addr)?)
+    }
+
+    /// The source address the kernel would give a packet to `addr` (the
+    /// `src` of `ip route get ADDR`).
+    pub fn route_source(&mut self, addr: IpAddr) -> Result<IpAddr, NeighbourError> {
+        let route = self.route(addr)?;
+        next_hop_of(addr, &route)?;
+        route
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::PrefSource(s) => route_ip(s),
+                _ => None,
+            })
+            .ok_or(NeighbourError::NoSource { addr })
+    }
+
+    fn route(&mut self, addr: IpAddr) -> Result<RouteMessage, NeighbourError> {
         let op = format!("route lookup of {addr}");
         let answer = self
             .exchange(&op, 0, RouteNetlinkMessage::GetRoute(route_get(addr)))
@@ -129,7 +150,7 @@ impl Netlink {
                 op,
                 detail: "no route in the answer".into(),
             })?;
-        next_hop_of(addr, &route)
+        Ok(route)
     }
 
     /// Creates or replaces a kernel-managed neighbour entry for `addr` on

@@ -351,6 +351,16 @@ pub fn fix_ip4_csum(b: &mut [u8], l3: usize) {
     b[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Bytes as lowercase hex, for failure messages.
+pub fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
 pub fn mac(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))

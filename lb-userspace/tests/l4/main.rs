@@ -9,5 +9,6 @@ mod l4_conntrack;
 mod l4_errors;
 mod l4_netns;
 mod neighbours;
+mod xdp_dsr;
 mod xdp_fixtures;
 mod xdp_objects;

@@ -579,15 +579,6 @@ fn fixtures() -> Vec<Fixture> {
     f
 }
 
-fn hex(b: &[u8]) -> String {
-    use std::fmt::Write;
-    b.iter()
-        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
-}
-
 #[test]
 fn xdp_fixtures() {
     // SAFETY: geteuid has no preconditions and cannot fail.

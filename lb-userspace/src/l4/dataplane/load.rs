@@ -70,7 +70,7 @@ impl AttachMode {
 }
 
 /// Turns a load/attach failure into one line that names the cause.
-pub(super) fn explain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn explain(e: &(dyn std::error::Error + 'static)) -> String {
     // The cause (EPERM, ENOSYS, …) is usually in the source chain.
     let mut s = e.to_string();
     let mut source = e.source();
@@ -154,6 +154,8 @@ impl Dataplane {
             pin_path: opts.pin_path.clone(),
             restored: (0, 0),
             neighbours: neighbours::Resolver::spawn().context("starting the neighbour resolver")?,
+            encap_sources: super::EncapSources::default(),
+            encap_written: [None, None],
         };
         if !seed_pinned {
             dp.set_hash_seed(lb_common::DEFAULT_HASH_SEED)?;
@@ -194,6 +196,7 @@ impl Dataplane {
                     // swaps, which is harmless when the ring is the same.
                     ring: Vec::new(),
                     ring_size: meta.ring_size,
+                    mode: (meta.mode, u16::from_be(meta.gue_port)),
                 },
             );
         }

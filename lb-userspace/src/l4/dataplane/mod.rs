@@ -23,8 +23,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    stat, Counters, CtValue, FlowKey, RealDef, VipKey, VipMeta, CT_FORWARD, MAX_REALS, MAX_VIPS,
-    REAL_F_VALID, RING_STRIDE, VIP_F_ADDR_ONLY,
+    stat, Counters, CtValue, EncapSource, FlowKey, RealDef, VipKey, VipMeta, CT_FORWARD, MAX_REALS,
+    MAX_VIPS, REAL_F_VALID, RING_STRIDE, VIP_F_ADDR_ONLY,
 };
 use log::{info, warn};
 
@@ -35,13 +35,14 @@ mod stats;
 /// Interface index by name (the data plane attaches and redirects by index).
 pub use super::neighbours::ifindex;
 pub use conntrack::Conn;
+pub(crate) use load::explain;
 pub use load::{cleanup_pinned, AttachMode, LoadOptions, PINNED_MAPS};
 pub use stats::{Snapshot, Totals};
 
 use crate::{
-    ident::{addr_bytes, Protocol, RealId, VipId},
+    ident::{addr_bytes, key_addr, Protocol, RealId, VipId},
     l4::{
-        config::Vip,
+        config::{encap_host_mask, EncapSources, Mode, Vip},
         maglev::{self, vip_ring},
         neighbours,
     },
@@ -78,6 +79,8 @@ struct VipState {
     live_slot: u32,
     ring: Vec<u32>,
     ring_size: u32,
+    /// The data plane's `MODE_*` and GUE port (see `Mode::wire`).
+    mode: (u8, u16),
 }
 
 /// A loaded (and possibly attached) data plane.
@@ -96,6 +99,10 @@ pub struct Dataplane {
     restored: (usize, usize),
     /// Installs managed neighbour entries off the caller's thread.
     neighbours: neighbours::Resolver,
+    /// The config's `encap_source`.
+    encap_sources: EncapSources,
+    /// What `ENCAP_SOURCE` holds, per family (v4, v6).
+    encap_written: [Option<EncapSource>; 2],
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -223,7 +230,19 @@ impl Dataplane {
                     }
                 })
                 .collect();
+            let mode = vip.mode.wire();
+            // A VIP whose mode changes gets a new index: its conntrack
+            // entries carry the old mode and must not be used with the new.
+            let mut retired = None;
             let (index, slot) = match self.vips.get(&key) {
+                Some(s) if s.mode != mode => {
+                    retired = Some(s.index);
+                    let index = free_idx
+                        .next()
+                        .ok_or_else(|| anyhow!("no free VIP index"))?;
+                    self.zero_counters("VIP_STATS", index)?;
+                    (index, 0)
+                }
                 Some(s) if s.ring == ring && s.ring_size == vip.ring_size => continue,
                 Some(s) => (s.index, 1 - s.live_slot.min(1)),
                 None => {
@@ -247,6 +266,8 @@ impl Dataplane {
                 ring_slot: index * 2 + slot,
                 ring_size: vip.ring_size,
                 flags: 0,
+                mode: mode.0,
+                gue_port: mode.1.to_be(),
             };
             let vkey = key.map_key();
             {
@@ -257,6 +278,15 @@ impl Dataplane {
             let mut m: BpfHashMap<&mut MapData, VipKey, VipMeta> =
                 map(&mut self.ebpf, "VIPS")?.try_into()?;
             m.insert(vkey, meta, 0)?;
+            if let Some(old) = retired {
+                let mut keys: Array<&mut MapData, VipKey> =
+                    map(&mut self.ebpf, "VIP_KEYS")?.try_into()?;
+                keys.set(old, VipKey::default(), 0)?;
+                info!(
+                    "vip {key}: mode now {}; its established flows start again",
+                    vip.mode.describe()
+                );
+            }
             self.vips.insert(
                 key,
                 VipState {
@@ -264,9 +294,11 @@ impl Dataplane {
                     live_slot: slot,
                     ring,
                     ring_size: vip.ring_size,
+                    mode,
                 },
             );
         }
+        self.write_encap_sources(vips)?;
 
         // Address markers: one per VIP address.
         {
@@ -314,6 +346,81 @@ impl Dataplane {
             }
         }
         self.applied = vips.to_vec();
+        Ok(())
+    }
+
+    /// Sets the config's `encap_source`; written at the next [`apply`].
+    ///
+    /// [`apply`]: Dataplane::apply
+    pub fn set_encap_sources(&mut self, sources: EncapSources) {
+        self.encap_sources = sources;
+    }
+
+    /// The outer source of DSR packets per family, as the data path uses
+    /// it: the address and its host bits (0 when fixed).
+    pub fn encap_sources(&self) -> Vec<(IpAddr, u32)> {
+        self.encap_written
+            .iter()
+            .flatten()
+            .filter_map(|e| {
+                key_addr(&e.addr, e.family)
+                    .map(|a| (a, u32::from_be_bytes(e.host_mask.to_ne_bytes())))
+            })
+            .collect()
+    }
+
+    /// Writes `ENCAP_SOURCE` for the families DSR reals have: the
+    /// configured prefix, or else this node's route source towards the
+    /// first such real (`ip route get`), fixed for every flow.
+    fn write_encap_sources(&mut self, vips: &[Vip]) -> Result<()> {
+        let mut wanted: [Option<EncapSource>; 2] = [None, None];
+        for (slot, v4) in [(0usize, true), (1, false)] {
+            let first = vips
+                .iter()
+                .filter(|v| matches!(v.mode, Mode::Dsr(_)))
+                .flat_map(|v| v.reals.iter())
+                .map(|r| r.address)
+                .find(|a| a.is_ipv4() == v4);
+            let Some(real) = first else { continue };
+            let configured = if v4 {
+                self.encap_sources.v4.map(|(a, l)| (IpAddr::V4(a), l))
+            } else {
+                self.encap_sources.v6.map(|(a, l)| (IpAddr::V6(a), l))
+            };
+            let (addr, mask) = if let Some((a, len)) = configured {
+                (a, encap_host_mask(a, len))
+            } else {
+                let mut nl = neighbours::Netlink::open()
+                    .map_err(|e| anyhow!("looking up a DSR encap source: {e}"))?;
+                let source = nl.route_source(real).map_err(|e| {
+                    anyhow!("no source address towards DSR real {real} ({e}); set `encap_source`")
+                })?;
+                (source, 0)
+            };
+            let (bytes, family) = addr_bytes(addr);
+            wanted[slot] = Some(EncapSource {
+                addr: bytes,
+                host_mask: mask,
+                family,
+                _pad: [0; 3],
+            });
+        }
+        if wanted != self.encap_written {
+            let mut m: Array<&mut MapData, EncapSource> =
+                map(&mut self.ebpf, "ENCAP_SOURCE")?.try_into()?;
+            for (slot, e) in wanted.iter().enumerate() {
+                m.set(slot as u32, e.unwrap_or_default(), 0)?;
+            }
+            for e in wanted.iter().flatten() {
+                if let Some(a) = key_addr(&e.addr, e.family) {
+                    info!(
+                        "DSR outer source {a} (host bits {:#x})",
+                        u32::from_be_bytes(e.host_mask.to_ne_bytes())
+                    );
+                }
+            }
+            self.encap_written = wanted;
+        }
         Ok(())
     }
 
