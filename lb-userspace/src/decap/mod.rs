@@ -74,6 +74,7 @@ impl Decap {
         };
         d.set_gue_port(config.gue_port)?;
         d.sync_addresses()?;
+        warn_arp_sysctls();
         for iface in &config.interfaces {
             d.attach(iface)?;
         }
@@ -205,6 +206,27 @@ impl Decap {
             addresses,
             counters: self.counters()?,
         })
+    }
+}
+
+/// A DSR real holds the VIPs on `lo`; with Linux's defaults it answers ARP
+/// for them on every interface and uses them as the source of its own ARP
+/// requests, so neighbours learn the VIP at the real's MAC. LVS-DR reals
+/// set `arp_ignore = 1` and `arp_announce = 2`; say so when they are not.
+fn warn_arp_sysctls() {
+    let read = |key: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/all/{key}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    for (key, want) in [("arp_ignore", 1), ("arp_announce", 2)] {
+        if let Some(v) = read(key) {
+            if v < want {
+                warn!(
+                    "decap: net.ipv4.conf.all.{key} is {v}; set it to {want} so this real does not announce the VIPs on its loopback over ARP (README, DSR)"
+                );
+            }
+        }
     }
 }
 

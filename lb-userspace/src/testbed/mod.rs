@@ -241,6 +241,8 @@ pub struct Topology {
     /// Interfaces in the lb namespace: `l0` (client side), `l1`…`ln`
     /// (one per real; only `l1` with a bridge).
     pub lb_ifaces: Vec<String>,
+    /// The router of a DSR topology ([`Topology::build_dsr`]).
+    pub router: Option<Netns>,
 }
 
 impl Topology {
@@ -323,6 +325,100 @@ impl Topology {
             reals,
             switch,
             lb_ifaces,
+            router: None,
+        })
+    }
+
+    /// A DSR deployment: client, router, lb, and `n` reals behind a bridge.
+    ///
+    /// ```text
+    /// client c0 ── g0 router g2 ── l0 lb l1 ── br0 ── r0 real i
+    ///                        g1 ──────────────┘
+    /// ```
+    ///
+    /// The client's gateway is the router (198.18.0.1), which routes the
+    /// VIPs to the lb (`l0`, 198.18.2.2) and is the reals' gateway
+    /// (198.18.(10+i).3 on the bridge). The lb reaches the reals through
+    /// `l1` (198.18.(10+i).1), as in [`Topology::build_wired`]. The reals
+    /// hold the VIPs on `lo` (with `arp_ignore` 1 and `arp_announce` 2, as
+    /// an LVS-DR real); their answers go to the router, never through the
+    /// lb. Default offloads everywhere.
+    pub fn build_dsr(n: usize) -> Result<Topology> {
+        let client = Netns::new("lbc")?;
+        let router = Netns::new("lbg")?;
+        let lb = Netns::new("lbl")?;
+        let sw = Netns::new("lbs")?;
+        veth_plain(&client, "c0", &router, "g0")?;
+        veth_plain(&router, "g2", &lb, "l0")?;
+        veth(&lb, "l1", &sw, "s0")?;
+        veth_plain(&sw, "sg", &router, "g1")?;
+        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+        for port in ["s0", "sg"] {
+            sw.ip(&["link", "set", port, "master", "br0"])?;
+        }
+        sw.ip(&["link", "set", "br0", "up"])?;
+        client.ip(&["addr", "add", "198.18.0.2/24", "dev", "c0"])?;
+        client.ip(&["addr", "add", "2001:db8::2/64", "dev", "c0", "nodad"])?;
+        client.ip(&["route", "add", "default", "via", "198.18.0.1"])?;
+        client.ip(&["-6", "route", "add", "default", "via", "2001:db8::1"])?;
+        router.ip(&["addr", "add", "198.18.0.1/24", "dev", "g0"])?;
+        router.ip(&["addr", "add", "2001:db8::1/64", "dev", "g0", "nodad"])?;
+        router.ip(&["addr", "add", "198.18.2.1/24", "dev", "g2"])?;
+        router.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "g2", "nodad"])?;
+        router.ip(&["route", "add", &format!("{VIP4}/32"), "via", "198.18.2.2"])?;
+        router.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{VIP6}/128"),
+            "via",
+            "2001:db8:2::2",
+        ])?;
+        lb.ip(&["addr", "add", "198.18.2.2/24", "dev", "l0"])?;
+        lb.ip(&["addr", "add", "2001:db8:2::2/64", "dev", "l0", "nodad"])?;
+        lb.ip(&["route", "add", "default", "via", "198.18.2.1"])?;
+        lb.ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"])?;
+        let mut reals = Vec::new();
+        for i in 1..=n {
+            let r = Netns::new("lbr")?;
+            let port = format!("s{i}");
+            veth_plain(&sw, &port, &r, "r0")?;
+            sw.ip(&["link", "set", &port, "master", "br0"])?;
+            let net4 = 10 + i;
+            let net6 = format!("2001:db8:{:x}::", 0x10 + i);
+            lb.ip(&["addr", "add", &format!("198.18.{net4}.1/24"), "dev", "l1"])?;
+            lb.ip(&["addr", "add", &format!("{net6}1/64"), "dev", "l1", "nodad"])?;
+            router.ip(&["addr", "add", &format!("198.18.{net4}.3/24"), "dev", "g1"])?;
+            router.ip(&["addr", "add", &format!("{net6}3/64"), "dev", "g1", "nodad"])?;
+            r.ip(&["addr", "add", &format!("198.18.{net4}.2/24"), "dev", "r0"])?;
+            r.ip(&["addr", "add", &format!("{net6}2/64"), "dev", "r0", "nodad"])?;
+            r.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
+            r.ip(&["addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
+            // As for LVS-DR: the real neither answers ARP for the VIP nor
+            // uses it as the source of its own ARP requests (README, DSR).
+            r.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+            r.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+            r.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.18.{net4}.3"),
+            ])?;
+            r.ip(&["-6", "route", "add", "default", "via", &format!("{net6}3")])?;
+            reals.push(r);
+        }
+        for ns in [&router, &lb] {
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
+        Ok(Topology {
+            client,
+            lb,
+            reals,
+            switch: Some(sw),
+            lb_ifaces: vec!["l0".to_string(), "l1".to_string()],
+            router: Some(router),
         })
     }
 
@@ -382,7 +478,8 @@ impl Topology {
 }
 
 /// Tiny servers that name themselves, for the reals of tests and the demo:
-/// HTTP on `http_port` (answers `name\n` and closes) and a UDP responder on
+/// HTTP on `http_port` (answers `name\n` and closes; `GET /blob/N` gets N
+/// bytes of [`blob_byte`]) and a UDP responder on
 /// `udp_port` (answers `name` to any datagram). They run on a thread inside
 /// the namespace until the returned guard is dropped.
 pub struct NameServer {
@@ -439,6 +536,31 @@ impl NameServer {
                                     _ => return,
                                 }
                             }
+                            // `GET /blob/N`: N bytes of `blob_byte`.
+                            let blob = std::str::from_utf8(&buf)
+                                .ok()
+                                .and_then(|h| h.strip_prefix("GET /blob/"))
+                                .and_then(|r| r.split(' ').next())
+                                .and_then(|n| n.parse::<usize>().ok());
+                            if let Some(len) = blob {
+                                let head = format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                                );
+                                if s.write_all(head.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                                let mut at = 0;
+                                while at < len {
+                                    let chunk: Vec<u8> =
+                                        (at..len.min(at + 65536)).map(blob_byte).collect();
+                                    at += chunk.len();
+                                    if s.write_all(&chunk).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                let _ = s.shutdown().await;
+                                return;
+                            }
                             let body = format!("{name}\n");
                             let resp = format!(
                                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -484,6 +606,14 @@ impl Drop for NameServer {
             let _ = t.join();
         }
     }
+}
+
+/// Byte `i` of the [`NameServer`]'s `/blob/N` answers: a sequence with no
+/// short period, so a lost, repeated or reordered segment changes the
+/// digest.
+pub fn blob_byte(i: usize) -> u8 {
+    let x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x >> 56) as u8 ^ (i as u8)
 }
 
 fn bind_tcp_dual(port: u16) -> Result<tokio::net::TcpListener> {

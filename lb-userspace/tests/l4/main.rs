@@ -6,6 +6,7 @@
 const LB: &str = env!("CARGO_BIN_EXE_lb");
 
 mod l4_conntrack;
+mod l4_dsr;
 mod l4_errors;
 mod l4_netns;
 mod neighbours;
