@@ -16,7 +16,10 @@ use lb_userspace::{
     config::Config,
     l4::dataplane::{self, Dataplane, LoadOptions},
     testbed,
-    testbed::packet::{self, Pkt, CLIENT4, CLIENT6, OUT_MAC, REAL4, REAL6, REAL_MAC, VIP4, VIP6},
+    testbed::packet::{
+        self, Pkt, CLIENT4, CLIENT6, OUT_MAC, REAL4, REAL6, REAL_MAC, VIP4, VIP4_DSR, VIP6,
+        VIP6_DSR,
+    },
     testbed::xdp_test::TestPrograms,
 };
 use serde_json::json;
@@ -43,6 +46,22 @@ struct Class {
     warm: Vec<Vec<u8>>,
     verdict: u32,
 }
+
+const NAT_NEW: &str = "new flow (v4 SYN, conntrack miss → ring)";
+const NAT_EST: &str = "established flow (v4, conntrack hit)";
+const NAT_EST6: &str = "established flow (v6, conntrack hit)";
+const DSR_NEW: &str = "DSR new flow (v4 SYN → IPIP)";
+const DSR_EST: &str = "DSR established (v4 → IPIP)";
+const DSR_GUE: &str = "DSR established (v4 → GUE)";
+const DSR_EST6: &str = "DSR established (v6 → IP6IP6)";
+
+/// Each DSR class beside the NAT class it replaces.
+const MODE_PAIRS: [(&str, &str); 4] = [
+    (DSR_NEW, NAT_NEW),
+    (DSR_EST, NAT_EST),
+    (DSR_GUE, NAT_EST),
+    (DSR_EST6, NAT_EST6),
+];
 
 fn client_v4(i: usize) -> IpAddr {
     IpAddr::from([198, 18, 0, 2 + (i / 60000) as u8])
@@ -88,25 +107,32 @@ fn classes(calls: usize) -> Vec<Class> {
     part_big.partial_csum = true;
     part_big.payload = vec![0x5a; 1400];
     let part_big = part_big.bytes();
+    let dsr4 = IpAddr::V4(VIP4_DSR);
+    let dsr_new: Vec<Vec<u8>> = (0..calls)
+        .map(|i| Pkt::tcp(client_v4(i), 1024 + (i % 60000) as u16, dsr4, 80, SYN).bytes())
+        .collect();
+    let dsr_est = Pkt::tcp(IpAddr::V4(CLIENT4), 50000, dsr4, 80, ACK).bytes();
+    let dsr_gue = Pkt::tcp(IpAddr::V4(CLIENT4), 50000, dsr4, 81, ACK).bytes();
+    let dsr_est6 = Pkt::tcp(c6, 50000, IpAddr::V6(VIP6_DSR), 80, ACK).bytes();
     let non_vip = Pkt::tcp(IpAddr::V4(CLIENT4), 50001, real4, 8080, SYN).bytes();
     let non_vip6 = Pkt::tcp(c6, 50001, real6, 8080, SYN).bytes();
     vec![
         Class {
-            name: "new flow (v4 SYN, conntrack miss → ring)",
+            name: NAT_NEW,
             ingress: "in0",
             frames: new_flows,
             warm: vec![],
             verdict: 4,
         },
         Class {
-            name: "established flow (v4, conntrack hit)",
+            name: NAT_EST,
             ingress: "in0",
             frames: vec![est.clone(); calls],
             warm: vec![est],
             verdict: 4,
         },
         Class {
-            name: "established flow (v6, conntrack hit)",
+            name: NAT_EST6,
             ingress: "in0",
             frames: vec![est6.clone(); calls],
             warm: vec![est6],
@@ -131,6 +157,34 @@ fn classes(calls: usize) -> Vec<Class> {
             ingress: "out1",
             frames: replies,
             warm: reply_warm,
+            verdict: 4,
+        },
+        Class {
+            name: DSR_NEW,
+            ingress: "in0",
+            frames: dsr_new,
+            warm: vec![],
+            verdict: 4,
+        },
+        Class {
+            name: DSR_EST,
+            ingress: "in0",
+            frames: vec![dsr_est.clone(); calls],
+            warm: vec![dsr_est],
+            verdict: 4,
+        },
+        Class {
+            name: DSR_GUE,
+            ingress: "in0",
+            frames: vec![dsr_gue.clone(); calls],
+            warm: vec![dsr_gue],
+            verdict: 4,
+        },
+        Class {
+            name: DSR_EST6,
+            ingress: "in0",
+            frames: vec![dsr_est6.clone(); calls],
+            warm: vec![dsr_est6],
             verdict: 4,
         },
         Class {
@@ -248,11 +302,30 @@ pub(crate) fn run(args: &XdpBenchArgs) -> Result<()> {
         rows.push(json!({"class": name, "mean_ns": s.mean_ns, "median_ns": s.median_ns, "p99_ns": s.p99_ns,
             "floor_mean_ns": f.mean_ns, "floor_median_ns": f.median_ns, "ratio": ratio}));
     }
+    // Forwarding modes side by side: lb_xdp's mean, and its median net of
+    // the floor, DSR over NAT.
+    md.push_str("\n## DSR against NAT (same run)\n\n| DSR class | NAT class | mean ratio | net median ratio |\n|---|---|---:|---:|\n");
+    println!(
+        "\n{:<32} {:<42} {:>6} {:>6}",
+        "DSR class", "against NAT", "mean", "net"
+    );
+    let find = |n: &str| results.iter().find(|(name, _, _)| name == n);
+    let mut modes = Vec::new();
+    for (dsr, nat) in MODE_PAIRS {
+        let (Some((_, d, df)), Some((_, n, nf))) = (find(dsr), find(nat)) else {
+            continue;
+        };
+        let mean = d.mean_ns / n.mean_ns.max(1.0);
+        let net = (d.median_ns - df.median_ns).max(1.0) / (n.median_ns - nf.median_ns).max(1.0);
+        println!("{dsr:<32} {nat:<42} {mean:>6.2} {net:>6.2}");
+        md.push_str(&format!("| {dsr} | {nat} | {mean:.2} | {net:.2} |\n"));
+        modes.push(json!({"dsr": dsr, "nat": nat, "mean_ratio": mean, "net_median_ratio": net}));
+    }
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("xdp.md"), md).context("writing xdp.md")?;
     std::fs::write(
         args.out.join("xdp.json"),
-        serde_json::to_string_pretty(&json!({"calls": calls, "results": rows}))?,
+        serde_json::to_string_pretty(&json!({"calls": calls, "results": rows, "modes": modes}))?,
     )?;
     Ok(())
 }

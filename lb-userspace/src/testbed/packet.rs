@@ -29,7 +29,13 @@ pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
 pub const REAL6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x11, 0, 0, 0, 0, 2);
 
+/// DSR VIPs of [`FIXTURE_CONFIG`] (the benchmark's DSR classes).
+pub const VIP4_DSR: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 4);
+pub const VIP6_DSR: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 4);
+
 pub const FIXTURE_CONFIG: &str = r#"
+encap_source = ["198.18.250.0/24", "2001:db8:250::/112"]
+
 [[vip]]
 address = "198.18.100.1"
 port = 80
@@ -76,6 +82,31 @@ protocol = "udp"
 [[vip.real]]
 address = "2001:db8:11::2"
 port = 5353
+
+[[vip]]
+address = "198.18.100.4"
+port = 80
+protocol = "tcp"
+mode = "dsr"
+[[vip.real]]
+address = "198.18.11.2"
+
+[[vip]]
+address = "198.18.100.4"
+port = 81
+protocol = "tcp"
+mode = "dsr"
+encap = "gue"
+[[vip.real]]
+address = "198.18.11.2"
+
+[[vip]]
+address = "2001:db8:100::4"
+port = 80
+protocol = "tcp"
+mode = "dsr"
+[[vip.real]]
+address = "2001:db8:11::2"
 "#;
 
 pub fn sum16(data: &[u8]) -> u32 {
