@@ -48,6 +48,36 @@ pub const MODE_DSR_IPIP: u8 = 1;
 /// to the VIP's `gue_port` on the real, with the flow hash in the source
 /// port.
 pub const MODE_DSR_GUE: u8 = 2;
+/// FullNAT: source rewritten to one of the VIP's SNAT addresses and a port
+/// claimed for the flow, destination to the real; the real answers that
+/// address, and the reply is rewritten back to VIP → client. The reals
+/// need no route through the LB.
+pub const MODE_FULLNAT: u8 = 3;
+
+/// Most SNAT addresses a FullNAT VIP holds (`SnatPool.addrs`).
+pub const MAX_SNAT_ADDRS: usize = 8;
+/// Source ports a FullNAT flow may get when the VIP sets no `snat_ports`:
+/// below Linux's default ephemeral range (32768–60999), so the LB host's
+/// own connections from the same address never meet a FullNAT flow.
+pub const SNAT_PORT_MIN: u16 = 1024;
+pub const SNAT_PORT_MAX: u16 = 32767;
+/// Ports tried for a new FullNAT flow before it is refused
+/// (`drop_snat_exhausted`).
+pub const SNAT_PROBES: u32 = 32;
+
+/// The SNAT addresses and port range of a FullNAT VIP (`SNAT_POOLS`,
+/// indexed by VIP index). Addresses of the VIP's family only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SnatPool {
+    pub addrs: [[u8; 16]; MAX_SNAT_ADDRS],
+    /// Addresses in use, `addrs[..count]`; 0: the VIP has no pool (its new
+    /// flows are dropped, `drop_no_snat_address`).
+    pub count: u32,
+    /// First port (native order) and number of ports.
+    pub port_min: u16,
+    pub port_count: u16,
+}
 
 /// `RealDef.flags`: the slot holds a configured real.
 pub const REAL_F_VALID: u32 = 1;
@@ -131,7 +161,26 @@ pub struct CtValue {
     /// The coarse clock tick (2^24 ns, about 17 ms) at which a packet of
     /// this entry last looked up the flow's other entry.
     pub checked: u32,
+    /// FullNAT only. Forward entries: the SNAT address and port (network
+    /// order) the flow leaves from. Reply entries: the client's address
+    /// and port, the reply's new destination.
+    pub peer_addr: [u8; 16],
+    pub peer_port: u16,
+    /// `CT_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 5],
 }
+
+/// [`CtValue::flags`]: a FIN or RST of the flow passed (FullNAT): once the
+/// flow is quiet for `SNAT_CLOSED_TICKS`, its SNAT port may go to a new flow.
+pub const CT_F_CLOSING: u8 = 1;
+
+/// Coarse clock ticks (2^24 ns, about 16.8 ms) after which a new FullNAT
+/// flow may take the SNAT port of an earlier flow: quiet for about 2 s
+/// after a FIN or RST; idle for about 300 s (TCP) or 60 s (UDP) without.
+pub const SNAT_CLOSED_TICKS: u32 = 120;
+pub const SNAT_IDLE_TICKS_TCP: u32 = 17_880;
+pub const SNAT_IDLE_TICKS_UDP: u32 = 3_576;
 
 /// [`CtValue::kind`] of a client → VIP entry.
 pub const CT_FORWARD: u8 = 1;
@@ -322,6 +371,15 @@ pub mod stat {
         /// A DSR packet that had no room for its outer headers
         /// (`bpf_xdp_adjust_head` refused): dropped.
         DROP_ENCAP_ROOM = "drop_encap_no_room",
+        /// A new FullNAT flow took a source port; `snat_port_collision` counts
+        /// the ports it found taken first.
+        SNAT_NEW = "snat_new_flow",
+        SNAT_COLLISION = "snat_port_collision",
+        /// A new FullNAT flow found no free source port in `SNAT_PROBES`
+        /// tries (the VIP's pool is nearly full towards that real): dropped.
+        DROP_SNAT_EXHAUSTED = "drop_snat_exhausted",
+        /// A FullNAT VIP without SNAT addresses of its family: dropped.
+        DROP_NO_SNAT = "drop_no_snat_address",
     }
 }
 
@@ -442,8 +500,12 @@ assert_layout!(RealDef, size 24, align 4, { addr: 0, port: 16, family: 18, _pad:
 assert_layout!(FlowKey, size 40, align 8, {
     src: 0, dst: 16, sport: 32, dport: 34, proto: 36, family: 37, _pad: 38,
 });
-assert_layout!(CtValue, size 32, align 8, {
+assert_layout!(CtValue, size 56, align 8, {
     real_id: 0, vip_index: 4, kind: 8, mode: 9, vip_port: 10, vip_addr: 12, checked: 28,
+    peer_addr: 32, peer_port: 48, flags: 50, _pad: 51,
+});
+assert_layout!(SnatPool, size 136, align 4, {
+    addrs: 0, count: 128, port_min: 132, port_count: 134,
 });
 assert_layout!(EncapSource, size 24, align 4, { addr: 0, host_mask: 16, family: 20, _pad: 21 });
 assert_layout!(DecapAddr, size 20, align 1, { addr: 0, family: 16, _pad: 17 });
@@ -460,8 +522,8 @@ assert_layout!(CsumScratch, size CSUM_CHUNK, align 8, { bytes: 0 });
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Counters, CtValue, DecapAddr, EncapSource, FlowKey, GenTemplate, NextHop, RealDef, VipKey,
-        VipMeta,
+        Counters, CtValue, DecapAddr, EncapSource, FlowKey, GenTemplate, NextHop, RealDef,
+        SnatPool, VipKey, VipMeta,
     };
     // SAFETY: this impl and every one below: each type is #[repr(C)], Copy, made only of
     // integers and integer arrays with its padding spelled out as fields
@@ -486,6 +548,8 @@ mod pod {
     unsafe impl aya::Pod for EncapSource {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DecapAddr {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SnatPool {}
 }
 
 #[cfg(test)]
@@ -534,8 +598,12 @@ mod tests {
             (DSR_ENCAP, 32, "dsr_encap"),
             (DROP_NO_ENCAP_SOURCE, 33, "drop_no_encap_source"),
             (DROP_ENCAP_ROOM, 34, "drop_encap_no_room"),
+            (SNAT_NEW, 35, "snat_new_flow"),
+            (SNAT_COLLISION, 36, "snat_port_collision"),
+            (DROP_SNAT_EXHAUSTED, 37, "drop_snat_exhausted"),
+            (DROP_NO_SNAT, 38, "drop_no_snat_address"),
         ];
-        assert_eq!(COUNT, 35);
+        assert_eq!(COUNT, 39);
         assert_eq!(NAMES.len(), COUNT as usize);
         for (index, number, name) in expected {
             assert_eq!(index, number, "{name}");

@@ -43,9 +43,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     flow_hash_seeded, stat, CtValue, FlowKey, RealDef, ReplyHopKey, VipKey, VipMeta, CT_FORWARD,
-    CT_REPLY, DEFAULT_HASH_SEED, IPPROTO_TCP, MODE_NAT, REAL_F_VALID, RING_STRIDE,
+    CT_REPLY, DEFAULT_HASH_SEED, IPPROTO_TCP, MAX_SNAT_ADDRS, MODE_FULLNAT, MODE_NAT, REAL_F_VALID,
+    RING_STRIDE, SNAT_PROBES,
 };
-use maps::{CONNTRACK, HASH_SEED, REALS, RINGS, SKB_IFACES, VIPS, VIP_KEYS};
+use maps::{CONNTRACK, HASH_SEED, REALS, RINGS, SKB_IFACES, SNAT_POOLS, VIPS, VIP_KEYS};
 use parse::*;
 use stats::count;
 
@@ -72,12 +73,20 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
     let hit = CONNTRACK.get_ptr_mut(&pkt.key);
     let established = match hit.map(|p| {
         // SAFETY: a map value pointer, valid and aligned for the program run
-        // (RCU). Caveat: `partner_due` writes the entry's `checked` through
-        // the raw pointer while this reference lives, which Rust's aliasing
-        // rules do not allow; nothing reads `checked` through it.
+        // (RCU). Caveat: `partner_due` (and a FullNAT FIN or RST) write
+        // the entry's `checked` (and `flags`) through the raw pointer
+        // while this reference lives, which Rust's aliasing rules do not
+        // allow; nothing reads those fields through it after the writes.
         unsafe { &*p }
     }) {
         Some(ct) if ct.kind == CT_REPLY => {
+            if ct.mode == MODE_FULLNAT && tcp_closing(ctx, &pkt) {
+                if let Some(p) = hit {
+                    // SAFETY: a map value pointer, valid for the program
+                    // run.
+                    unsafe { (*p).flags |= lb_common::CT_F_CLOSING };
+                }
+            }
             if partner_due(hit) {
                 keep_forward(&pkt, ct);
             }
@@ -85,26 +94,42 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
         }
         Some(ct) if vip_owns(ct.vip_index, &pkt.key) => match REALS.get(ct.real_id) {
             Some(real) if real.flags & REAL_F_VALID != 0 => {
-                // Only NAT flows have a reply entry (DSR replies never
-                // cross the LB).
-                if ct.mode == MODE_NAT && partner_due(hit) {
-                    keep_reply(&pkt, ct.vip_index, ct.real_id, real);
+                // NAT and FullNAT flows have a reply entry (DSR replies
+                // never cross the LB).
+                // A FullNAT FIN or RST from the client marks the reply
+                // entry (the SNAT port's claim) closing.
+                let closing = ct.mode == MODE_FULLNAT && tcp_closing(ctx, &pkt);
+                if (ct.mode == MODE_NAT || ct.mode == MODE_FULLNAT) && (partner_due(hit) || closing)
+                {
+                    keep_reply(&pkt, ct, real, closing);
                 }
-                Some((ct.vip_index, ct.real_id, real, ct.mode, ct.vip_port))
+                Some(Balanced {
+                    vip_index: ct.vip_index,
+                    real_id: ct.real_id,
+                    new: false,
+                    mode: ct.mode,
+                    gue_port: ct.vip_port,
+                    snat_addr: if ct.mode == MODE_FULLNAT {
+                        Some(&ct.peer_addr)
+                    } else {
+                        None
+                    },
+                    snat_port: ct.peer_port,
+                })
             }
             _ => None,
         },
         // Stale (VIP gone or real removed): treated as a new flow.
         _ => None,
     };
-    let (vip_index, real_id, real, new, mode, gue_port) = match established {
-        Some((vip_index, real_id, real, mode, gue_port)) => {
+    let flow = match established {
+        Some(flow) => {
             if nat::ttl_expired(ctx, pkt.l3, pkt.family)? {
                 count(stat::PASS_TTL_EXPIRED);
                 return Ok(xdp_action::XDP_PASS);
             }
             count(stat::CT_HIT);
-            (vip_index, real_id, real, false, mode, gue_port)
+            flow
         }
         None => {
             // A new flow to a VIP (exact port first, then all-ports).
@@ -135,31 +160,40 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
                 return Ok(pick as u32);
             }
             let real_id = pick as u32;
-            match REALS.get(real_id) {
-                Some(real) => (
-                    meta.vip_index,
-                    real_id,
-                    real,
-                    true,
-                    meta.mode,
-                    meta.gue_port,
-                ),
-                None => return Ok(xdp_action::XDP_DROP),
+            let Some(real) = REALS.get(real_id) else {
+                return Ok(xdp_action::XDP_DROP);
+            };
+            let mut snat_addr = None;
+            let mut snat_port = 0;
+            if meta.mode == MODE_FULLNAT {
+                let claim = snat_claim(&pkt, meta.vip_index, real_id, real);
+                if claim & PICKED == 0 {
+                    return Ok(claim as u32);
+                }
+                // The address and port the flow's entries were written with.
+                let Some(pool) = SNAT_POOLS.get(meta.vip_index) else {
+                    return Ok(xdp_action::XDP_DROP);
+                };
+                let slot = ((claim >> SNAT_SLOT_SHIFT) as usize) & (MAX_SNAT_ADDRS - 1);
+                snat_addr = Some(&pool.addrs[slot]);
+                snat_port = (claim >> SNAT_PORT_SHIFT) as u16;
+            }
+            Balanced {
+                vip_index: meta.vip_index,
+                real_id,
+                new: true,
+                mode: meta.mode,
+                gue_port: meta.gue_port,
+                snat_addr,
+                snat_port,
             }
         }
     };
-    Ok(to_real(
-        ctx,
-        &pkt,
-        &Balanced {
-            vip_index,
-            real_id,
-            real,
-            new,
-            mode,
-            gue_port,
-        },
-    ))
+    if flow.mode == MODE_NAT || flow.mode == MODE_FULLNAT {
+        Ok(to_real(ctx, &pkt, &flow))
+    } else {
+        Ok(to_real_dsr(ctx, &pkt, &flow))
+    }
 }
 
 // --- The two entries of a flow -----------------------------------------
@@ -179,8 +213,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
 #[inline(always)]
 fn partner_due(ct: Option<*mut CtValue>) -> bool {
     let Some(ct) = ct else { return false };
-    // SAFETY: a helper without arguments.
-    let tick = (unsafe { bpf_ktime_get_coarse_ns() } >> 24) as u32;
+    let tick = tick();
     // SAFETY: a map value pointer, valid for the program run; a racing
     // write from another CPU only repeats or skips one look.
     unsafe {
@@ -192,32 +225,65 @@ fn partner_due(ct: Option<*mut CtValue>) -> bool {
     true
 }
 
-/// A client → VIP packet hit its entry: keeps the reply entry.
+/// The current coarse clock tick (see [`partner_due`]).
+#[inline(always)]
+fn tick() -> u32 {
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_ktime_get_coarse_ns() } >> 24) as u32
+}
+
+/// A client → VIP packet hit its entry: keeps the reply entry (marks it
+/// seen, so a FullNAT port is not taken back from a flow whose packets only
+/// go one way; re-writes it if it is gone).
 #[inline(never)]
-fn keep_reply(pkt: &Packet, vip_index: u32, real_id: u32, real: &RealDef) -> u32 {
-    let rkey = reply_key(pkt, real);
-    // SAFETY: only whether the entry exists is used; the value is not read.
-    if unsafe { CONNTRACK.get(&rkey) }.is_some() {
+fn keep_reply(pkt: &Packet, fwd: &CtValue, real: &RealDef, closing: bool) -> u32 {
+    let fullnat = fwd.mode == MODE_FULLNAT;
+    let mut rkey = reply_key(pkt, real);
+    if fullnat {
+        rkey.dst = fwd.peer_addr;
+        rkey.dport = fwd.peer_port;
+    }
+    if let Some(rev) = CONNTRACK.get_ptr_mut(&rkey) {
+        // SAFETY: a map value pointer, valid for the program run; a racing
+        // write of the same field from another CPU is as good as this one.
+        unsafe {
+            (*rev).checked = tick();
+            if closing {
+                (*rev).flags |= lb_common::CT_F_CLOSING;
+            }
+        }
         return 0;
     }
-    let ct = CtValue {
-        real_id,
-        vip_index,
+    let mut ct = CtValue {
+        real_id: fwd.real_id,
+        vip_index: fwd.vip_index,
         kind: CT_REPLY,
-        mode: MODE_NAT,
+        mode: fwd.mode,
         vip_port: pkt.key.dport,
         vip_addr: pkt.key.dst,
         checked: 0,
+        flags: 0,
+        peer_addr: [0; 16],
+        peer_port: 0,
+        _pad: [0; 5],
     };
-    let _ = CONNTRACK.insert(&rkey, &ct, 0);
-    count(stat::CT_RESTORED);
+    if fullnat {
+        ct.peer_addr = pkt.key.src;
+        ct.peer_port = pkt.key.sport;
+    }
+    // A FullNAT port another flow took meanwhile stays with it.
+    let flags = if fullnat { BPF_NOEXIST } else { 0 };
+    if CONNTRACK.insert(&rkey, &ct, flags).is_ok() {
+        count(stat::CT_RESTORED);
+    }
     1
 }
 
 /// A reply hit its entry: keeps the client → VIP entry.
 #[inline(never)]
 fn keep_forward(pkt: &Packet, rev: &CtValue) -> u32 {
-    let fkey = FlowKey {
+    let fullnat = rev.mode == MODE_FULLNAT;
+    let mut fkey = FlowKey {
         src: pkt.key.dst,
         dst: rev.vip_addr,
         sport: pkt.key.dport,
@@ -226,19 +292,32 @@ fn keep_forward(pkt: &Packet, rev: &CtValue) -> u32 {
         family: pkt.family,
         _pad: [0; 2],
     };
-    // SAFETY: only whether the entry exists is used; the value is not read.
-    if unsafe { CONNTRACK.get(&fkey) }.is_some() {
+    if fullnat {
+        fkey.src = rev.peer_addr;
+        fkey.sport = rev.peer_port;
+    }
+    if let Some(fwd) = CONNTRACK.get_ptr_mut(&fkey) {
+        // SAFETY: as in `keep_reply`.
+        unsafe { (*fwd).checked = tick() };
         return 0;
     }
-    let ct = CtValue {
+    let mut ct = CtValue {
         real_id: rev.real_id,
         vip_index: rev.vip_index,
         kind: CT_FORWARD,
-        mode: MODE_NAT,
+        mode: rev.mode,
         vip_port: 0,
         vip_addr: [0; 16],
         checked: 0,
+        flags: 0,
+        peer_addr: [0; 16],
+        peer_port: 0,
+        _pad: [0; 5],
     };
+    if fullnat {
+        ct.peer_addr = pkt.key.dst;
+        ct.peer_port = pkt.key.dport;
+    }
     let _ = CONNTRACK.insert(&fkey, &ct, 0);
     count(stat::CT_RESTORED);
     1
@@ -248,13 +327,25 @@ fn keep_forward(pkt: &Packet, rev: &CtValue) -> u32 {
 struct Balanced {
     vip_index: u32,
     real_id: u32,
-    real: &'static RealDef,
     /// The flow's first packet (or first after its entry went stale).
     new: bool,
     /// `MODE_*`, and for GUE the real's UDP port (network order).
     mode: u8,
     gue_port: u16,
+    /// FullNAT: the SNAT address and port (network order) the flow leaves
+    /// from. (Two fields, not an `Option` of both: every byte of the
+    /// value is then defined, which the verifier requires of what it
+    /// spills.)
+    snat_addr: Option<&'static [u8; 16]>,
+    snat_port: u16,
 }
+
+const BPF_NOEXIST: u64 = 1;
+
+/// In [`new_flow`]'s result for a FullNAT flow: the SNAT port (network
+/// order) at bit 40, the pool slot of its address at bit 56.
+const SNAT_PORT_SHIFT: u32 = 40;
+const SNAT_SLOT_SHIFT: u32 = 56;
 
 const TCP_SYN: u8 = 0x02;
 
@@ -321,25 +412,32 @@ fn try_new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u64, (
             return Ok(xdp_action::XDP_DROP as u64);
         }
     };
-    let mut ct = CtValue {
-        real_id,
-        vip_index: meta.vip_index,
-        kind: CT_FORWARD,
-        mode: meta.mode,
-        vip_port: meta.gue_port,
-        vip_addr: [0; 16],
-        checked: 0,
-    };
-    let _ = CONNTRACK.insert(&pkt.key, &ct, 0);
-    if meta.mode == MODE_NAT {
-        // The reply will come from real:port to client:sport; map it back
-        // to the VIP. Replies keep this entry fresh in the LRU. (DSR
-        // replies go from the real to the client directly.)
-        let rkey = reply_key(pkt, real);
-        ct.kind = CT_REPLY;
-        ct.vip_port = pkt.key.dport;
-        ct.vip_addr = pkt.key.dst;
-        let _ = CONNTRACK.insert(&rkey, &ct, 0);
+    // FullNAT flows get their entries from `snat_claim`, next.
+    if meta.mode != MODE_FULLNAT {
+        let mut ct = CtValue {
+            real_id,
+            vip_index: meta.vip_index,
+            kind: CT_FORWARD,
+            mode: meta.mode,
+            vip_port: meta.gue_port,
+            vip_addr: [0; 16],
+            checked: 0,
+            flags: 0,
+            peer_addr: [0; 16],
+            peer_port: 0,
+            _pad: [0; 5],
+        };
+        let _ = CONNTRACK.insert(&pkt.key, &ct, 0);
+        if meta.mode == MODE_NAT {
+            // The reply will come from real:port to client:sport; map it
+            // back to the VIP. Replies keep this entry fresh in the LRU.
+            // (DSR replies go from the real to the client directly.)
+            let rkey = reply_key(pkt, real);
+            ct.kind = CT_REPLY;
+            ct.vip_port = pkt.key.dport;
+            ct.vip_addr = pkt.key.dst;
+            let _ = CONNTRACK.insert(&rkey, &ct, 0);
+        }
     }
     count(stat::CT_MISS);
     if pkt.proto == IPPROTO_TCP {
@@ -350,6 +448,141 @@ fn try_new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u64, (
         }
     }
     Ok(PICKED | real_id as u64)
+}
+
+// --- FullNAT source ports ------------------------------------------------
+//
+// A FullNAT flow leaves from one of its VIP's SNAT addresses and a port
+// claimed for it. The claim is the flow's reply entry itself (real:port →
+// snat:port), inserted only if absent (BPF_NOEXIST), so two flows never
+// share a tuple at the real, whichever CPUs they arrive on. A port whose
+// earlier flow closed (FIN or RST, then quiet) or went idle is taken
+// back; see `SNAT_*_TICKS`.
+
+/// Claims a SNAT address and port for a new FullNAT flow to `real`, and
+/// writes both its entries. Returns [`PICKED`] with the port and pool slot
+/// (see [`SNAT_PORT_SHIFT`]), or a verdict (counted).
+#[inline(never)]
+fn snat_claim(pkt: &Packet, vip_index: u32, real_id: u32, real: &RealDef) -> u64 {
+    let pool = match SNAT_POOLS.get(vip_index) {
+        Some(p) => p,
+        None => return xdp_action::XDP_DROP as u64,
+    };
+    // Local copies, checked once: a divisor the compiler cannot prove
+    // non-zero brings a panic branch the verifier rejects.
+    let (addrs, ports, port_min) = (pool.count, pool.port_count as u32, pool.port_min);
+    if addrs == 0 || ports == 0 {
+        count(stat::DROP_NO_SNAT);
+        return xdp_action::XDP_DROP as u64;
+    }
+    let seed = match HASH_SEED.get(0) {
+        Some(s) => *s,
+        None => DEFAULT_HASH_SEED,
+    };
+    // Another seed than the ring's, so the ports do not follow the reals.
+    let h0 = flow_hash_seeded(&pkt.key, seed ^ 0x5eed_5a47);
+    let now = tick();
+    let idle = if pkt.proto == IPPROTO_TCP {
+        lb_common::SNAT_IDLE_TICKS_TCP
+    } else {
+        lb_common::SNAT_IDLE_TICKS_UDP
+    };
+    let mut ct = CtValue {
+        real_id,
+        vip_index,
+        kind: CT_REPLY,
+        mode: MODE_FULLNAT,
+        vip_port: pkt.key.dport,
+        vip_addr: pkt.key.dst,
+        checked: now,
+        flags: 0,
+        peer_addr: pkt.key.src,
+        peer_port: pkt.key.sport,
+        _pad: [0; 5],
+    };
+    let mut rkey = FlowKey {
+        src: real.addr,
+        dst: [0; 16],
+        sport: real_port(real, pkt),
+        dport: 0,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    let mut i = 0;
+    while i < SNAT_PROBES {
+        let h = probe_hash(h0, i);
+        let (Some(slot), Some(offset)) =
+            ((h & 0xff).checked_rem(addrs), (h >> 8).checked_rem(ports))
+        else {
+            break;
+        };
+        let slot = slot as usize & (MAX_SNAT_ADDRS - 1);
+        let port = port_min.wrapping_add(offset as u16).to_be();
+        copy16(&mut rkey.dst, &pool.addrs[slot]);
+        rkey.dport = port;
+        let mut flags = BPF_NOEXIST;
+        // SAFETY: the value is read at once; a racing update from another
+        // CPU shows the old or the new entry.
+        if let Some(old) = unsafe { CONNTRACK.get(&rkey) } {
+            let quiet = now.wrapping_sub(old.checked);
+            if (old.flags & lb_common::CT_F_CLOSING != 0 && quiet > lb_common::SNAT_CLOSED_TICKS)
+                || quiet > idle
+            {
+                flags = 0;
+            }
+        }
+        if CONNTRACK.insert(&rkey, &ct, flags).is_ok() {
+            // The same value, turned into the forward entry (one value on
+            // the stack, not two).
+            ct.kind = CT_FORWARD;
+            ct.vip_port = 0;
+            ct.vip_addr = [0; 16];
+            copy16(&mut ct.peer_addr, &rkey.dst);
+            ct.peer_port = port;
+            let _ = CONNTRACK.insert(&pkt.key, &ct, 0);
+            count(stat::SNAT_NEW);
+            return PICKED
+                | ((port as u64) << SNAT_PORT_SHIFT)
+                | ((slot as u64) << SNAT_SLOT_SHIFT);
+        }
+        count(stat::SNAT_COLLISION);
+        i += 1;
+    }
+    count(stat::DROP_SNAT_EXHAUSTED);
+    xdp_action::XDP_DROP as u64
+}
+
+/// The `i`-th probe of a flow's SNAT port search: fmix32 of the flow's
+/// hash and the probe number.
+#[inline(always)]
+fn probe_hash(h0: u32, i: u32) -> u32 {
+    let mut h = h0 ^ i.wrapping_mul(0x9e37_79b9);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+/// Is this a TCP packet with FIN or RST? (FullNAT flows: the flow's
+/// SNAT port can go to a new flow soon after it ends; see
+/// `SNAT_CLOSED_TICKS`.)
+#[inline(always)]
+fn tcp_closing(ctx: &XdpContext, pkt: &Packet) -> bool {
+    if pkt.proto != IPPROTO_TCP {
+        return false;
+    }
+    // SAFETY: `ptr_at` checked the header lies in the packet; one byte is
+    // read, right away.
+    match unsafe { ptr_at::<TcpHdr>(ctx, pkt.l4) } {
+        // SAFETY: as above.
+        Ok(t) => (unsafe { (*t).flags } & (TCP_FIN | TCP_RST)) != 0,
+        Err(()) => false,
+    }
 }
 
 /// The real's port for this flow (a real of port 0 keeps the client's).
@@ -376,7 +609,8 @@ fn real_port(real: &RealDef, pkt: &Packet) -> u16 {
     }
 }
 
-/// Client → VIP: rewrite to the real, count, forward.
+/// Client → VIP of a NAT or FullNAT VIP: rewrite to the real, count,
+/// forward.
 ///
 /// `to_real`, `to_client`, `new_flow`, the rewrite and the forwarding
 /// step are BPF-to-BPF calls, not inlined: each frame then only holds
@@ -394,15 +628,39 @@ fn to_real(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> u32 {
 
 #[inline(always)]
 fn try_to_real(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> Result<u32, ()> {
-    let (vip_index, real_id, real, new_flow) = (flow.vip_index, flow.real_id, flow.real, flow.new);
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    stats::add_vip(vip_index, bytes, new_flow, false);
-    stats::add_real(real_id, bytes, new_flow, false);
-    if flow.mode == MODE_NAT {
-        let sum = nat::rewrite_to(ctx, pkt, &real.addr, real_port(real, pkt), nat::Side::Dst)?;
-        let action = forward::forward(ctx, pkt.l3, pkt.family, &forward::Hop::Real(real_id));
-        return settle(ctx, &sum, action);
+    // The real was valid when the flow was balanced (this program run).
+    let Some(real) = REALS.get(flow.real_id) else {
+        return Err(());
+    };
+    count_to_real(ctx, flow);
+    let target = nat::Target {
+        dst: Some((&real.addr, real_port(real, pkt))),
+        src: flow.snat_addr.map(|a| (a, flow.snat_port)),
+    };
+    if flow.mode == MODE_FULLNAT && flow.snat_addr.is_none() {
+        return Err(());
     }
+    let sum = nat::rewrite_to(ctx, pkt, &target)?;
+    let action = forward::forward(ctx, pkt.l3, pkt.family, &forward::Hop::Real(flow.real_id));
+    settle(ctx, &sum, action)
+}
+
+/// Client → VIP of a DSR VIP: encapsulate to the real, count, forward.
+/// Called from `lb_xdp` directly, apart from [`to_real`]: the deepest
+/// chain (this frame and `encap`'s) then fits the BPF stack.
+#[inline(never)]
+fn to_real_dsr(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> u32 {
+    let ctx = opaque(ctx);
+    try_to_real_dsr(ctx, pkt, flow).unwrap_or(xdp_action::XDP_DROP)
+}
+
+#[inline(always)]
+fn try_to_real_dsr(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> Result<u32, ()> {
+    // As in `to_real`.
+    let Some(real) = REALS.get(flow.real_id) else {
+        return Err(());
+    };
+    count_to_real(ctx, flow);
     let mut sum = nat::L4Sum::Full;
     let spec = encap::Spec {
         real,
@@ -411,8 +669,16 @@ fn try_to_real(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> Result<u32, (
     };
     encap::encap(ctx, pkt, &spec, &mut sum)?;
     count(stat::DSR_ENCAP);
-    let action = forward::forward(ctx, pkt.l3, real.family, &forward::Hop::Real(real_id));
+    let action = forward::forward(ctx, pkt.l3, real.family, &forward::Hop::Real(flow.real_id));
     settle(ctx, &sum, action)
+}
+
+/// The VIP's and the real's counters of a client → VIP packet.
+#[inline(always)]
+fn count_to_real(ctx: &XdpContext, flow: &Balanced) {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    stats::add_vip(flow.vip_index, bytes, flow.new, false);
+    stats::add_real(flow.real_id, bytes, flow.new, false);
 }
 
 /// Finishes a partial L4 checksum for the way the frame leaves (see
@@ -446,9 +712,18 @@ fn try_to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, (
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::add_vip(rev.vip_index, bytes, false, true);
     stats::add_real(rev.real_id, bytes, false, true);
-    let sum = nat::rewrite_to(ctx, pkt, &rev.vip_addr, rev.vip_port, nat::Side::Src)?;
+    let fullnat = rev.mode == MODE_FULLNAT;
+    let target = nat::Target {
+        dst: if fullnat {
+            Some((&rev.peer_addr, rev.peer_port))
+        } else {
+            None
+        },
+        src: Some((&rev.vip_addr, rev.vip_port)),
+    };
+    let sum = nat::rewrite_to(ctx, pkt, &target)?;
     let client = ReplyHopKey {
-        addr: pkt.key.dst,
+        addr: if fullnat { rev.peer_addr } else { pkt.key.dst },
         ingress: ctx.ingress_ifindex() as u32,
         family: pkt.family,
         _pad: [0; 3],

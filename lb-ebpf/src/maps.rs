@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     stat, Counters, CsumScratch, CtValue, EncapSource, FlowKey, NextHop, RealDef, ReplyHopKey,
-    VipKey, VipMeta, CONNTRACK_SIZE, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REPLY_HOPS_SIZE,
+    SnatPool, VipKey, VipMeta, CONNTRACK_SIZE, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REPLY_HOPS_SIZE,
     RING_SLOTS, RING_STRIDE,
 };
 
@@ -79,3 +79,8 @@ pub static CSUM_SCRATCH: PerCpuArray<CsumScratch> = PerCpuArray::with_max_entrie
 /// `EncapSource`), written by the control plane.
 #[map]
 pub static ENCAP_SOURCE: Array<EncapSource> = Array::with_max_entries(2, 0);
+
+/// SNAT addresses and ports of each FullNAT VIP, by VIP index (see
+/// `SnatPool`), written by the control plane.
+#[map]
+pub static SNAT_POOLS: Array<SnatPool> = Array::with_max_entries(MAX_VIPS, 0);

@@ -4,8 +4,8 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{stat, FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    csum::{self, Update},
-    parse::{copy16, opaque, ptr_at, Ipv4Hdr, Ipv6Hdr, Packet, TcpHdr, UdpHdr, IPV4_HLEN},
+    csum,
+    parse::{copy16, opaque, ptr_at, Ipv4Hdr, Ipv6Hdr, Packet, IPV4_HLEN},
     segment,
     stats::count,
 };
@@ -23,35 +23,21 @@ pub fn ttl_expired(ctx: &XdpContext, l3: usize, family: u8) -> Result<bool, ()> 
     }
 }
 
-/// Which address/port of the packet is rewritten.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Src,
-    Dst,
+/// What a rewrite writes: a new destination (NAT towards the real), a new
+/// source (NAT replies, back to the VIP), or both (FullNAT). Ports in
+/// network order, as stored in the maps.
+pub struct Target<'a> {
+    pub dst: Option<(&'a [u8; 16], u16)>,
+    pub src: Option<(&'a [u8; 16], u16)>,
 }
 
-/// Rewrites one side of the packet to `addr`:`port` (port in network
-/// order): the destination on the forward path (to the real), the source
-/// on the reverse path (back to the VIP).
+/// Rewrites the packet's addresses and ports as `target` says (see
+/// [`rewrite`]).
 #[inline(always)]
-pub fn rewrite_to(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    addr: &[u8; 16],
-    port: u16,
-    side: Side,
-) -> Result<L4Sum, ()> {
+pub fn rewrite_to(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum, ()> {
     let mut sum = L4Sum::Full;
-    rewrite(ctx, pkt, &Target { addr, port, side }, &mut sum)?;
+    rewrite(ctx, pkt, target, &mut sum)?;
     Ok(sum)
-}
-
-/// The address and port a rewrite writes, and which side of the packet.
-struct Target<'a> {
-    addr: &'a [u8; 16],
-    /// Network order, as stored in the maps.
-    port: u16,
-    side: Side,
 }
 
 /// What the TCP/UDP checksum field holds after a rewrite.
@@ -76,7 +62,8 @@ pub struct Partial {
     /// order).
     pseudo_old: u16,
     pseudo_new: u16,
-    /// The rewritten port, before and after (native order).
+    /// The rewritten ports, before and after: their ones'-complement sum
+    /// (native order), one port or two.
     port_old: u16,
     port_new: u16,
     udp: bool,
@@ -120,117 +107,143 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target, out: &mut L4Sum) -> 
     Ok(())
 }
 
+/// One 16-bit word of a checksummed area replaced: `acc` plus the
+/// ones'-complement difference (RFC 1624, eqn. 3). Native byte order
+/// throughout, like the partial sums (see `csum`).
+#[inline(always)]
+fn swap(acc: u32, old: u16, new: u16) -> u32 {
+    csum::add(csum::add(acc, (!old) as u32), new as u32)
+}
+
+/// A checksum field (native order) after the changes summed in `delta`.
+#[inline(always)]
+fn updated(check: u16, delta: u32) -> u16 {
+    !csum::fold(csum::add((!check) as u32, delta))
+}
+
+/// Replaces a 16-byte address in the packet at `off` with `new`, and
+/// returns `acc` plus the difference. The address is read and written as
+/// eight 16-bit words (IPv6 headers are 2-aligned in the frame), which
+/// keeps the update in one register.
+#[inline(always)]
+fn swap_addr16(ctx: &XdpContext, off: usize, new: &[u8; 16], mut acc: u32) -> Result<u32, ()> {
+    // SAFETY: `ptr_at` checked the 16 bytes lie in the packet; plain
+    // integers, the one reference to them while it lives, and no helper
+    // moves packet data meanwhile. Packet memory may be accessed at any
+    // alignment; IP headers are 2-aligned.
+    let w = unsafe { &mut *ptr_at::<[u16; 8]>(ctx, off)? };
+    let mut i = 0;
+    while i < 8 {
+        let n = u16::from_ne_bytes([new[2 * i], new[2 * i + 1]]);
+        acc = swap(acc, w[i], n);
+        w[i] = n;
+        i += 1;
+    }
+    Ok(acc)
+}
+
 #[inline(always)]
 fn try_rewrite(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<L4Sum, ()> {
     let (l3, l4, family, proto) = (pkt.l3, pkt.l4, pkt.family, pkt.proto);
-    let (addr, port, side) = (target.addr, target.port, target.side);
-    let new_port = port.to_ne_bytes();
-    // Pseudo-header and port delta for the L4 checksum.
-    let mut l4sum_delta_old = [0u8; 16];
-    let mut old_port = [0u8; 2];
+    let udp = proto == IPPROTO_UDP;
+    if !udp && proto != IPPROTO_TCP {
+        return Err(());
+    }
     let l4_len = pkt_l4_len(ctx, pkt)?;
     let pseudo_old = csum::fold(csum::pseudo(ctx, l3, family, proto, l4_len)?);
+    // The addresses' difference: in the pseudo header (so in the L4
+    // checksum) and, for IPv4, in the IP header checksum.
+    let mut da = 0u32;
     if family == FAMILY_V4 {
-        // SAFETY: `ptr_at` checked the header lies in the packet; it is
-        // bytes only, and this is the one reference to it while it lives
-        // (`pseudo` re-reads the packet only after its last use); no helper
-        // moves packet data.
+        // SAFETY: `ptr_at` checked the header lies in the packet; bytes
+        // only, the one reference to it while it lives, and no helper
+        // moves packet data meanwhile.
         let ip = unsafe { &mut *ptr_at::<Ipv4Hdr>(ctx, l3)? };
-        let mut new_addr = [0u8; 4];
-        new_addr.copy_from_slice(&addr[..4]);
-        let field = if side == Side::Dst {
-            &mut ip.dst
-        } else {
-            &mut ip.src
-        };
-        let old_addr = *field;
-        *field = new_addr;
-        l4sum_delta_old[..4].copy_from_slice(&old_addr);
-        let mut c = Update::new(ip.check);
-        c.bytes4(&old_addr, &new_addr);
-        let old_ttl_word = u16::from_be_bytes([ip.ttl, ip.proto]);
+        if let Some((addr, _)) = target.dst {
+            da = swap(
+                da,
+                u16::from_ne_bytes([ip.dst[0], ip.dst[1]]),
+                u16::from_ne_bytes([addr[0], addr[1]]),
+            );
+            da = swap(
+                da,
+                u16::from_ne_bytes([ip.dst[2], ip.dst[3]]),
+                u16::from_ne_bytes([addr[2], addr[3]]),
+            );
+            ip.dst = [addr[0], addr[1], addr[2], addr[3]];
+        }
+        if let Some((addr, _)) = target.src {
+            da = swap(
+                da,
+                u16::from_ne_bytes([ip.src[0], ip.src[1]]),
+                u16::from_ne_bytes([addr[0], addr[1]]),
+            );
+            da = swap(
+                da,
+                u16::from_ne_bytes([ip.src[2], ip.src[3]]),
+                u16::from_ne_bytes([addr[2], addr[3]]),
+            );
+            ip.src = [addr[0], addr[1], addr[2], addr[3]];
+        }
+        let ttl_old = u16::from_ne_bytes([ip.ttl, ip.proto]);
         ip.ttl -= 1;
-        c.word(old_ttl_word, u16::from_be_bytes([ip.ttl, ip.proto]));
-        ip.check = c.finish();
+        let ttl = swap(da, ttl_old, u16::from_ne_bytes([ip.ttl, ip.proto]));
+        ip.check = updated(u16::from_ne_bytes(ip.check), ttl).to_ne_bytes();
     } else {
+        if let Some((addr, _)) = target.dst {
+            da = swap_addr16(ctx, l3 + 24, addr, da)?;
+        }
+        if let Some((addr, _)) = target.src {
+            da = swap_addr16(ctx, l3 + 8, addr, da)?;
+        }
         // SAFETY: as for IPv4.
         let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, l3)? };
-        let field = if side == Side::Dst {
-            &mut ip.dst
-        } else {
-            &mut ip.src
-        };
-        copy16(&mut l4sum_delta_old, field);
-        copy16(field, addr);
         ip.hop_limit -= 1;
     }
-    let partial = |old_port: [u8; 2], udp: bool| -> Result<L4Sum, ()> {
-        Ok(L4Sum::Partial(Partial {
+    // SAFETY: as for the IPv4 header: TCP and UDP both begin with the
+    // source and destination ports (the parser checked the whole TCP or
+    // UDP header is in the packet).
+    let ports = unsafe { &mut *ptr_at::<[u16; 2]>(ctx, l4)? };
+    let mut port_old = 0u32;
+    let mut port_new = 0u32;
+    if let Some((_, port)) = target.dst {
+        port_old += ports[1] as u32;
+        port_new += port as u32;
+        ports[1] = port;
+    }
+    if let Some((_, port)) = target.src {
+        port_old += ports[0] as u32;
+        port_new += port as u32;
+        ports[0] = port;
+    }
+    let check_off = if udp { UDP_CHECK_OFF } else { TCP_CHECK_OFF };
+    // SAFETY: as above.
+    let check = unsafe { &mut *ptr_at::<[u8; 2]>(ctx, l4 + check_off)? };
+    let field = u16::from_ne_bytes(*check);
+    // IPv4 UDP may carry no checksum (0); it stays absent. (A partial
+    // checksum is never 0: the fold of a non-zero sum.)
+    if udp && family == FAMILY_V4 && field == 0 {
+        return Ok(L4Sum::Full);
+    }
+    let (port_old, port_new) = (csum::fold(port_old), csum::fold(port_new));
+    if field == pseudo_old {
+        let pseudo_new = csum::fold(csum::add(pseudo_old as u32, da));
+        *check = pseudo_new.to_ne_bytes();
+        return Ok(L4Sum::Partial(Partial {
             l4: l4 as u16,
             len: l4_len,
             pseudo_old,
-            pseudo_new: csum::fold(csum::pseudo(ctx, l3, family, proto, l4_len)?),
-            port_old: u16::from_ne_bytes(old_port),
-            port_new: u16::from_ne_bytes(new_port),
+            pseudo_new,
+            port_old,
+            port_new,
             udp,
-        }))
-    };
-
-    match proto {
-        IPPROTO_TCP => {
-            // SAFETY: `ptr_at` checked the header lies in the packet; bytes
-            // only, the one reference to it (`partial` reads the IP header
-            // only), and no helper moves packet data.
-            let t = unsafe { &mut *ptr_at::<TcpHdr>(ctx, l4)? };
-            let pf = if side == Side::Dst {
-                &mut t.dst
-            } else {
-                &mut t.src
-            };
-            old_port.copy_from_slice(pf);
-            *pf = new_port;
-            if u16::from_ne_bytes(t.check) == pseudo_old {
-                let p = partial(old_port, false)?;
-                if let L4Sum::Partial(p) = &p {
-                    t.check = p.pseudo_new.to_ne_bytes();
-                }
-                return Ok(p);
-            }
-            let mut c = Update::new(t.check);
-            l4_update(&mut c, family, &l4sum_delta_old, addr, &old_port, &new_port);
-            t.check = c.finish();
-        }
-        IPPROTO_UDP => {
-            // SAFETY: as for TCP.
-            let u = unsafe { &mut *ptr_at::<UdpHdr>(ctx, l4)? };
-            let pf = if side == Side::Dst {
-                &mut u.dst
-            } else {
-                &mut u.src
-            };
-            old_port.copy_from_slice(pf);
-            *pf = new_port;
-            // IPv4 UDP may carry no checksum (0); it stays absent. (A
-            // partial checksum is never 0: the fold of a non-zero sum.)
-            if !(family == FAMILY_V4 && u.check == [0, 0]) {
-                if u16::from_ne_bytes(u.check) == pseudo_old {
-                    let p = partial(old_port, true)?;
-                    if let L4Sum::Partial(p) = &p {
-                        u.check = p.pseudo_new.to_ne_bytes();
-                    }
-                    return Ok(p);
-                }
-                let mut c = Update::new(u.check);
-                l4_update(&mut c, family, &l4sum_delta_old, addr, &old_port, &new_port);
-                let mut check = c.finish();
-                if check == [0, 0] {
-                    check = [0xff, 0xff];
-                }
-                u.check = check;
-            }
-        }
-        _ => {}
+        }));
     }
+    let mut sum = updated(field, swap(da, port_old, port_new));
+    if udp && sum == 0 {
+        sum = 0xffff;
+    }
+    *check = sum.to_ne_bytes();
     Ok(L4Sum::Full)
 }
 
@@ -327,25 +340,4 @@ pub fn settle(ctx: &XdpContext, p: &Partial, skb_kept: bool) -> Result<(), ()> {
     // SAFETY: as above.
     unsafe { *field = write.to_ne_bytes() };
     Ok(())
-}
-
-#[inline(always)]
-fn l4_update(
-    c: &mut Update,
-    family: u8,
-    old_addr: &[u8; 16],
-    new_addr: &[u8; 16],
-    old_port: &[u8; 2],
-    new_port: &[u8; 2],
-) {
-    if family == FAMILY_V4 {
-        let mut o = [0u8; 4];
-        let mut n = [0u8; 4];
-        o.copy_from_slice(&old_addr[..4]);
-        n.copy_from_slice(&new_addr[..4]);
-        c.bytes4(&o, &n);
-    } else {
-        c.bytes16(old_addr, new_addr);
-    }
-    c.word(u16::from_be_bytes(*old_port), u16::from_be_bytes(*new_port));
 }

@@ -177,6 +177,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             vips.push(vip);
         }
     }
+    // A SNAT address is where the reals send FullNAT replies; as a VIP it
+    // would take them for client traffic.
+    let vip_addrs: HashSet<std::net::IpAddr> = vips.iter().map(|v| v.address).collect();
+    for (vi, v) in vips.iter().enumerate() {
+        for a in v.snat.iter().filter(|a| vip_addrs.contains(a)) {
+            errors.push(ConfigError::new(
+                format!("vip[{vi}].snat"),
+                format!("{a} is a VIP address"),
+            ));
+        }
+    }
     if total_reals > lb_common::MAX_REALS as usize - 1 {
         errors.push(ConfigError::new(
             "vip",

@@ -28,6 +28,10 @@ pub enum Mode {
     /// Direct server return: the client's packet, untouched, encapsulated
     /// to the real, which answers the client from the VIP directly.
     Dsr(Encap),
+    /// Source and destination rewritten (the source to one of the VIP's
+    /// `snat` addresses and a port claimed for the flow): the reals answer
+    /// the LB whatever their routes.
+    FullNat,
 }
 
 /// How DSR packets reach the real.
@@ -49,6 +53,7 @@ impl Mode {
             Mode::Nat => "nat".into(),
             Mode::Dsr(Encap::Ipip) => "dsr/ipip".into(),
             Mode::Dsr(Encap::Gue { port }) => format!("dsr/gue:{port}"),
+            Mode::FullNat => "fullnat".into(),
         }
     }
 
@@ -58,6 +63,7 @@ impl Mode {
             Mode::Nat => (lb_common::MODE_NAT, 0),
             Mode::Dsr(Encap::Ipip) => (lb_common::MODE_DSR_IPIP, 0),
             Mode::Dsr(Encap::Gue { port }) => (lb_common::MODE_DSR_GUE, port),
+            Mode::FullNat => (lb_common::MODE_FULLNAT, 0),
         }
     }
 }
@@ -114,6 +120,10 @@ pub struct Vip {
     pub all_down: AllDown,
     /// The VIP's `health` table as written (reals added later inherit it).
     pub health: Option<HealthConfig>,
+    /// FullNAT: the source addresses towards the reals (the VIP's family;
+    /// empty in other modes) and the source ports flows may take.
+    pub snat: Vec<IpAddr>,
+    pub snat_ports: (u16, u16),
 }
 
 impl Vip {
@@ -141,6 +151,13 @@ pub struct RawVip {
     pub encap: Option<String>,
     /// `encap = "gue"` only: the UDP destination port on the reals.
     pub gue_port: Option<i64>,
+    /// `fullnat` only: this node's source addresses towards the reals.
+    pub snat: Option<Vec<String>>,
+    /// `fullnat` only: the source port range, `"1024-32767"`.
+    pub snat_ports: Option<String>,
+    /// `fullnat` + TCP: insert a PROXY protocol v2 header (not available in
+    /// this version; `true` is refused).
+    pub proxy_protocol: Option<bool>,
     pub ring_size: Option<i64>,
     pub drain_timeout: Option<String>,
     pub all_down: Option<String>,
@@ -224,6 +241,7 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
         }
     };
     let mode = validate_mode(p, rv, errors);
+    let (snat, snat_ports) = validate_snat(p, rv, address, mode, errors);
     let ring_size = match rv.ring_size {
         None => Some(DEFAULT_RING_SIZE),
         Some(n) if n < MIN_RING_SIZE as i64 || n > MAX_RING_SIZE as i64 => {
@@ -334,7 +352,131 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
         } else {
             None
         },
+        snat: snat?,
+        snat_ports: snat_ports?,
     })
+}
+
+/// `snat`, `snat_ports` and `proxy_protocol` of one `[[vip]]`: FullNAT
+/// needs at least one address of the VIP's family (addresses of the other
+/// family are accepted and unused: a FullNAT VIP's reals share its
+/// family), at most [`lb_common::MAX_SNAT_ADDRS`] of it.
+fn validate_snat(
+    p: &str,
+    rv: &RawVip,
+    address: Option<IpAddr>,
+    mode: Option<Mode>,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<Vec<IpAddr>>, Option<(u16, u16)>) {
+    let fullnat = mode == Some(Mode::FullNat);
+    if rv.proxy_protocol == Some(true) {
+        errors.push(ConfigError::new(
+            format!("{p}.proxy_protocol"),
+            "PROXY protocol insertion is not available in this version",
+        ));
+    }
+    if !fullnat && mode.is_some() {
+        for (key, set) in [
+            ("snat", rv.snat.is_some()),
+            ("snat_ports", rv.snat_ports.is_some()),
+        ] {
+            if set {
+                errors.push(ConfigError::new(
+                    format!("{p}.{key}"),
+                    "only used with mode = \"fullnat\"",
+                ));
+            }
+        }
+        return (
+            Some(Vec::new()),
+            Some((lb_common::SNAT_PORT_MIN, lb_common::SNAT_PORT_MAX)),
+        );
+    }
+    let ports = match rv.snat_ports.as_deref() {
+        None => Some((lb_common::SNAT_PORT_MIN, lb_common::SNAT_PORT_MAX)),
+        Some(s) => {
+            let parsed = s.split_once('-').and_then(|(a, b)| {
+                Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+            });
+            match parsed {
+                Some((lo, hi)) if lo >= 1 && lo <= hi => Some((lo, hi)),
+                _ => {
+                    errors.push(ConfigError::new(
+                        format!("{p}.snat_ports"),
+                        format!("`{s}` is not a port range FIRST-LAST (1 ≤ FIRST ≤ LAST ≤ 65535), e.g. \"1024-32767\""),
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    if !fullnat {
+        return (None, ports);
+    }
+    let Some(list) = rv.snat.as_ref().filter(|l| !l.is_empty()) else {
+        errors.push(ConfigError::new(
+            format!("{p}.snat"),
+            "a FullNAT VIP needs this node's source addresses towards the reals, e.g. snat = [\"198.18.3.1\"]",
+        ));
+        return (None, ports);
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, a) in list.iter().enumerate() {
+        let field = format!("{p}.snat[{i}]");
+        match parse_ip(&field, a, errors) {
+            Some(ip) if ip.is_loopback() => {
+                errors.push(ConfigError::new(
+                    field,
+                    format!("{ip} is a loopback address; the reals must reach it"),
+                ));
+                ok = false;
+            }
+            Some(ip) if out.contains(&ip) => {
+                errors.push(ConfigError::new(field, format!("{ip} is listed twice")));
+                ok = false;
+            }
+            Some(ip) => out.push(ip),
+            None => ok = false,
+        }
+    }
+    let Some(vip) = address else {
+        return (None, ports);
+    };
+    let same: Vec<IpAddr> = out
+        .iter()
+        .copied()
+        .filter(|a| a.is_ipv4() == vip.is_ipv4())
+        .collect();
+    if ok && same.is_empty() {
+        errors.push(ConfigError::new(
+            format!("{p}.snat"),
+            format!(
+                "no {} address: the VIP {vip} and its reals are {0}",
+                if vip.is_ipv4() { "IPv4" } else { "IPv6" }
+            ),
+        ));
+        ok = false;
+    }
+    if same.len() > lb_common::MAX_SNAT_ADDRS {
+        errors.push(ConfigError::new(
+            format!("{p}.snat"),
+            format!(
+                "{} addresses of the VIP's family; at most {}",
+                same.len(),
+                lb_common::MAX_SNAT_ADDRS
+            ),
+        ));
+        ok = false;
+    }
+    if same.contains(&vip) {
+        errors.push(ConfigError::new(
+            format!("{p}.snat"),
+            format!("{vip} is the VIP itself"),
+        ));
+        ok = false;
+    }
+    (ok.then_some(same), ports)
 }
 
 /// `mode`, `encap` and `gue_port` of one `[[vip]]`.
@@ -388,17 +530,11 @@ fn validate_mode(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Option<
                 None
             }
         },
-        "fullnat" => {
-            errors.push(ConfigError::new(
-                format!("{p}.mode"),
-                "`fullnat` is not available in this version (nat or dsr)",
-            ));
-            None
-        }
+        "fullnat" => Some(Mode::FullNat),
         other => {
             errors.push(ConfigError::new(
                 format!("{p}.mode"),
-                format!("`{other}` is not a mode (nat or dsr)"),
+                format!("`{other}` is not a mode (nat, fullnat or dsr)"),
             ));
             None
         }
@@ -468,7 +604,7 @@ pub fn validate_real(
             errors.push(ConfigError::new(
                 format!("{rp}.address"),
                 format!(
-                    "{r} is {} but the VIP {v} is {} (NAT mode keeps the family)",
+                    "{r} is {} but the VIP {v} is {} (NAT and FullNAT keep the family)",
                     if r.is_ipv4() { "IPv4" } else { "IPv6" },
                     if v.is_ipv4() { "IPv4" } else { "IPv6" }
                 ),

@@ -113,6 +113,7 @@ impl Dataplane {
             None => Vec::new(),
         };
         for (name, path) in &pin_paths {
+            replace_if_incompatible(name, path)?;
             loader.map_pin_path(name, path.as_path());
         }
         // A pinned seed is the one the running program uses: kept until the
@@ -156,6 +157,7 @@ impl Dataplane {
             neighbours: neighbours::Resolver::spawn().context("starting the neighbour resolver")?,
             encap_sources: super::EncapSources::default(),
             encap_written: [None, None],
+            snat_written: HashMap::new(),
         };
         if !seed_pinned {
             dp.set_hash_seed(lb_common::DEFAULT_HASH_SEED)?;
@@ -377,6 +379,50 @@ impl Dataplane {
 }
 
 /// Creates the pin directory; it must be on bpffs.
+/// Key and value sizes this build's maps have, for the pinned ones whose
+/// layout is ours (`TX_PORTS`' is the kernel's).
+fn pinned_layout(name: &str) -> Option<(usize, usize)> {
+    use lb_common::{Counters, CtValue, FlowKey, RealDef, VipKey, VipMeta};
+    use std::mem::size_of;
+    Some(match name {
+        "VIPS" => (size_of::<VipKey>(), size_of::<VipMeta>()),
+        "RINGS" | "HASH_SEED" | "SKB_IFACES" => (4, 4),
+        "REALS" => (4, size_of::<RealDef>()),
+        "CONNTRACK" => (size_of::<FlowKey>(), size_of::<CtValue>()),
+        "VIP_KEYS" => (4, size_of::<VipKey>()),
+        "VIP_STATS" | "REAL_STATS" => (4, size_of::<Counters>()),
+        "GLOBAL_STATS" => (4, 8),
+        _ => return None,
+    })
+}
+
+/// A map an earlier `lb` pinned with another key or value size (an
+/// upgrade that changed its layout) cannot be shared with this build's
+/// program: its pin is removed so that a new map is made and pinned. The
+/// old program keeps its own map until its link is handed over. Losing
+/// `CONNTRACK` this way re-balances established flows by the ring (the
+/// same real while the ring is unchanged; NAT replies are translated again
+/// after the client's next packet).
+fn replace_if_incompatible(name: &str, path: &Path) -> Result<()> {
+    let Some((key, value)) = pinned_layout(name) else {
+        return Ok(());
+    };
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(path)
+        .map_err(|e| anyhow!("cannot read the pinned map {}: {e}", path.display()))?;
+    let (k, v) = (info.key_size() as usize, info.value_size() as usize);
+    if (k, v) != (key, value) {
+        warn!(
+            "pinned map {name} was made by another lb version (key {k} B, value {v} B; this build: {key} B, {value} B): replaced by a new one, its entries are lost"
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the pin {}", path.display()))?;
+    }
+    Ok(())
+}
+
 pub(super) fn prepare_pin_dir(dir: &Path) -> Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     std::fs::create_dir_all(dir)

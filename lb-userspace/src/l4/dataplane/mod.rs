@@ -23,8 +23,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    stat, Counters, CtValue, EncapSource, FlowKey, RealDef, VipKey, VipMeta, CT_FORWARD, MAX_REALS,
-    MAX_VIPS, REAL_F_VALID, RING_STRIDE, VIP_F_ADDR_ONLY,
+    stat, Counters, CtValue, EncapSource, FlowKey, RealDef, SnatPool, VipKey, VipMeta, CT_FORWARD,
+    MAX_REALS, MAX_VIPS, REAL_F_VALID, RING_STRIDE, VIP_F_ADDR_ONLY,
 };
 use log::{info, warn};
 
@@ -103,6 +103,8 @@ pub struct Dataplane {
     encap_sources: EncapSources,
     /// What `ENCAP_SOURCE` holds, per family (v4, v6).
     encap_written: [Option<EncapSource>; 2],
+    /// What `SNAT_POOLS` holds, by VIP index (FullNAT VIPs).
+    snat_written: HashMap<u32, SnatPool>,
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -299,6 +301,7 @@ impl Dataplane {
             );
         }
         self.write_encap_sources(vips)?;
+        self.write_snat_pools(vips)?;
 
         // Address markers: one per VIP address.
         {
@@ -346,6 +349,43 @@ impl Dataplane {
             }
         }
         self.applied = vips.to_vec();
+        Ok(())
+    }
+
+    /// Writes `SNAT_POOLS` for the FullNAT VIPs (and clears the slots of
+    /// VIP indexes that no longer have one). Established flows keep the
+    /// address and port they have; new flows take from the new pool.
+    fn write_snat_pools(&mut self, vips: &[Vip]) -> Result<()> {
+        let mut wanted: HashMap<u32, SnatPool> = HashMap::new();
+        for v in vips.iter().filter(|v| v.mode == Mode::FullNat) {
+            let Some(state) = self.vips.get(&v.id()) else {
+                continue;
+            };
+            let mut pool = SnatPool {
+                port_min: v.snat_ports.0,
+                // A full range (1-65535) is 65535 ports, which fits.
+                port_count: v.snat_ports.1 - v.snat_ports.0 + 1,
+                ..SnatPool::default()
+            };
+            for (slot, a) in v.snat.iter().take(lb_common::MAX_SNAT_ADDRS).enumerate() {
+                pool.addrs[slot] = addr_bytes(*a).0;
+                pool.count += 1;
+            }
+            wanted.insert(state.index, pool);
+        }
+        if wanted == self.snat_written {
+            return Ok(());
+        }
+        let mut m: Array<&mut MapData, SnatPool> = map(&mut self.ebpf, "SNAT_POOLS")?.try_into()?;
+        for (index, pool) in &wanted {
+            if self.snat_written.get(index) != Some(pool) {
+                m.set(*index, *pool, 0)?;
+            }
+        }
+        for index in self.snat_written.keys().filter(|i| !wanted.contains_key(i)) {
+            m.set(*index, SnatPool::default(), 0)?;
+        }
+        self.snat_written = wanted;
         Ok(())
     }
 
