@@ -12,4 +12,5 @@ mod l4_netns;
 mod neighbours;
 mod xdp_dsr;
 mod xdp_fixtures;
+mod xdp_fullnat;
 mod xdp_objects;
