@@ -342,14 +342,17 @@ impl Topology {
     /// `l1` (198.18.(10+i).1), as in [`Topology::build_wired`]. The reals
     /// hold the VIPs on `lo` (with `arp_ignore` 1 and `arp_announce` 2, as
     /// an LVS-DR real); their answers go to the router, never through the
-    /// lb. Default offloads everywhere.
+    /// lb. Default offloads everywhere. The FullNAT suite uses it too:
+    /// there the reals' answers go to the lb's SNAT address, through the
+    /// router for the reals on other subnets.
     pub fn build_dsr(n: usize) -> Result<Topology> {
         let client = Netns::new("lbc")?;
         let router = Netns::new("lbg")?;
         let lb = Netns::new("lbl")?;
         let sw = Netns::new("lbs")?;
         veth_plain(&client, "c0", &router, "g0")?;
-        veth_plain(&router, "g2", &lb, "l0")?;
+        // GRO at both far ends: FullNAT replies are redirected into l0.
+        veth(&lb, "l0", &router, "g2")?;
         veth(&lb, "l1", &sw, "s0")?;
         veth_plain(&sw, "sg", &router, "g1")?;
         sw.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -479,7 +482,8 @@ impl Topology {
 
 /// Tiny servers that name themselves, for the reals of tests and the demo:
 /// HTTP on `http_port` (answers `name\n` and closes; `GET /blob/N` gets N
-/// bytes of [`blob_byte`]) and a UDP responder on
+/// bytes of [`blob_byte`]; `GET /peer` gets `name address\n`, the
+/// connection's source address as the server sees it) and a UDP responder on
 /// `udp_port` (answers `name` to any datagram). They run on a thread inside
 /// the namespace until the returned guard is dropped.
 pub struct NameServer {
@@ -516,7 +520,7 @@ impl NameServer {
                 let name2 = name.clone();
                 let http = async move {
                     loop {
-                        let Ok((mut s, _)) = tcp.accept().await else {
+                        let Ok((mut s, peer)) = tcp.accept().await else {
                             continue;
                         };
                         let name = name2.clone();
@@ -561,7 +565,19 @@ impl NameServer {
                                 let _ = s.shutdown().await;
                                 return;
                             }
-                            let body = format!("{name}\n");
+                            let body = if buf.starts_with(b"GET /peer ") {
+                                // A v4 client of a dual-stack socket shows
+                                // as a mapped address.
+                                let ip = match peer.ip() {
+                                    std::net::IpAddr::V6(a) => a
+                                        .to_ipv4_mapped()
+                                        .map_or(std::net::IpAddr::V6(a), std::net::IpAddr::V4),
+                                    a @ std::net::IpAddr::V4(_) => a,
+                                };
+                                format!("{name} {ip}\n")
+                            } else {
+                                format!("{name}\n")
+                            };
                             let resp = format!(
                                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                                 body.len()
