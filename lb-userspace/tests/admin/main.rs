@@ -9,3 +9,4 @@ mod ctl_api;
 mod ctl_health;
 mod ctl_live;
 mod ctl_restart;
+mod deploy_package;
