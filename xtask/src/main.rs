@@ -90,6 +90,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),
     ("binutils", "/usr/bin/strip"),
     ("systemd", "/usr/bin/systemd-analyze"),
+    // promtool, for the alert rules in deploy/ (its service is stopped below).
+    ("prometheus", "/usr/bin/promtool"),
 ];
 
 fn root() -> PathBuf {
@@ -142,7 +144,7 @@ fn setup() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
         // Packaged daemons must not hold the ports the tests and benches use.
-        for svc in ["nginx", "nsd", "knot"] {
+        for svc in ["nginx", "nsd", "knot", "prometheus"] {
             let _ = Command::new("systemctl").args(["stop", svc]).output();
             let _ = Command::new("systemctl").args(["disable", svc]).output();
         }

@@ -33,6 +33,12 @@ pub struct Options {
 const FILES: &[(&str, &str, u32)] = &[
     ("deploy/lb.service", "lib/systemd/system/lb.service", 0o644),
     ("examples/lb.toml", "etc/lb/lb.toml", 0o644),
+    (
+        "deploy/grafana-lb.json",
+        "usr/share/lb/grafana-lb.json",
+        0o644,
+    ),
+    ("deploy/alerts.yml", "usr/share/lb/alerts.yml", 0o644),
 ];
 
 /// `lb completions SHELL` output and where each goes.
@@ -246,8 +252,8 @@ pub fn build_deb(opts: &Options) -> Result<PathBuf> {
          One binary that runs the roles its config has: an XDP L4 balancer\n \
          (VIPs to real servers over Maglev rings, NAT or DSR), a TLS-terminating\n \
          HTTP/1.1 and HTTP/2 reverse proxy, and an authoritative DNS server with\n \
-         health-aware GSLB answers. Ships a hardened systemd unit, man pages and\n \
-         shell completions.\n",
+         health-aware GSLB answers. Ships a hardened systemd unit, man pages,\n \
+         shell completions, a Grafana dashboard and Prometheus alert rules.\n",
         size = dir_size_kib(&stage)?,
         deps = depends(&bin, &opts.out_dir)?,
     );

@@ -113,6 +113,8 @@ fn deb_has_every_file_with_its_mode() {
         ("/usr/share/zsh/vendor-completions/_lb", "-rw-r--r--"),
         ("/usr/share/fish/vendor_completions.d/lb.fish", "-rw-r--r--"),
         ("/usr/share/doc/lb/copyright", "-rw-r--r--"),
+        ("/usr/share/lb/grafana-lb.json", "-rw-r--r--"),
+        ("/usr/share/lb/alerts.yml", "-rw-r--r--"),
     ]
     .into_iter()
     .map(|(p, m)| (p.to_string(), m))
@@ -178,6 +180,8 @@ fn deb_has_every_file_with_its_mode() {
     for (src, dst) in [
         ("examples/lb.toml", "etc/lb/lb.toml"),
         ("deploy/lb.service", "lib/systemd/system/lb.service"),
+        ("deploy/grafana-lb.json", "usr/share/lb/grafana-lb.json"),
+        ("deploy/alerts.yml", "usr/share/lb/alerts.yml"),
     ] {
         assert_eq!(
             std::fs::read(root().join(src)).unwrap(),
