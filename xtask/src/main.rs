@@ -1,4 +1,4 @@
-//! Developer and operator commands: `cargo xtask setup|build|run|test|bench|fuzz`.
+//! Developer and operator commands: `cargo xtask setup|build|package|run|test|bench|fuzz`.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,6 +21,19 @@ enum Cmd {
     Setup,
     /// Build the `lb` binary (release) with the XDP object embedded.
     Build,
+    /// Build a Debian package of `lb` (release, production features):
+    /// target/debian/lb_VERSION_ARCH.deb.
+    Package {
+        /// Package this `lb` binary instead of building one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Output directory (default: target/debian under the cargo target directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// dpkg-deb compression: xz, zstd, gzip or none.
+        #[arg(long, default_value = "xz")]
+        compression: String,
+    },
     /// Run lb: on a real interface with --iface, else the built-in netns demo.
     Run {
         #[arg(long)]
@@ -72,6 +85,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "/usr/bin/tcpdump"),
     ("iputils-ping", "/usr/bin/ping"),
     ("groff-base", "/usr/bin/groff"),
+    // `cargo xtask package` and its test: dpkg-shlibdeps, strip, and
+    // systemd-analyze for the unit.
+    ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),
+    ("binutils", "/usr/bin/strip"),
+    ("systemd", "/usr/bin/systemd-analyze"),
+    // promtool, for the alert rules in deploy/ (its service is stopped below).
+    ("prometheus", "/usr/bin/promtool"),
 ];
 
 fn root() -> PathBuf {
@@ -124,7 +144,7 @@ fn setup() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
         // Packaged daemons must not hold the ports the tests and benches use.
-        for svc in ["nginx", "nsd", "knot"] {
+        for svc in ["nginx", "nsd", "knot", "prometheus"] {
             let _ = Command::new("systemctl").args(["stop", svc]).output();
             let _ = Command::new("systemctl").args(["disable", svc]).output();
         }
@@ -180,7 +200,8 @@ fn cargo() -> Command {
 
 /// Builds `lb` (release) and returns the path cargo built it at (which
 /// follows `CARGO_TARGET_DIR` and cargo's config, not always `target/`).
-fn build() -> Result<PathBuf> {
+/// `production`: without the default features (no demo, no testbed).
+fn build(production: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args([
         "build",
@@ -191,6 +212,9 @@ fn build() -> Result<PathBuf> {
         "lb",
         "--message-format=json-render-diagnostics",
     ]);
+    if production {
+        cmd.arg("--no-default-features");
+    }
     eprintln!("+ {cmd:?}");
     let out = cmd
         .stderr(std::process::Stdio::inherit())
@@ -211,14 +235,39 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Setup => setup(),
-        Cmd::Build => build().map(|p| eprintln!("built {}", p.display())),
+        Cmd::Build => build(false).map(|p| eprintln!("built {}", p.display())),
+        Cmd::Package {
+            binary,
+            out,
+            compression,
+        } => {
+            let (binary, target) = if let Some(b) = binary {
+                let t = std::env::var_os("CARGO_TARGET_DIR")
+                    .map_or_else(|| root().join("target"), PathBuf::from);
+                (b, t)
+            } else {
+                // target/release/lb: its target directory is two up.
+                let b = build(true)?;
+                let t = b.ancestors().nth(2).context("lb's target directory")?;
+                (b.clone(), t.to_path_buf())
+            };
+            let out_dir = out.unwrap_or_else(|| target.join("debian"));
+            let deb = xtask::package::build_deb(&xtask::package::Options {
+                binary,
+                root: root(),
+                out_dir,
+                compression,
+            })?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Cmd::Run {
             iface,
             config,
             requests,
         } => {
             setup()?;
-            let lb = build()?;
+            let lb = build(false)?;
             if iface.is_empty() {
                 if config.is_some() {
                     bail!("--config needs --iface (the demo writes its own config)");

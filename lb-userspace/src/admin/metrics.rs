@@ -16,6 +16,9 @@
 //! | `lb_dataplane_packets_total` | counter | `counter` (rx, tx, redirect, conntrack_hit, ...) |
 //! | `lb_config_reloads_total` | counter | `result` (ok, error) |
 //! | `lb_all_down_events_total` | counter | |
+//! | `lb_conntrack_entries` | gauge (entries now: two per NAT flow, one per DSR flow) | |
+//! | `lb_conntrack_capacity` | gauge (table size in entries, 2 × `--conntrack-size`) | |
+//! | `lb_tls_certificate_expiry_timestamp_seconds` | gauge (the leaf's notAfter, Unix time) | `listener`, `cert` (its file) |
 
 use std::fmt::Write;
 
@@ -34,6 +37,41 @@ fn esc(s: impl std::fmt::Display) -> String {
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The end of validity of every certificate the L7 listeners serve, as
+/// loaded (at start or by the last reload that applied).
+fn certificates(out: &mut String, cfg: &crate::config::Config) {
+    let certs: Vec<(&str, &crate::proxy::tls::LoadedCert)> = cfg
+        .l7
+        .iter()
+        .filter_map(|l| l.tls.as_ref().map(|t| (l.name.as_str(), t)))
+        .flat_map(|(name, t)| t.certs.iter().map(move |c| (name, c)))
+        .collect();
+    if certs.is_empty() {
+        return;
+    }
+    head(
+        out,
+        "lb_tls_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "End of validity (notAfter) of a served leaf certificate, Unix time.",
+    );
+    for (listener, c) in certs {
+        let Some(secs) = c
+            .not_after
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "lb_tls_certificate_expiry_timestamp_seconds{{listener=\"{}\",cert=\"{}\"}} {}",
+            esc(listener),
+            esc(&c.cert_path),
+            secs.as_secs()
+        );
+    }
 }
 
 /// Renders every metric.
@@ -187,10 +225,33 @@ pub fn render(ctl: &Control) -> String {
         );
     }
 
+    certificates(&mut out, ctl.config());
+
     // Data plane counters.
     let Some(dp) = ctl.dp() else {
         return out;
     };
+    match dp.conntrack_usage() {
+        Ok((entries, capacity)) => {
+            head(
+                &mut out,
+                "lb_conntrack_entries",
+                "gauge",
+                "Conntrack entries now (a NAT flow has two, one per direction; a DSR flow one).",
+            );
+            let _ = writeln!(out, "lb_conntrack_entries {entries}");
+            head(
+                &mut out,
+                "lb_conntrack_capacity",
+                "gauge",
+                "Conntrack table size in entries (2 x --conntrack-size); the LRU evicts a little before it is full.",
+            );
+            let _ = writeln!(out, "lb_conntrack_capacity {capacity}");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "# conntrack unavailable: {}", esc(format!("{e:#}")));
+        }
+    }
     let snap = match dp.snapshot() {
         Ok(s) => s,
         Err(e) => {
@@ -258,4 +319,73 @@ pub fn render(ctl: &Control) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, health::monitor::Monitor, proxy::cert};
+
+    #[test]
+    fn certificate_expiry_per_listener_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        cert::generate(&cert::CertArgs {
+            dir: dir.path().to_path_buf(),
+            leaves: vec!["a.example.com".into(), "b.example.com".into()],
+            days: 10,
+            ..cert::CertArgs::default()
+        })
+        .unwrap();
+        let pem = |name: &str| dir.path().join(name).display().to_string();
+        let text = format!(
+            "[[l7]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
+             [[l7.cert]]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[l7.cert]]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[l7.route]]\nupstream = \"app\"\n\
+             [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\
+             [[l7]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\
+             [[l7.route]]\nupstream = \"app\"\n\
+             [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n",
+            pem("a.example.com.chain.pem"),
+            pem("a.example.com.key"),
+            pem("b.example.com.chain.pem"),
+            pem("b.example.com.key"),
+        );
+        let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let ctl = Control::new(cfg, None, Monitor::new()).unwrap();
+        let m = render(&ctl);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let lines: Vec<&str> = m
+            .lines()
+            .filter(|l| l.starts_with("lb_tls_certificate_expiry_timestamp_seconds{"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{m}");
+        for (line, leaf) in lines.iter().zip(["a.example.com", "b.example.com"]) {
+            let want = format!(
+                "lb_tls_certificate_expiry_timestamp_seconds{{listener=\"web\",cert=\"{}\"}} ",
+                pem(&format!("{leaf}.chain.pem"))
+            );
+            let value: u64 = line
+                .strip_prefix(&want)
+                .unwrap_or_else(|| panic!("{line} is not {want}…"))
+                .parse()
+                .unwrap();
+            // Ten days from now, give or take the generator's rounding.
+            let days = (value as f64 - now as f64) / 86400.0;
+            assert!((9.0..=11.0).contains(&days), "{line}: {days} days");
+        }
+        assert!(m.contains("# TYPE lb_tls_certificate_expiry_timestamp_seconds gauge"));
+        // No data plane: no conntrack lines.
+        assert!(!m.contains("lb_conntrack_entries"), "{m}");
+    }
+
+    #[test]
+    fn no_certificate_metric_without_tls() {
+        let cfg = Config::parse("").unwrap_or_else(|e| panic!("{e}"));
+        let ctl = Control::new(cfg, None, Monitor::new()).unwrap();
+        assert!(!render(&ctl).contains("lb_tls_certificate"));
+    }
 }

@@ -9,3 +9,5 @@ mod ctl_api;
 mod ctl_health;
 mod ctl_live;
 mod ctl_restart;
+mod deploy_metrics;
+mod deploy_package;

@@ -1,0 +1,3 @@
+//! The library half of `xtask`: what a test also runs (the packaging).
+
+pub mod package;
