@@ -17,8 +17,8 @@ use lb_userspace::{
     l4::dataplane::{self, Dataplane, LoadOptions},
     testbed,
     testbed::packet::{
-        self, Pkt, CLIENT4, CLIENT6, OUT_MAC, REAL4, REAL6, REAL_MAC, VIP4, VIP4_DSR, VIP6,
-        VIP6_DSR,
+        self, Pkt, CLIENT4, CLIENT6, OUT_MAC, REAL4, REAL6, REAL_MAC, VIP4, VIP4_DSR, VIP4_FULLNAT,
+        VIP6, VIP6_DSR, VIP6_FULLNAT,
     },
     testbed::xdp_test::TestPrograms,
 };
@@ -55,12 +55,19 @@ const DSR_EST: &str = "DSR established (v4 → IPIP)";
 const DSR_GUE: &str = "DSR established (v4 → GUE)";
 const DSR_EST6: &str = "DSR established (v6 → IP6IP6)";
 
-/// Each DSR class beside the NAT class it replaces.
-const MODE_PAIRS: [(&str, &str); 4] = [
+const FNAT_NEW: &str = "FullNAT new flow (v4 SYN, port claimed)";
+const FNAT_EST: &str = "FullNAT established (v4)";
+const FNAT_EST6: &str = "FullNAT established (v6)";
+
+/// Each DSR and FullNAT class beside the NAT class it replaces.
+const MODE_PAIRS: [(&str, &str); 7] = [
     (DSR_NEW, NAT_NEW),
     (DSR_EST, NAT_EST),
     (DSR_GUE, NAT_EST),
     (DSR_EST6, NAT_EST6),
+    (FNAT_NEW, NAT_NEW),
+    (FNAT_EST, NAT_EST),
+    (FNAT_EST6, NAT_EST6),
 ];
 
 fn client_v4(i: usize) -> IpAddr {
@@ -114,6 +121,12 @@ fn classes(calls: usize) -> Vec<Class> {
     let dsr_est = Pkt::tcp(IpAddr::V4(CLIENT4), 50000, dsr4, 80, ACK).bytes();
     let dsr_gue = Pkt::tcp(IpAddr::V4(CLIENT4), 50000, dsr4, 81, ACK).bytes();
     let dsr_est6 = Pkt::tcp(c6, 50000, IpAddr::V6(VIP6_DSR), 80, ACK).bytes();
+    let fnat4 = IpAddr::V4(VIP4_FULLNAT);
+    let fnat_new: Vec<Vec<u8>> = (0..calls)
+        .map(|i| Pkt::tcp(client_v4(i), 1024 + (i % 60000) as u16, fnat4, 80, SYN).bytes())
+        .collect();
+    let fnat_est = Pkt::tcp(IpAddr::V4(CLIENT4), 50000, fnat4, 80, ACK).bytes();
+    let fnat_est6 = Pkt::tcp(c6, 50000, IpAddr::V6(VIP6_FULLNAT), 80, ACK).bytes();
     let non_vip = Pkt::tcp(IpAddr::V4(CLIENT4), 50001, real4, 8080, SYN).bytes();
     let non_vip6 = Pkt::tcp(c6, 50001, real6, 8080, SYN).bytes();
     vec![
@@ -185,6 +198,27 @@ fn classes(calls: usize) -> Vec<Class> {
             ingress: "in0",
             frames: vec![dsr_est6.clone(); calls],
             warm: vec![dsr_est6],
+            verdict: 4,
+        },
+        Class {
+            name: FNAT_NEW,
+            ingress: "in0",
+            frames: fnat_new,
+            warm: vec![],
+            verdict: 4,
+        },
+        Class {
+            name: FNAT_EST,
+            ingress: "in0",
+            frames: vec![fnat_est.clone(); calls],
+            warm: vec![fnat_est],
+            verdict: 4,
+        },
+        Class {
+            name: FNAT_EST6,
+            ingress: "in0",
+            frames: vec![fnat_est6.clone(); calls],
+            warm: vec![fnat_est6],
             verdict: 4,
         },
         Class {
@@ -303,11 +337,11 @@ pub(crate) fn run(args: &XdpBenchArgs) -> Result<()> {
             "floor_mean_ns": f.mean_ns, "floor_median_ns": f.median_ns, "ratio": ratio}));
     }
     // Forwarding modes side by side: lb_xdp's mean, and its median net of
-    // the floor, DSR over NAT.
-    md.push_str("\n## DSR against NAT (same run)\n\n| DSR class | NAT class | mean ratio | net median ratio |\n|---|---|---:|---:|\n");
+    // the floor, DSR and FullNAT over NAT.
+    md.push_str("\n## DSR and FullNAT against NAT (same run)\n\n| class | NAT class | mean ratio | net median ratio |\n|---|---|---:|---:|\n");
     println!(
-        "\n{:<32} {:<42} {:>6} {:>6}",
-        "DSR class", "against NAT", "mean", "net"
+        "\n{:<40} {:<42} {:>6} {:>6}",
+        "class", "against NAT", "mean", "net"
     );
     let find = |n: &str| results.iter().find(|(name, _, _)| name == n);
     let mut modes = Vec::new();
@@ -317,9 +351,9 @@ pub(crate) fn run(args: &XdpBenchArgs) -> Result<()> {
         };
         let mean = d.mean_ns / n.mean_ns.max(1.0);
         let net = (d.median_ns - df.median_ns).max(1.0) / (n.median_ns - nf.median_ns).max(1.0);
-        println!("{dsr:<32} {nat:<42} {mean:>6.2} {net:>6.2}");
+        println!("{dsr:<40} {nat:<42} {mean:>6.2} {net:>6.2}");
         md.push_str(&format!("| {dsr} | {nat} | {mean:.2} | {net:.2} |\n"));
-        modes.push(json!({"dsr": dsr, "nat": nat, "mean_ratio": mean, "net_median_ratio": net}));
+        modes.push(json!({"class": dsr, "nat": nat, "mean_ratio": mean, "net_median_ratio": net}));
     }
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("xdp.md"), md).context("writing xdp.md")?;

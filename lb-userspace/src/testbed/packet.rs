@@ -32,6 +32,9 @@ pub const REAL6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x11, 0, 0, 0, 0, 2);
 /// DSR VIPs of [`FIXTURE_CONFIG`] (the benchmark's DSR classes).
 pub const VIP4_DSR: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 4);
 pub const VIP6_DSR: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 4);
+/// FullNAT VIPs of [`FIXTURE_CONFIG`] (the benchmark's FullNAT classes).
+pub const VIP4_FULLNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 5);
+pub const VIP6_FULLNAT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 5);
 
 pub const FIXTURE_CONFIG: &str = r#"
 encap_source = ["198.18.250.0/24", "2001:db8:250::/112"]
@@ -107,6 +110,26 @@ protocol = "tcp"
 mode = "dsr"
 [[vip.real]]
 address = "2001:db8:11::2"
+
+[[vip]]
+address = "198.18.100.5"
+port = 80
+protocol = "tcp"
+mode = "fullnat"
+snat = ["198.18.11.1", "198.18.11.3"]
+[[vip.real]]
+address = "198.18.11.2"
+port = 8080
+
+[[vip]]
+address = "2001:db8:100::5"
+port = 80
+protocol = "tcp"
+mode = "fullnat"
+snat = ["2001:db8:11::1"]
+[[vip.real]]
+address = "2001:db8:11::2"
+port = 8080
 "#;
 
 pub fn sum16(data: &[u8]) -> u32 {
