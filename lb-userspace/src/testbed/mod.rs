@@ -29,7 +29,7 @@ pub use lb::{Lb, LbBuilder};
 
 use std::{
     fs::File,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
@@ -705,6 +705,59 @@ pub fn curl_burst(ns: &Netns, url: &str, n: usize) -> Result<Vec<String>> {
         left -= batch;
     }
     Ok(out)
+}
+
+/// The receivers' checksum error counters (`nstat`: TCP, UDP, UDPv6) in
+/// each of `namespaces`, as (namespace, counter line) for every one that
+/// is not zero: what a packet rewritten with a wrong checksum leaves.
+pub fn csum_errors<'a>(namespaces: impl IntoIterator<Item = &'a Netns>) -> Result<Vec<String>> {
+    let mut errors = Vec::new();
+    for ns in namespaces {
+        let out = ns.exec(
+            "nstat",
+            &[
+                "-asz",
+                "TcpInCsumErrors",
+                "UdpInCsumErrors",
+                "Udp6InCsumErrors",
+            ],
+        )?;
+        for line in out.lines().filter(|l| l.contains("CsumErrors")) {
+            let v: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow!("nstat line `{line}`"))?;
+            if v != 0 {
+                errors.push(format!("{}: {line}", ns.name));
+            }
+        }
+    }
+    Ok(errors)
+}
+
+/// From the client namespace, `n` datagrams to `to` over one socket bound
+/// to the client's address and connected to `to` (which accepts answers
+/// from `to` only), one answer awaited for each (2 s); the answers.
+pub fn udp_connected_asks(client: &Netns, to: SocketAddr, n: usize) -> Result<Vec<String>> {
+    client.run_in(move || {
+        let local: IpAddr = if to.is_ipv4() {
+            CLIENT4.into()
+        } else {
+            CLIENT6.into()
+        };
+        let s = std::net::UdpSocket::bind(SocketAddr::new(local, 0))?;
+        s.connect(to)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        let mut names = Vec::new();
+        for i in 0..n {
+            s.send(format!("ping {i}").as_bytes())?;
+            let mut buf = [0u8; 64];
+            let got = s.recv(&mut buf)?;
+            names.push(String::from_utf8_lossy(&buf[..got]).into_owned());
+        }
+        Ok(names)
+    })
 }
 
 /// Waits until `iface` in `ns` has an XDP program attached (bounded).

@@ -277,28 +277,7 @@ fn dsr_end_to_end() {
     // UDP: a connected socket only accepts datagrams from the VIP.
     for vip in [IpAddr::from(VIP4), IpAddr::from(VIP6)] {
         let to = SocketAddr::new(vip, UDP_PORT);
-        let names = topo
-            .client
-            .run_in(move || {
-                let s = UdpSocket::bind(SocketAddr::new(
-                    if vip.is_ipv4() {
-                        testbed::CLIENT4.into()
-                    } else {
-                        testbed::CLIENT6.into()
-                    },
-                    0,
-                ))?;
-                s.connect(to)?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                let mut names = Vec::new();
-                for i in 0..5 {
-                    s.send(format!("ping {i}").as_bytes())?;
-                    let mut buf = [0u8; 64];
-                    let n = s.recv(&mut buf)?;
-                    names.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-                }
-                Ok(names)
-            })
+        let names = testbed::udp_connected_asks(&topo.client, to, 5)
             .unwrap_or_else(|e| panic!("UDP to {to}: {e:#}\n--- lb log ---\n{}", lb.log()));
         assert!(
             names
@@ -354,21 +333,14 @@ fn dsr_end_to_end() {
             .sum::<u64>();
     }
     assert!(stripped > 10_000, "{stripped} packets stripped in all");
-    for ns in topo.reals.iter().chain([&topo.client]) {
-        let out = ns
-            .exec(
-                "nstat",
-                &[
-                    "-asz",
-                    "TcpInCsumErrors",
-                    "UdpInCsumErrors",
-                    "Udp6InCsumErrors",
-                ],
-            )
-            .unwrap();
-        for line in out.lines().filter(|l| l.contains("CsumErrors")) {
-            let v: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-            assert_eq!(v, 0, "{} counted checksum errors: {line}", ns.name);
-        }
-    }
+    let errors = testbed::csum_errors(topo.reals.iter().chain([&topo.client])).unwrap();
+    assert!(
+        errors.is_empty(),
+        "checksum errors counted:
+{}",
+        errors.join(
+            "
+"
+        )
+    );
 }

@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
@@ -123,28 +123,7 @@ fn fullnat_end_to_end() {
     // UDP: a connected socket only accepts datagrams from the VIP.
     for vip in [IpAddr::from(VIP4), IpAddr::from(VIP6)] {
         let to = SocketAddr::new(vip, UDP_PORT);
-        let names = topo
-            .client
-            .run_in(move || {
-                let s = UdpSocket::bind(SocketAddr::new(
-                    if vip.is_ipv4() {
-                        testbed::CLIENT4.into()
-                    } else {
-                        testbed::CLIENT6.into()
-                    },
-                    0,
-                ))?;
-                s.connect(to)?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                let mut names = Vec::new();
-                for i in 0..5 {
-                    s.send(format!("ping {i}").as_bytes())?;
-                    let mut buf = [0u8; 64];
-                    let n = s.recv(&mut buf)?;
-                    names.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-                }
-                Ok(names)
-            })
+        let names = testbed::udp_connected_asks(&topo.client, to, 5)
             .unwrap_or_else(|e| panic!("UDP to {to}: {e:#}\n--- lb log ---\n{}", lb.log()));
         assert!(
             names
@@ -155,23 +134,16 @@ fn fullnat_end_to_end() {
     }
 
     // No checksum errors anywhere the packets were rewritten for.
-    for ns in topo.reals.iter().chain([&topo.client]) {
-        let out = ns
-            .exec(
-                "nstat",
-                &[
-                    "-asz",
-                    "TcpInCsumErrors",
-                    "UdpInCsumErrors",
-                    "Udp6InCsumErrors",
-                ],
-            )
-            .unwrap();
-        for line in out.lines().filter(|l| l.contains("CsumErrors")) {
-            let v: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-            assert_eq!(v, 0, "{} counted checksum errors: {line}", ns.name);
-        }
-    }
+    let errors = testbed::csum_errors(topo.reals.iter().chain([&topo.client])).unwrap();
+    assert!(
+        errors.is_empty(),
+        "checksum errors counted:
+{}",
+        errors.join(
+            "
+"
+        )
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let log = lb.log();
     assert!(
