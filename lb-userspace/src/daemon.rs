@@ -16,7 +16,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::api::{self, ApiState, ReloadRequest},
+    admin::{
+        api::{self, ApiState, ReloadRequest},
+        dashboard::{self, Dashboard, Sources as DashboardSources},
+    },
     config::Config,
     decap::Decap,
     dns::DnsServer,
@@ -222,6 +225,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         decap: roles.decap.clone(),
     });
     let socket = api::start(&cfg.api, state, stop.clone())?;
+    if let Some(addr) = cfg.api.http {
+        let dash = Dashboard::new(DashboardSources {
+            ctl: ctl.clone(),
+            l7: roles.l7.as_ref().map(L7Server::stats_handle),
+            dns: roles.dns.as_ref().map(DnsServer::stats_handle),
+            decap: roles.decap.clone(),
+        });
+        dashboard::start(addr, cfg.api.http_token(), dash, stop.clone())?;
+    }
     if let Some(addr) = cfg.metrics_listen {
         api::serve_metrics(addr, ctl.clone(), stop.clone()).await?;
     }

@@ -23,6 +23,17 @@ pub struct ApiConfig {
     pub listen: Option<SocketAddr>,
     /// Bearer token the TCP listener requires (from `token_file`).
     pub token: Option<String>,
+    /// The dashboard's address (`http`); off when `None`.
+    pub http: Option<SocketAddr>,
+}
+
+impl ApiConfig {
+    /// The token the dashboard requires: on a non-loopback address only.
+    pub fn http_token(&self) -> Option<String> {
+        self.http
+            .filter(|a| !a.ip().is_loopback())
+            .and(self.token.clone())
+    }
 }
 
 impl Default for ApiConfig {
@@ -33,6 +44,7 @@ impl Default for ApiConfig {
             socket_mode: 0o600,
             listen: None,
             token: None,
+            http: None,
         }
     }
 }
@@ -44,6 +56,7 @@ pub struct RawApi {
     socket_mode: Option<String>,
     listen: Option<String>,
     token_file: Option<String>,
+    http: Option<String>,
 }
 
 pub fn validate_api(raw: Option<&RawApi>, errors: &mut Vec<ConfigError>) -> ApiConfig {
@@ -75,7 +88,22 @@ pub fn validate_api(raw: Option<&RawApi>, errors: &mut Vec<ConfigError>) -> ApiC
             )),
         }
     }
-    if let Some(l) = raw.listen.as_deref().filter(|l| !l.is_empty()) {
+    if let Some(h) = raw.http.as_deref().filter(|h| !h.is_empty()) {
+        // A bare port means loopback.
+        let parsed = match h.parse::<u16>() {
+            Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+            Err(_) => h.parse::<SocketAddr>(),
+        };
+        match parsed {
+            Ok(a) => api.http = Some(a),
+            Err(_) => errors.push(ConfigError::new(
+                "api.http",
+                format!("`{h}` is not an address:port or a port (e.g. \"127.0.0.1:9180\")"),
+            )),
+        }
+    }
+    let listen = raw.listen.as_deref().filter(|l| !l.is_empty());
+    if let Some(l) = listen {
         match l.parse::<SocketAddr>() {
             Ok(a) if a.ip().is_loopback() => api.listen = Some(a),
             Ok(a) => errors.push(ConfigError::new(
@@ -87,28 +115,37 @@ pub fn validate_api(raw: Option<&RawApi>, errors: &mut Vec<ConfigError>) -> ApiC
                 format!("`{l}` is not an address:port (e.g. 127.0.0.1:9181)"),
             )),
         }
-        match raw.token_file.as_deref() {
-            None => errors.push(ConfigError::new(
-                "api.token_file",
-                "required with api.listen: the TCP listener needs a bearer token",
-            )),
-            Some(f) => match std::fs::read_to_string(f) {
-                Ok(t) if t.trim().len() >= 16 => api.token = Some(t.trim().to_string()),
-                Ok(_) => errors.push(ConfigError::new(
-                    "api.token_file",
-                    format!("{f}: the token must be at least 16 characters"),
-                )),
-                Err(e) => errors.push(ConfigError::new(
-                    "api.token_file",
-                    format!("{f}: cannot read: {e}"),
-                )),
-            },
-        }
-    } else if raw.token_file.is_some() {
-        errors.push(ConfigError::new(
+    }
+    let open_http = api.http.filter(|a| !a.ip().is_loopback());
+    let needs_token = listen.is_some() || open_http.is_some();
+    match (raw.token_file.as_deref(), needs_token) {
+        (None, true) => errors.push(ConfigError::new(
             "api.token_file",
-            "only used with api.listen (the Unix socket is protected by its file mode)",
-        ));
+            if listen.is_some() {
+                "required with api.listen: the TCP listener needs a bearer token".to_string()
+            } else {
+                format!(
+                    "required with api.http on {}, which is not a loopback address: the dashboard needs a token there",
+                    open_http.map(|a| a.ip().to_string()).unwrap_or_default()
+                )
+            },
+        )),
+        (Some(f), true) => match std::fs::read_to_string(f) {
+            Ok(t) if t.trim().len() >= 16 => api.token = Some(t.trim().to_string()),
+            Ok(_) => errors.push(ConfigError::new(
+                "api.token_file",
+                format!("{f}: the token must be at least 16 characters"),
+            )),
+            Err(e) => errors.push(ConfigError::new(
+                "api.token_file",
+                format!("{f}: cannot read: {e}"),
+            )),
+        },
+        (Some(_), false) => errors.push(ConfigError::new(
+            "api.token_file",
+            "only used with api.listen or a non-loopback api.http (the Unix socket is protected by its file mode)",
+        )),
+        (None, false) => {}
     }
     api
 }

@@ -283,6 +283,22 @@ fn weighted_sample<'a>(cands: &[&'a Member], n: usize, rng: &mut impl Rng) -> Ve
     out
 }
 
+/// One GSLB pool's members and their health (the dashboard's view).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolHealth {
+    pub name: String,
+    pub members: Vec<MemberHealth>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberHealth {
+    pub address: IpAddr,
+    pub weight: u32,
+    pub region: Option<String>,
+    pub backup: bool,
+    pub up: bool,
+}
+
 struct Pool {
     spec: PoolSpec,
     ids: Vec<TargetId>,
@@ -340,6 +356,40 @@ impl Gslb {
 
     pub fn contains(&self, name: &LowerName) -> bool {
         self.pools.contains_key(name)
+    }
+
+    /// Every pool with each member's health, by name.
+    pub fn health(&self) -> Vec<PoolHealth> {
+        let member = |m: &Member, id: &TargetId, backup: bool| MemberHealth {
+            address: m.address,
+            weight: m.weight,
+            region: m.region.clone(),
+            backup,
+            up: self.monitor.is_up(*id),
+        };
+        let mut out: Vec<PoolHealth> = self
+            .pools
+            .values()
+            .map(|p| PoolHealth {
+                name: p.spec.name.to_ascii(),
+                members: p
+                    .spec
+                    .members
+                    .iter()
+                    .zip(&p.ids)
+                    .map(|(m, id)| member(m, id, false))
+                    .chain(
+                        p.spec
+                            .backup
+                            .iter()
+                            .zip(&p.backup_ids)
+                            .map(|(m, id)| member(m, id, true)),
+                    )
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     pub fn names(&self) -> impl Iterator<Item = &Name> {

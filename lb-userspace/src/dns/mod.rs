@@ -305,6 +305,64 @@ impl DnsServer {
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
+
+    /// A handle that reads the counters and the GSLB pools' health (the
+    /// dashboard's view), valid across reloads.
+    pub fn stats_handle(&self) -> DnsStats {
+        DnsStats {
+            shared: self.shared.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// Reads the DNS role's counters; see [`DnsServer::stats_handle`].
+#[derive(Clone)]
+pub struct DnsStats {
+    shared: Shared,
+    stats: Arc<Stats>,
+}
+
+/// The DNS counters and pools at one moment.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DnsView {
+    pub queries: u64,
+    pub dropped: u64,
+    pub formerr: u64,
+    pub truncated: u64,
+    pub rrl_dropped: u64,
+    pub rrl_slipped: u64,
+    pub zones: Vec<(String, u32)>,
+    pub gslb: Vec<gslb::PoolHealth>,
+}
+
+impl DnsStats {
+    pub fn view(&self) -> DnsView {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = self
+            .shared
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let s = &self.stats;
+        let mut zones: Vec<(String, u32)> = st
+            .catalog
+            .zones()
+            .iter()
+            .map(|z| (z.origin.to_ascii(), z.serial))
+            .collect();
+        zones.sort();
+        DnsView {
+            queries: s.queries.load(Relaxed),
+            dropped: s.dropped.load(Relaxed),
+            formerr: s.formerr.load(Relaxed),
+            truncated: s.truncated.load(Relaxed),
+            rrl_dropped: s.rrl_dropped.load(Relaxed),
+            rrl_slipped: s.rrl_slipped.load(Relaxed),
+            zones,
+            gslb: st.gslb.as_ref().map(gslb::Gslb::health).unwrap_or_default(),
+        }
+    }
 }
 
 /// How often an idle UDP worker looks at its stop flag.

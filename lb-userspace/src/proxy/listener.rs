@@ -20,6 +20,7 @@ use super::{
     accesslog::AccessLog,
     config::ListenerSpec,
     conn::handle_connection,
+    stats::ListenerStats,
     tls::{server_config, CertStore, SniResolver},
     upstream::Pool,
 };
@@ -83,6 +84,8 @@ pub struct Listener {
     /// lowered while connections held them; paid from freed permits before
     /// a new connection is admitted.
     pub limit_debt: std::sync::Mutex<usize>,
+    /// Requests answered, by status class and latency; kept across reloads.
+    pub stats: Arc<ListenerStats>,
 }
 
 impl Listener {
@@ -137,6 +140,7 @@ impl Listener {
             limit: Arc::new(Semaphore::new(max)),
             max_connections: AtomicUsize::new(max),
             limit_debt: std::sync::Mutex::new(0),
+            stats: Arc::default(),
         })
     }
 

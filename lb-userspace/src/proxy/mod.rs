@@ -14,6 +14,7 @@
 //! * `body`: the response body (byte count, stall timer, access log line)
 //!   and the size-limited request body.
 //! * [`accesslog`]: the access log line and its writer.
+//! * [`stats`]: per-listener request counters and latency histogram.
 //! * [`cert`]: `lb cert`, a test PKI.
 //!
 //! Operator documentation: `docs/l7.md`.
@@ -26,6 +27,7 @@ pub mod headers;
 pub mod listener;
 mod request;
 pub mod route;
+pub mod stats;
 pub mod tls;
 pub mod upstream;
 
@@ -42,7 +44,7 @@ use listener::{Listener, ListenerState};
 
 /// A running set of `[[l7]]` listeners.
 pub struct L7Server {
-    listeners: Mutex<Vec<Arc<Listener>>>,
+    listeners: Arc<Mutex<Vec<Arc<Listener>>>>,
     monitor: Monitor,
 }
 
@@ -68,7 +70,7 @@ impl L7Server {
             }
         }
         Ok(L7Server {
-            listeners: Mutex::new(listeners),
+            listeners: Arc::new(Mutex::new(listeners)),
             monitor,
         })
     }
@@ -147,6 +149,12 @@ impl L7Server {
         Ok(())
     }
 
+    /// A handle that reads the listeners' counters and pools (the
+    /// dashboard's view), valid across reloads.
+    pub fn stats_handle(&self) -> L7Stats {
+        L7Stats(self.listeners.clone())
+    }
+
     /// Stops accepting, lets in-flight requests finish (bounded), returns.
     pub async fn shutdown(self) {
         let listeners = std::mem::take(&mut *self.listeners.lock().await);
@@ -160,5 +168,46 @@ impl L7Server {
         for w in waits {
             w.await;
         }
+    }
+}
+
+/// Reads what the running listeners counted; see [`L7Server::stats_handle`].
+#[derive(Clone)]
+pub struct L7Stats(Arc<Mutex<Vec<Arc<Listener>>>>);
+
+impl L7Stats {
+    /// Every listener, in configuration order.
+    pub async fn views(&self) -> Vec<stats::ListenerView> {
+        let listeners = self.0.lock().await.clone();
+        listeners
+            .iter()
+            .map(|l| {
+                let st = l.state.load();
+                stats::ListenerView {
+                    name: st.name.to_string(),
+                    listen: l.local,
+                    tls: l.resolver.is_some(),
+                    counts: l.stats.snapshot(),
+                    upstreams: st
+                        .pools
+                        .iter()
+                        .map(|p| stats::UpstreamView {
+                            name: p.spec.name.clone(),
+                            servers: p
+                                .servers
+                                .iter()
+                                .enumerate()
+                                .map(|(i, s)| stats::ServerView {
+                                    address: s.addr,
+                                    available: p.available(i),
+                                    outstanding: s.outstanding(),
+                                    requests: s.requests.load(std::sync::atomic::Ordering::Relaxed),
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
     }
 }

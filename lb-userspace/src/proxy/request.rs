@@ -144,6 +144,7 @@ pub(super) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Respons
         }
     };
     entry.status = resp.status().as_u16();
+    ctx.listener.stats.record(entry.status, start.elapsed());
     let (parts, body) = resp.into_parts();
     let log_on = st.log.enabled();
     Response::from_parts(

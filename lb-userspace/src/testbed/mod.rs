@@ -19,6 +19,7 @@
 //! otherwise; GRO is on at the far end of each lb interface, which XDP
 //! redirects into a veth need.
 
+pub mod browser;
 pub mod config;
 pub mod lb;
 pub mod packet;

@@ -9,5 +9,6 @@ mod ctl_api;
 mod ctl_health;
 mod ctl_live;
 mod ctl_restart;
+mod dashboard;
 mod deploy_metrics;
 mod deploy_package;
