@@ -784,6 +784,59 @@ mod tests {
         }
     }
 
+    /// Mutated headers, each parsed at every prefix length: `parse` never
+    /// panics, and its decision never changes as bytes are added (once an
+    /// error, always an error; once a header, the same header and length),
+    /// so reading more can only confirm it.
+    #[test]
+    fn decisions_are_stable_as_bytes_arrive() {
+        let mut tlv = tcp4_block();
+        tlv.extend_from_slice(&[0x02, 0, 3, b'a', b'b', b'c']);
+        let seeds: Vec<Vec<u8>> = vec![
+            b"PROXY TCP4 198.18.77.7 198.18.0.1 40000 443\r\nGET".to_vec(),
+            b"PROXY TCP6 2001:db8::7 2001:db8::1 1 2\r\n".to_vec(),
+            b"PROXY UNKNOWN\r\n".to_vec(),
+            v2(1, 0x11, &tlv),
+            v2(0, 0x00, &[]),
+            v2(1, 0x21, &[0u8; 36]),
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..4000 {
+            let mut b = seeds[round % seeds.len()].clone();
+            for _ in 0..(next() % 4) {
+                let i = (next() as usize) % (b.len() + 1);
+                match next() % 4 {
+                    0 if i < b.len() => b[i] = next() as u8,
+                    1 => b.insert(i, next() as u8),
+                    2 if i < b.len() => {
+                        b.remove(i);
+                    }
+                    _ => b.extend(std::iter::repeat_n(next() as u8, (next() % 130) as usize)),
+                }
+            }
+            let mut decided: Option<Result<(Header, usize), Error>> = None;
+            for n in 0..=b.len() {
+                let r = parse(&b[..n]);
+                if let Ok(Some((_, used))) = &r {
+                    assert!(*used <= n && *used <= 16 + V2_MAX_LEN, "{b:?}");
+                }
+                match (&decided, r) {
+                    (None, Ok(None)) => {}
+                    (None, Ok(Some(h))) => decided = Some(Ok(h)),
+                    (None, Err(e)) => decided = Some(Err(e)),
+                    (Some(Ok(h)), r) => assert_eq!(r, Ok(Some(h.clone())), "{b:?} at {n}"),
+                    (Some(Err(_)), r) => assert!(r.is_err(), "{b:?} at {n}: {r:?}"),
+                }
+            }
+        }
+    }
+
     /// A reader that hands out `chunk` bytes per read.
     struct Trickle {
         data: Vec<u8>,
