@@ -19,6 +19,7 @@
 //! | `lb_conntrack_entries` | gauge (entries now: two per NAT flow, one per DSR flow) | |
 //! | `lb_conntrack_capacity` | gauge (table size in entries, 2 × `--conntrack-size`) | |
 //! | `lb_tls_certificate_expiry_timestamp_seconds` | gauge (the leaf's notAfter, Unix time) | `listener`, `cert` (its file) |
+//! | `lb_l7_proxy_protocol_rejected_total` | counter (connections closed unanswered; `proxy_protocol` listeners only) | `listener`, `reason` (untrusted, missing, invalid, closed, timeout) |
 
 use std::fmt::Write;
 
@@ -71,6 +72,36 @@ fn certificates(out: &mut String, cfg: &crate::config::Config) {
             esc(&c.cert_path),
             secs.as_secs()
         );
+    }
+}
+
+/// Connections the `proxy_protocol` listeners closed for want of a valid
+/// PROXY protocol header, by reason (every reason, zeros included).
+fn proxy_protocol_rejects(out: &mut String, cfg: &crate::config::Config) {
+    let names: Vec<&str> = cfg
+        .l7
+        .iter()
+        .filter(|l| l.proxy_protocol.is_some())
+        .map(|l| l.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    head(
+        out,
+        "lb_l7_proxy_protocol_rejected_total",
+        "counter",
+        "Connections closed unanswered for want of a valid PROXY protocol header, by reason.",
+    );
+    for name in names {
+        for (reason, n) in crate::proxy::proxyproto::rejected(name) {
+            let _ = writeln!(
+                out,
+                "lb_l7_proxy_protocol_rejected_total{{listener=\"{}\",reason=\"{}\"}} {n}",
+                esc(name),
+                reason.as_str()
+            );
+        }
     }
 }
 
@@ -226,6 +257,7 @@ pub fn render(ctl: &Control) -> String {
     }
 
     certificates(&mut out, ctl.config());
+    proxy_protocol_rejects(&mut out, ctl.config());
 
     // Data plane counters.
     let Some(dp) = ctl.dp() else {
@@ -387,5 +419,33 @@ mod tests {
         let cfg = Config::parse("").unwrap_or_else(|e| panic!("{e}"));
         let ctl = Control::new(cfg, None, Monitor::new()).unwrap();
         assert!(!render(&ctl).contains("lb_tls_certificate"));
+    }
+
+    #[test]
+    fn proxy_protocol_rejections_per_listener_and_reason() {
+        let text =
+            "[[l7]]\nname = \"metrics-pp\"\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+                    [[l7.route]]\nupstream = \"app\"\n\
+                    [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\
+                    [[l7]]\nname = \"metrics-plain\"\nlisten = \"127.0.0.1:0\"\n\
+                    [[l7.route]]\nupstream = \"app\"\n\
+                    [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n";
+        let cfg = Config::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let c = crate::proxy::proxyproto::counters("metrics-pp");
+        c.count(crate::proxy::proxyproto::Reject::Untrusted);
+        c.count(crate::proxy::proxyproto::Reject::Untrusted);
+        let ctl = Control::new(cfg, None, Monitor::new()).unwrap();
+        let m = render(&ctl);
+        assert!(
+            m.contains("# TYPE lb_l7_proxy_protocol_rejected_total counter"),
+            "{m}"
+        );
+        assert!(m.contains(
+            "lb_l7_proxy_protocol_rejected_total{listener=\"metrics-pp\",reason=\"untrusted\"} 2\n"
+        ), "{m}");
+        assert!(m.contains(
+            "lb_l7_proxy_protocol_rejected_total{listener=\"metrics-pp\",reason=\"missing\"} 0\n"
+        ), "{m}");
+        assert!(!m.contains("listener=\"metrics-plain\""), "{m}");
     }
 }

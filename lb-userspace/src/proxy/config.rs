@@ -17,9 +17,10 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{route::RouteTable, tls::LoadedCert};
+use super::{proxyproto::ProxyProtocolSpec, route::RouteTable, tls::LoadedCert};
 use crate::{
     config::{parse_duration, ConfigError},
+    dns::gslb::Prefix,
     health::{HealthCheck, HealthConfig},
 };
 
@@ -57,6 +58,13 @@ pub struct L7Config {
     /// Which forwarding headers to send upstream: any of `x-forwarded-for`,
     /// `x-forwarded-proto`, `x-forwarded-host`, `forwarded`.
     pub forwarded_headers: Option<Vec<String>>,
+    /// Require a PROXY protocol header (v1 or v2) before TLS / HTTP on every
+    /// connection; its source address is the client from then on. Default false.
+    pub proxy_protocol: Option<bool>,
+    /// With `proxy_protocol`: prefixes (`198.18.0.0/15`, `2001:db8::/32`, or
+    /// a bare address) of the peers allowed to send the header; others are
+    /// closed unread. Absent: every peer may.
+    pub proxy_trusted: Option<Vec<String>>,
     pub timeouts: Option<TimeoutsConfig>,
     #[serde(default)]
     pub cert: Vec<CertConfig>,
@@ -273,6 +281,8 @@ pub struct ListenerSpec {
     pub timeouts: Timeouts,
     pub access_log: AccessLogTarget,
     pub forwarded: ForwardedSet,
+    /// `proxy_protocol = true`: the header is required; `None`: not accepted.
+    pub proxy_protocol: Option<ProxyProtocolSpec>,
     pub routes: Arc<RouteTable>,
     pub upstreams: Vec<UpstreamSpec>,
 }
@@ -624,6 +634,8 @@ impl L7Config {
             }
         }
 
+        let proxy_protocol = compile_proxy_protocol(path, self, &mut errors);
+
         // Upstreams.
         let mut upstreams = Vec::new();
         let mut upstream_index: HashMap<String, usize> = HashMap::new();
@@ -722,10 +734,71 @@ impl L7Config {
             timeouts,
             access_log,
             forwarded,
+            proxy_protocol,
             routes: Arc::new(routes),
             upstreams,
         })
     }
+}
+
+/// `proxy_protocol` and `proxy_trusted`.
+fn compile_proxy_protocol(
+    path: &str,
+    c: &L7Config,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ProxyProtocolSpec> {
+    let on = c.proxy_protocol.unwrap_or(false);
+    let Some(list) = &c.proxy_trusted else {
+        return on.then(ProxyProtocolSpec::default);
+    };
+    if !on {
+        errors.push(ConfigError::new(
+            format!("{path}.proxy_trusted"),
+            "only used with proxy_protocol = true",
+        ));
+        return None;
+    }
+    if list.is_empty() {
+        errors.push(ConfigError::new(
+            format!("{path}.proxy_trusted"),
+            "empty: no peer could connect; list the L4 layer's addresses, or leave the key out to trust every peer",
+        ));
+        return None;
+    }
+    let mut trusted = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        let parsed = if s.contains('/') {
+            Prefix::parse(s.trim())
+        } else {
+            s.trim()
+                .parse::<std::net::IpAddr>()
+                .map(|addr| Prefix {
+                    addr,
+                    len: if addr.is_ipv4() { 32 } else { 128 },
+                })
+                .map_err(|_| {
+                    format!("`{s}` is not a prefix or an address (write e.g. 198.18.0.0/15)")
+                })
+        };
+        match parsed {
+            Ok(p) => {
+                // Peers are matched in canonical form: a v4-mapped prefix
+                // would never match.
+                if let std::net::IpAddr::V6(a) = p.addr {
+                    if a.to_ipv4_mapped().is_some() && p.len >= 96 {
+                        errors.push(ConfigError::new(
+                            format!("{path}.proxy_trusted[{i}]"),
+                            format!("`{s}` is IPv4-mapped; write the IPv4 prefix"),
+                        ));
+                        continue;
+                    }
+                }
+                trusted.push(p);
+            }
+            Err(e) => errors.push(ConfigError::new(format!("{path}.proxy_trusted[{i}]"), e)),
+        }
+    }
+    Some(ProxyProtocolSpec { trusted })
 }
 
 fn compile_upstream(
@@ -991,6 +1064,62 @@ policy = "random"
                 .any(|e| e.starts_with("l7[0].cert[0].key: cannot read /nonexistent/a.key")),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn proxy_protocol_and_trusted_prefixes() {
+        let spec = parse(BASE).compile("l7[0]").unwrap();
+        assert_eq!(spec.proxy_protocol, None);
+        let spec = parse(&format!("proxy_protocol = true\n{BASE}"))
+            .compile("l7[0]")
+            .unwrap();
+        let pp = spec.proxy_protocol.expect("on");
+        assert!(pp.trusted.is_empty());
+        assert!(pp.trusts("127.0.0.1".parse().unwrap()));
+        let spec = parse(&format!(
+            "proxy_protocol = true\nproxy_trusted = [\"198.18.0.0/15\", \"2001:db8::1\"]\n{BASE}"
+        ))
+        .compile("l7[0]")
+        .unwrap();
+        let pp = spec.proxy_protocol.expect("on");
+        assert_eq!(pp.trusted.len(), 2);
+        assert_eq!(pp.trusted[1].len, 128);
+        assert!(pp.trusts("198.19.255.1".parse().unwrap()));
+        assert!(pp.trusts("::ffff:198.18.0.9".parse().unwrap()));
+        assert!(pp.trusts("2001:db8::1".parse().unwrap()));
+        assert!(!pp.trusts("2001:db8::2".parse().unwrap()));
+        assert!(!pp.trusts("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn proxy_trusted_errors_name_the_entry() {
+        let errs = errors_of(&format!(
+            "proxy_protocol = true\nproxy_trusted = [\"198.18.0.0/15\", \"198.18.0.1/15\", \"nope\", \"::ffff:198.18.0.0/112\"]\n{BASE}"
+        ));
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].starts_with("l7[0].proxy_trusted[1]: `198.18.0.1/15` has host bits set"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("l7[0].proxy_trusted[2]: `nope`"),
+            "{errs:?}"
+        );
+        assert!(errs[2].starts_with("l7[0].proxy_trusted[3]:"), "{errs:?}");
+        let errs = errors_of(&format!("proxy_trusted = [\"198.18.0.0/15\"]\n{BASE}"));
+        assert_eq!(
+            errs,
+            vec!["l7[0].proxy_trusted: only used with proxy_protocol = true"]
+        );
+        let errs = errors_of(&format!(
+            "proxy_protocol = true\nproxy_trusted = []\n{BASE}"
+        ));
+        assert!(
+            errs[0].starts_with("l7[0].proxy_trusted: empty"),
+            "{errs:?}"
+        );
+        // Unknown keys are still refused.
+        assert!(toml::from_str::<L7Config>(&format!("proxy_protocl = true\n{BASE}")).is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::{listener::Listener, request::handle};
+use super::{listener::Listener, proxyproto, request::handle};
 
 /// Per-connection facts and counters shared by its requests.
 pub(super) struct ConnCtx {
@@ -49,10 +49,11 @@ const RESET_FLOOD_MIN: u64 = 200;
 /// ...when they exceed completed requests by this factor.
 const RESET_FLOOD_RATIO: u64 = 2;
 
-/// Serves one accepted client connection (TLS handshake when the listener
-/// has certificates, then HTTP/1.x or h2) until it ends. `stream` is any
-/// byte stream: the accept loop passes TCP sockets, tests and fuzzing pass
-/// in-memory pipes. The connection limit is the caller's.
+/// Serves one accepted client connection (the PROXY protocol header when the
+/// listener requires one, the TLS handshake when it has certificates, then
+/// HTTP/1.x or h2) until it ends. `stream` is any byte stream: the accept
+/// loop passes TCP sockets, tests and fuzzing pass in-memory pipes. `peer`
+/// is the connection's remote address. The connection limit is the caller's.
 pub async fn handle_connection<S>(l: Arc<Listener>, stream: S, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -60,6 +61,41 @@ where
     let st = l.state.load_full();
     let timeouts = st.spec.timeouts;
     let limits = st.spec.limits;
+    // From here on `peer` is the client: the PROXY header's source address
+    // on a proxy_protocol listener.
+    let (stream, peer) = match &st.spec.proxy_protocol {
+        None => (proxyproto::Prefixed::new(stream, Vec::new()), peer),
+        Some(pp) => {
+            let r = tokio::select! {
+                () = l.cancel.cancelled() => return,
+                r = proxyproto::accept(stream, peer, pp, timeouts.header) => r,
+            };
+            match r {
+                Ok((s, client)) => {
+                    log::debug!("l7 {}: PROXY header from {peer}: client {client}", st.name);
+                    (s, client)
+                }
+                Err(rej) => {
+                    // Closed without an answer: the bytes are not HTTP
+                    // from a client we can name.
+                    let total = st.proxy_rejects.count(rej.reason);
+                    log::debug!(
+                        "l7 {}: closing connection from {peer}: {}",
+                        st.name,
+                        rej.detail
+                    );
+                    if total.is_power_of_two() {
+                        log::warn!(
+                            "l7 {}: {total} connections closed without a valid PROXY protocol header so far (last from {peer}: {})",
+                            st.name,
+                            rej.detail
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+    };
     let activity = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let io = ActivityIo {

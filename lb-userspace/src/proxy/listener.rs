@@ -20,6 +20,7 @@ use super::{
     accesslog::AccessLog,
     config::ListenerSpec,
     conn::handle_connection,
+    proxyproto::{self, RejectCounters},
     stats::ListenerStats,
     tls::{server_config, CertStore, SniResolver},
     upstream::Pool,
@@ -33,6 +34,9 @@ pub struct ListenerState {
     pub log: AccessLog,
     pub tls: Option<Arc<ServerConfig>>,
     pub name: Arc<str>,
+    /// Connections closed for want of a valid PROXY protocol header (kept
+    /// by listener name across reloads).
+    pub proxy_rejects: Arc<RejectCounters>,
 }
 
 impl ListenerState {
@@ -60,6 +64,7 @@ impl ListenerState {
         Ok((
             ListenerState {
                 name: spec.name.as_str().into(),
+                proxy_rejects: proxyproto::counters(&spec.name),
                 spec,
                 pools,
                 log,
@@ -99,12 +104,17 @@ impl Listener {
         l.local = sock.local_addr()?;
         let l = Arc::new(l);
         log::info!(
-            "l7 {name}: listening on {} ({})",
+            "l7 {name}: listening on {} ({}{})",
             l.local,
             if l.resolver.is_some() {
                 "TLS"
             } else {
                 "plain HTTP"
+            },
+            if l.state.load().spec.proxy_protocol.is_some() {
+                ", PROXY protocol required"
+            } else {
+                ""
             }
         );
         tokio::spawn(accept_loop(l.clone(), sock));

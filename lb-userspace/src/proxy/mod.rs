@@ -13,6 +13,8 @@
 //!   routing, header rewrite, the upstream call with retries, local errors.
 //! * `body`: the response body (byte count, stall timer, access log line)
 //!   and the size-limited request body.
+//! * [`proxyproto`]: PROXY protocol v1/v2 (`proxy_protocol = true`): parser,
+//!   trust check, the header read before TLS/HTTP, rejection counters.
 //! * [`accesslog`]: the access log line and its writer.
 //! * [`stats`]: per-listener request counters and latency histogram.
 //! * [`cert`]: `lb cert`, a test PKI.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod conn;
 pub mod headers;
 pub mod listener;
+pub mod proxyproto;
 mod request;
 pub mod route;
 pub mod stats;

@@ -4,5 +4,6 @@
 mod e2e_l7_xdp;
 mod l7_limits;
 mod l7_proxy;
+mod l7_proxy_protocol;
 mod l7_support;
 mod l7_tls;
