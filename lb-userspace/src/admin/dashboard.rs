@@ -511,11 +511,12 @@ fn duration(secs: f64) -> String {
 fn traffic_cells(out: &mut String, t: &Totals, r: Option<&TrafficRates>) {
     let _ = write!(
         out,
-        "<td class=\"n\" data-packets=\"{}\">{}</td><td class=\"n\">{}</td>\
+        "<td class=\"n\" data-packets=\"{}\">{}</td><td class=\"n\" data-pps=\"{:.1}\">{}</td>\
          <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
          <td class=\"n\" data-new-flows=\"{}\">{}</td>",
         t.packets,
         si(t.packets as f64),
+        r.map_or(0.0, |r| r.packets_per_sec),
         rate(r.map(|r| r.packets_per_sec)),
         si(t.bytes as f64),
         rate(r.map(|r| r.bytes_per_sec)),

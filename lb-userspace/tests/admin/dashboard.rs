@@ -233,6 +233,24 @@ fn dashboard_in_headless_chromium() {
         "{page}"
     );
 
+    // Traffic while the page watches: the VIP's packet rate moves.
+    let names = http_names(&topo, 40).unwrap();
+    assert_eq!(names.iter().filter(|n| !n.is_empty()).count(), 40, "{names:?}");
+    assert!(
+        names.iter().all(|n| n != "real2"),
+        "a down real got new flows: {names:?}"
+    );
+    assert!(
+        wait_true(
+            &mut b,
+            "+document.querySelector('[data-vip] tr.vsum [data-pps]').dataset.pps > 0",
+            Duration::from_secs(5),
+        )
+        .is_some(),
+        "no packet rate shown: {:?}",
+        b.eval("document.body.innerText")
+    );
+
     let shot = dir.path().join("dashboard.png");
     b.screenshot(&shot, true).expect("screenshot");
     let size = std::fs::metadata(&shot).unwrap().len();
