@@ -33,6 +33,24 @@ pub const IPPROTO_UDP: u8 = 17;
 /// protocol 0); it balances nothing, but lets the program count and drop
 /// malformed traffic for that address instead of passing it.
 pub const VIP_F_ADDR_ONLY: u8 = 1;
+/// `VipMeta.flags` of an address marker: the LB answers echo requests
+/// (ping) to this address itself.
+pub const VIP_F_ICMP_ECHO: u8 = 2;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// A per-CPU token bucket for the ICMP messages the LB sends itself
+/// (`ICMP_BUCKET`); `ICMP_RATE` slot 0 holds the rate (messages per second
+/// per CPU, 0 = unlimited).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IcmpBucket {
+    /// Tokens, in thousandths of a message.
+    pub milli_tokens: u64,
+    /// `bpf_ktime_get_coarse_ns` of the last refill.
+    pub last_ns: u64,
+}
 
 /// Forwarding modes (`VipMeta.mode`, `CtValue.mode`).
 ///
@@ -380,6 +398,12 @@ pub mod stat {
         DROP_SNAT_EXHAUSTED = "drop_snat_exhausted",
         /// A FullNAT VIP without SNAT addresses of its family: dropped.
         DROP_NO_SNAT = "drop_no_snat_address",
+        /// An ICMP echo request (ping) to a VIP address, answered by the
+        /// LB itself (`icmp_echo`).
+        ICMP_ECHO_REPLY = "icmp_echo_reply",
+        /// An ICMP message the LB would have answered, over the per-CPU
+        /// `icmp_rate_limit`: dropped.
+        DROP_ICMP_RATE = "drop_icmp_rate_limited",
     }
 }
 
@@ -602,8 +626,10 @@ mod tests {
             (SNAT_COLLISION, 36, "snat_port_collision"),
             (DROP_SNAT_EXHAUSTED, 37, "drop_snat_exhausted"),
             (DROP_NO_SNAT, 38, "drop_no_snat_address"),
+            (ICMP_ECHO_REPLY, 39, "icmp_echo_reply"),
+            (DROP_ICMP_RATE, 40, "drop_icmp_rate_limited"),
         ];
-        assert_eq!(COUNT, 39);
+        assert_eq!(COUNT, 41);
         assert_eq!(NAMES.len(), COUNT as usize);
         for (index, number, name) in expected {
             assert_eq!(index, number, "{name}");

@@ -184,8 +184,8 @@ fn ip_len(ctx: &XdpContext, l3: usize, family: u8) -> Result<u16, ()> {
     }
 }
 
-/// Rewrites the MACs and transmits: XDP_TX on the ingress device, a DEVMAP
-/// redirect otherwise.
+/// Rewrites the MACs and transmits by a DEVMAP redirect, to the ingress
+/// device too (see [`out_of`]).
 #[inline(always)]
 fn send(
     ctx: &XdpContext,
@@ -202,18 +202,30 @@ fn send(
         (*eth).dst = *dmac;
         (*eth).src = *smac;
     }
-    if egress == ingress {
-        count(stat::TX);
-        return Ok(xdp_action::XDP_TX);
-    }
+    Ok(out_of(ingress, egress))
+}
+
+/// Sends the (rewritten) frame out of `egress`: a DEVMAP redirect, also
+/// when `egress` is the ingress device. Not XDP_TX: on a veth whose peer
+/// runs no XDP program, XDP_TX frames wait in the peer's queue until
+/// something else wakes it (the driver flushes them only to a peer with a
+/// program), while a redirect flushes; on NICs both go out of the same XDP
+/// send queue. XDP_TX remains for an ingress device that is not in
+/// `TX_PORTS` (counted as `tx`).
+#[inline(always)]
+pub fn out_of(ingress: u32, egress: u32) -> u32 {
     match TX_PORTS.redirect(egress, xdp_action::XDP_PASS as u64) {
         Ok(action) => {
             count(stat::REDIRECT);
-            Ok(action)
+            action
+        }
+        Err(_) if egress == ingress => {
+            count(stat::TX);
+            xdp_action::XDP_TX
         }
         Err(_) => {
             count(stat::PASS_NO_TX_PORT);
-            Ok(xdp_action::XDP_PASS)
+            xdp_action::XDP_PASS
         }
     }
 }

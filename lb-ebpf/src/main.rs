@@ -11,7 +11,10 @@
 //!   are dropped and counted (a fragment carries no ports to balance on, and
 //!   options are not forwarded); to any other address they pass.
 //! - IPv6 packets to a VIP address whose next header is not TCP/UDP directly
-//!   (extension headers) are dropped and counted; ICMP/ICMPv6 to a VIP passes.
+//!   (extension headers) are dropped and counted.
+//! - Echo requests (ping) to a VIP address are answered here when any VIP
+//!   of that address has `icmp_echo` (the default), within the per-CPU
+//!   `icmp_rate_limit` (`icmp.rs`); other ICMP/ICMPv6 to a VIP passes.
 //! - TTL / hop limit is decremented like a router does; a packet that would
 //!   leave with TTL 0 is passed to the kernel, which answers with ICMP Time
 //!   Exceeded.
@@ -31,6 +34,7 @@
 mod csum;
 mod encap;
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -65,6 +69,9 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
     let pkt = zeroed_in(&mut slot);
     let verdict = parse(ctx, pkt);
     if verdict != FLOW {
+        if verdict == ICMP_TO_VIP {
+            return Ok(icmp::echo(ctx, pkt.l3, pkt.l4, pkt.family));
+        }
         return Ok(verdict);
     }
 

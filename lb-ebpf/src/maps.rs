@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    stat, Counters, CsumScratch, CtValue, EncapSource, FlowKey, NextHop, RealDef, ReplyHopKey,
-    SnatPool, VipKey, VipMeta, CONNTRACK_SIZE, MAX_REALS, MAX_TX_PORTS, MAX_VIPS, REPLY_HOPS_SIZE,
-    RING_SLOTS, RING_STRIDE,
+    stat, Counters, CsumScratch, CtValue, EncapSource, FlowKey, IcmpBucket, NextHop, RealDef,
+    ReplyHopKey, SnatPool, VipKey, VipMeta, CONNTRACK_SIZE, MAX_REALS, MAX_TX_PORTS, MAX_VIPS,
+    REPLY_HOPS_SIZE, RING_SLOTS, RING_STRIDE,
 };
 
 #[map]
@@ -84,3 +84,12 @@ pub static ENCAP_SOURCE: Array<EncapSource> = Array::with_max_entries(2, 0);
 /// `SnatPool`), written by the control plane.
 #[map]
 pub static SNAT_POOLS: Array<SnatPool> = Array::with_max_entries(MAX_VIPS, 0);
+
+/// Slot 0: ICMP messages the LB may send itself per second per CPU
+/// (`icmp_rate_limit`; 0 = unlimited), written by the control plane.
+#[map]
+pub static ICMP_RATE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Each CPU's token bucket for them (see `icmp::allow`).
+#[map]
+pub static ICMP_BUCKET: PerCpuArray<IcmpBucket> = PerCpuArray::with_max_entries(1, 0);

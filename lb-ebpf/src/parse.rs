@@ -8,7 +8,10 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::debug;
-use lb_common::{stat, FlowKey, VipKey, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    stat, FlowKey, VipKey, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, VIP_F_ADDR_ONLY, VIP_F_ICMP_ECHO,
+};
 use lb_ebpf::hdr;
 
 use crate::{maps::VIPS, stats::count};
@@ -118,6 +121,20 @@ fn is_vip_addr(addr: &[u8; 16], family: u8) -> bool {
     unsafe { VIPS.get(&key) }.is_some()
 }
 
+/// The flags of `addr`'s VIP address marker (`VIP_F_ADDR_ONLY` set), or
+/// 0 when it is not a VIP address.
+#[inline(always)]
+fn vip_addr_flags(addr: &[u8; 16], family: u8) -> u8 {
+    let key = VipKey {
+        addr: *addr,
+        port: 0,
+        proto: 0,
+        family,
+    };
+    // SAFETY: one byte of the value is read right away (RCU keeps it valid).
+    unsafe { VIPS.get(&key) }.map_or(0, |m| m.flags | VIP_F_ADDR_ONLY)
+}
+
 /// Drops (and counts) a malformed packet addressed to a VIP; passes it
 /// untouched otherwise.
 #[inline(always)]
@@ -143,6 +160,10 @@ fn malformed_verdict(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) 
 /// What [`parse`] returns when the packet is a flow (no XDP verdict has
 /// this value).
 pub const FLOW: u32 = u32::MAX;
+
+/// What [`parse`] returns for ICMP / ICMPv6 to a VIP address whose marker
+/// has `VIP_F_ICMP_ECHO` (`icmp::echo` decides).
+pub const ICMP_TO_VIP: u32 = u32::MAX - 1;
 
 /// Parses the packet into `out` and returns [`FLOW`], or returns the
 /// verdict already decided (and counted). Not inlined, and a scalar result:
@@ -278,11 +299,24 @@ fn try_parse(ctx: &XdpContext, out: &mut Packet) -> Result<u32, ()> {
             Err(()) => return Ok(malformed(ctx, &key.dst, family, stat::DROP_TRUNC_L4)),
         },
         _ => {
-            if is_vip_addr(&key.dst, family) {
-                count(stat::PASS_VIP_OTHER_PROTO);
-            } else {
+            let flags = vip_addr_flags(&key.dst, family);
+            if flags & VIP_F_ADDR_ONLY == 0 {
                 count(stat::PASS_NON_VIP);
+                return Ok(xdp_action::XDP_PASS);
             }
+            let icmp = if family == FAMILY_V4 {
+                IPPROTO_ICMP
+            } else {
+                IPPROTO_ICMPV6
+            };
+            if proto == icmp && flags & VIP_F_ICMP_ECHO != 0 {
+                out.l3 = l3;
+                out.l4 = l4;
+                out.family = family;
+                out.proto = proto;
+                return Ok(ICMP_TO_VIP);
+            }
+            count(stat::PASS_VIP_OTHER_PROTO);
             return Ok(xdp_action::XDP_PASS);
         }
     }

@@ -91,6 +91,7 @@ pub fn floor_tx(ctx: XdpContext) -> u32 {
     let pkt = zeroed_in(&mut slot);
     match parse(&ctx, pkt) {
         FLOW => xdp_action::XDP_TX,
+        ICMP_TO_VIP => xdp_action::XDP_PASS,
         verdict => verdict,
     }
 }

@@ -24,6 +24,9 @@ use crate::{
     proxy::config::{compile_all, L7Config, ListenerSpec},
 };
 
+/// Default of `icmp_rate_limit`, as the kernel's `icmp_msgs_per_sec`.
+pub const DEFAULT_ICMP_RATE_LIMIT: u32 = 1000;
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,6 +46,9 @@ pub struct Config {
     /// on every LB node of a deployment; changing it moves every flow that
     /// has no conntrack entry (like a changed ring).
     pub hash_seed: u32,
+    /// ICMP messages the data plane may send itself (echo replies) per
+    /// second per CPU; 0: no limit.
+    pub icmp_rate_limit: u32,
     /// Outer source addresses of DSR packets (`encap_source`).
     pub encap_sources: EncapSources,
     /// The `[decap]` role of a DSR real.
@@ -93,6 +99,7 @@ struct RawConfig {
     api: Option<RawApi>,
     metrics: Option<RawMetrics>,
     hash_seed: Option<i64>,
+    icmp_rate_limit: Option<i64>,
     #[serde(default)]
     encap_source: Vec<String>,
     decap: Option<RawDecap>,
@@ -247,6 +254,22 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         }),
     };
 
+    let icmp_rate_limit = match raw.icmp_rate_limit {
+        None => DEFAULT_ICMP_RATE_LIMIT,
+        Some(n) => {
+            match u32::try_from(n) {
+                Ok(v) if v <= 10_000_000 => v,
+                _ => {
+                    errors.push(ConfigError::new(
+                    "icmp_rate_limit",
+                    format!("{n} is outside 0..=10000000 (messages per second per CPU; 0 = no limit)"),
+                ));
+                    DEFAULT_ICMP_RATE_LIMIT
+                }
+            }
+        }
+    };
+
     let encap_sources = validate_encap_sources(&raw.encap_source, &mut errors);
     let decap = raw.decap.as_ref().map(|d| {
         let decap = validate_decap(d, &mut errors);
@@ -274,6 +297,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         api,
         metrics_listen,
         hash_seed,
+        icmp_rate_limit,
         encap_sources,
         decap,
     })

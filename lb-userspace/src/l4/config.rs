@@ -124,6 +124,10 @@ pub struct Vip {
     /// empty in other modes) and the source ports flows may take.
     pub snat: Vec<IpAddr>,
     pub snat_ports: (u16, u16),
+    /// The LB answers echo requests (ping) to the VIP's address itself
+    /// (`icmp_echo`, default on; on for the address while any of its VIPs
+    /// has it on).
+    pub icmp_echo: bool,
 }
 
 impl Vip {
@@ -158,6 +162,8 @@ pub struct RawVip {
     /// `fullnat` + TCP: insert a PROXY protocol v2 header (not available in
     /// this version; `true` is refused).
     pub proxy_protocol: Option<bool>,
+    /// Answer pings to the VIP's address in XDP (default true).
+    pub icmp_echo: Option<bool>,
     pub ring_size: Option<i64>,
     pub drain_timeout: Option<String>,
     pub all_down: Option<String>,
@@ -354,6 +360,7 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
         },
         snat: snat?,
         snat_ports: snat_ports?,
+        icmp_echo: rv.icmp_echo.unwrap_or(true),
     })
 }
 

@@ -139,6 +139,7 @@ impl Control {
         };
         if let Some(dp) = c.dp.as_mut() {
             dp.set_hash_seed(config.hash_seed)?;
+            dp.set_icmp_rate(config.icmp_rate_limit)?;
             dp.set_encap_sources(config.encap_sources);
         }
         c.set_vips(config.vips)?;
@@ -162,6 +163,14 @@ impl Control {
     }
 
     /// The config's `encap_source`, used from the next VIP update on.
+    /// Applies `icmp_rate_limit` (a reload).
+    pub fn set_icmp_rate(&mut self, rate: u32) -> Result<()> {
+        match self.dp.as_mut() {
+            Some(dp) => dp.set_icmp_rate(rate),
+            None => Ok(()),
+        }
+    }
+
     pub fn set_encap_sources(&mut self, sources: crate::l4::config::EncapSources) {
         if let Some(dp) = self.dp.as_mut() {
             dp.set_encap_sources(sources);

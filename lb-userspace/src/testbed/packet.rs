@@ -32,6 +32,8 @@ pub const REAL6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x11, 0, 0, 0, 0, 2);
 /// DSR VIPs of [`FIXTURE_CONFIG`] (the benchmark's DSR classes).
 pub const VIP4_DSR: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 4);
 pub const VIP6_DSR: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 4);
+/// A VIP of [`FIXTURE_CONFIG`] whose pings the LB does not answer.
+pub const VIP4_NO_ECHO: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 6);
 /// FullNAT VIPs of [`FIXTURE_CONFIG`] (the benchmark's FullNAT classes).
 pub const VIP4_FULLNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 5);
 pub const VIP6_FULLNAT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 5);
@@ -130,6 +132,15 @@ snat = ["2001:db8:11::1"]
 [[vip.real]]
 address = "2001:db8:11::2"
 port = 8080
+
+[[vip]]
+address = "198.18.100.6"
+port = 80
+protocol = "tcp"
+icmp_echo = false
+[[vip.real]]
+address = "198.18.11.2"
+port = 8080
 "#;
 
 pub fn sum16(data: &[u8]) -> u32 {
@@ -164,7 +175,10 @@ pub enum L4 {
         dport: u16,
         no_csum: bool,
     },
+    /// An echo request (ICMP type 8, ICMPv6 type 128), id 1, sequence 1.
     Icmp,
+    /// The echo reply to it (type 0 / 129).
+    IcmpReply,
 }
 
 /// A packet description that serialises with correct checksums.
@@ -229,7 +243,7 @@ impl Pkt {
         let field = match self.l4 {
             L4::Tcp { .. } => 16,
             L4::Udp { .. } => 6,
-            L4::Icmp => panic!("TCP or UDP"),
+            L4::Icmp | L4::IcmpReply => panic!("TCP or UDP"),
         };
         let l4_off = self.bytes().len() - self.l4_bytes(0).len();
         for w in 0..=u16::MAX {
@@ -273,7 +287,7 @@ impl Pkt {
                 dport,
                 no_csum,
             },
-            L4::Icmp => L4::Icmp,
+            l4 @ (L4::Icmp | L4::IcmpReply) => l4,
         };
         p
     }
@@ -301,7 +315,15 @@ impl Pkt {
                 u[4..6].copy_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
                 u
             }
-            L4::Icmp => vec![8, 0, 0, 0, 0, 1, 0, 1],
+            L4::Icmp | L4::IcmpReply => {
+                let ty = match (&self.l4, self.src.is_ipv6()) {
+                    (L4::Icmp, false) => 8,
+                    (L4::Icmp, true) => 128,
+                    (_, false) => 0,
+                    (_, true) => 129,
+                };
+                vec![ty, 0, 0, 0, 0, 1, 0, 1]
+            }
         };
         b.extend_from_slice(&self.payload);
         if self.partial_csum {
@@ -309,7 +331,7 @@ impl Pkt {
             match self.l4 {
                 L4::Tcp { .. } => b[16..18].copy_from_slice(&c.to_be_bytes()),
                 L4::Udp { .. } => b[6..8].copy_from_slice(&c.to_be_bytes()),
-                L4::Icmp => {}
+                L4::Icmp | L4::IcmpReply => {}
             }
             return b;
         }
@@ -327,8 +349,13 @@ impl Pkt {
                     b[6..8].copy_from_slice(&c.to_be_bytes());
                 }
             }
-            L4::Icmp => {
-                let c = fold(sum16(&b));
+            L4::Icmp | L4::IcmpReply => {
+                // ICMPv6 covers a pseudo header; ICMP does not.
+                let c = if self.src.is_ipv6() {
+                    fold(pseudo + sum16(&b))
+                } else {
+                    fold(sum16(&b))
+                };
                 b[2..4].copy_from_slice(&c.to_be_bytes());
             }
         }
@@ -339,7 +366,8 @@ impl Pkt {
         match self.l4 {
             L4::Tcp { .. } => 6,
             L4::Udp { .. } => 17,
-            L4::Icmp => 1,
+            L4::Icmp | L4::IcmpReply if self.src.is_ipv6() => 58,
+            L4::Icmp | L4::IcmpReply => 1,
         }
     }
 

@@ -9,6 +9,7 @@ mod l4_conntrack;
 mod l4_dsr;
 mod l4_errors;
 mod l4_fullnat;
+mod l4_icmp;
 mod l4_netns;
 mod neighbours;
 mod xdp_dsr;

@@ -457,12 +457,75 @@ fn fixtures() -> Vec<Fixture> {
         XDP_PASS,
         None,
     ));
-    let mut icmp = Pkt::tcp(c4, 0, v4, 0, 0);
-    icmp.l4 = L4::Icmp;
+    // --- ICMP to a VIP address: echo answered in place, back out of the
+    // interface it came in on; anything else passes.
+    for (client, vip, what) in [(c4, v4, "v4"), (c6, v6, "v6")] {
+        let mut echo = Pkt::tcp(client, 0, vip, 0, 0);
+        echo.l4 = L4::Icmp;
+        echo.ttl = 50;
+        echo.payload = b"0123456789abcdefghijklmnopqrstuvwxyz!".to_vec();
+        let mut reply = echo.clone();
+        reply.l4 = L4::IcmpReply;
+        reply.src = vip;
+        reply.dst = client;
+        reply.ttl = 64;
+        reply.src_mac = echo.dst_mac;
+        reply.dst_mac = echo.src_mac;
+        f.push(fx(
+            if what == "v4" {
+                "v4 ICMP echo request to a VIP → echo reply from the VIP, out of in0"
+            } else {
+                "v6 ICMPv6 echo request to a VIP → echo reply from the VIP, out of in0"
+            },
+            "in0",
+            echo.bytes(),
+            XDP_REDIRECT,
+            Some(reply.bytes()),
+        ));
+        let mut vlan = echo.clone();
+        vlan.vlan = Some(7);
+        let mut vlan_reply = reply.clone();
+        vlan_reply.vlan = Some(7);
+        f.push(fx(
+            if what == "v4" {
+                "v4 ICMP echo request to a VIP on VLAN 7 → echo reply on VLAN 7"
+            } else {
+                "v6 ICMPv6 echo request to a VIP on VLAN 7 → echo reply on VLAN 7"
+            },
+            "in0",
+            vlan.bytes(),
+            XDP_REDIRECT,
+            Some(vlan_reply.bytes()),
+        ));
+        let mut not_req = echo.clone();
+        not_req.l4 = L4::IcmpReply;
+        f.push(fx(
+            if what == "v4" {
+                "v4 ICMP echo reply to a VIP → pass to the kernel"
+            } else {
+                "v6 ICMPv6 echo reply to a VIP → pass to the kernel"
+            },
+            "in0",
+            not_req.bytes(),
+            XDP_PASS,
+            None,
+        ));
+    }
+    let mut off = Pkt::tcp(c4, 0, IpAddr::V4(VIP4_NO_ECHO), 0, 0);
+    off.l4 = L4::Icmp;
     f.push(fx(
-        "ICMP echo to a VIP → pass to the kernel",
+        "ICMP echo to a VIP with icmp_echo = false → pass to the kernel",
         "in0",
-        icmp.bytes(),
+        off.bytes(),
+        XDP_PASS,
+        None,
+    ));
+    let mut other = Pkt::tcp(c4, 0, r4, 0, 0);
+    other.l4 = L4::Icmp;
+    f.push(fx(
+        "ICMP echo to an address that is no VIP → pass to the kernel",
+        "in0",
+        other.bytes(),
         XDP_PASS,
         None,
     ));
@@ -771,4 +834,68 @@ fn xdp_fixtures() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// `icmp_rate_limit`: each CPU answers at most that many echo requests a
+/// second; the rest are dropped and counted. The thread is pinned to one
+/// CPU so every run meets the same bucket.
+#[test]
+fn xdp_icmp_echo_rate_limit() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "needs root");
+        return;
+    }
+    let ns = fixture_net().expect("fixture namespace");
+    let cfg = Config::parse(FIXTURE_CONFIG).expect("fixture config");
+    let path = format!("/run/netns/{}", ns.name);
+    let (verdicts, replies, limited) = std::thread::spawn(move || -> anyhow::Result<_> {
+        testbed::enter(&path)?;
+        // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                anyhow::bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+            }
+        }
+        let mut dp = Dataplane::load(&LoadOptions::default())?;
+        dp.apply(&cfg.vips)?;
+        dp.set_icmp_rate(3)?;
+        let in0 = dataplane::ifindex("in0")?;
+        dp.add_tx_port(in0)?;
+        let mut echo = Pkt::tcp(IpAddr::V4(CLIENT4), 0, IpAddr::V4(VIP4), 0, 0);
+        echo.l4 = L4::Icmp;
+        let prog = dp.program(dataplane::PROGRAM)?;
+        let mut verdicts = Vec::new();
+        for _ in 0..10 {
+            verdicts.push(test_run(prog, in0, &echo.bytes())?.0);
+        }
+        let g = dp.snapshot()?.global;
+        Ok((
+            verdicts,
+            g.get("icmp_echo_reply").copied().unwrap_or(0),
+            g.get("drop_icmp_rate_limited").copied().unwrap_or(0),
+        ))
+    })
+    .join()
+    .expect("thread")
+    .expect("test runs");
+    // Ten runs take far less than the third of a second that refills one.
+    assert_eq!(
+        verdicts,
+        [
+            XDP_REDIRECT,
+            XDP_REDIRECT,
+            XDP_REDIRECT,
+            XDP_DROP,
+            XDP_DROP,
+            XDP_DROP,
+            XDP_DROP,
+            XDP_DROP,
+            XDP_DROP,
+            XDP_DROP
+        ],
+    );
+    assert_eq!((replies, limited), (3, 7));
 }

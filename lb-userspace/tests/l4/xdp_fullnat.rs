@@ -262,7 +262,7 @@ fn fullnat_rewrites_both_ways() {
                 L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => {
                     (input.src, sport, input.dst, dport)
                 }
-                L4::Icmp => unreachable!(),
+                L4::Icmp | L4::IcmpReply => unreachable!(),
             };
             let port = match forward(prog, in0, input, *snat, *real, *rport) {
                 Ok(p) => p,

@@ -24,7 +24,7 @@ use aya::{
 };
 use lb_common::{
     stat, Counters, CtValue, EncapSource, FlowKey, RealDef, SnatPool, VipKey, VipMeta, CT_FORWARD,
-    MAX_REALS, MAX_VIPS, REAL_F_VALID, RING_STRIDE, VIP_F_ADDR_ONLY,
+    MAX_REALS, MAX_VIPS, REAL_F_VALID, RING_STRIDE, VIP_F_ADDR_ONLY, VIP_F_ICMP_ECHO,
 };
 use log::{info, warn};
 
@@ -124,6 +124,15 @@ impl Dataplane {
     }
 
     /// The flow hash seed the data path uses.
+    /// Sets how many ICMP messages (echo replies) the program may send
+    /// per second per CPU (`icmp_rate_limit`; 0: no limit).
+    pub fn set_icmp_rate(&mut self, rate: u32) -> Result<()> {
+        let mut m: Array<&mut MapData, u32> = map(&mut self.ebpf, "ICMP_RATE")?.try_into()?;
+        m.set(0, rate, 0)
+            .map_err(|e| anyhow!("cannot write ICMP_RATE: {e}"))?;
+        Ok(())
+    }
+
     pub fn hash_seed(&self) -> Result<u32> {
         let m: Array<&MapData, u32> = self
             .ebpf
@@ -306,6 +315,11 @@ impl Dataplane {
         // Address markers: one per VIP address.
         {
             let addrs: HashSet<IpAddr> = vips.iter().map(|v| v.address).collect();
+            let echo: HashSet<IpAddr> = vips
+                .iter()
+                .filter(|v| v.icmp_echo)
+                .map(|v| v.address)
+                .collect();
             let old = std::mem::take(&mut self.markers);
             let mut m: BpfHashMap<&mut MapData, VipKey, VipMeta> =
                 map(&mut self.ebpf, "VIPS")?.try_into()?;
@@ -320,7 +334,7 @@ impl Dataplane {
                 m.insert(
                     key,
                     VipMeta {
-                        flags: VIP_F_ADDR_ONLY,
+                        flags: VIP_F_ADDR_ONLY | if echo.contains(a) { VIP_F_ICMP_ECHO } else { 0 },
                         ..Default::default()
                     },
                     0,
