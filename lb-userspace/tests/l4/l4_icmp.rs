@@ -97,7 +97,7 @@ fn l4_icmp_echo_answered_by_xdp() {
         &["-n", "-q", "-c", "1000", "-i", "0.001", "-W", "1", &v4],
     );
     let secs = t0.elapsed().as_secs_f64();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
     let replies = counter(&lb, "icmp_echo_reply") - 10;
     let limited = counter(&lb, "drop_icmp_rate_limited");
     assert_eq!(replies + limited, 1000, "every request answered or dropped");

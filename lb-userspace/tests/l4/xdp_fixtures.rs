@@ -855,7 +855,9 @@ fn xdp_icmp_echo_rate_limit() {
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(0, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+                != 0
+            {
                 anyhow::bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
             }
         }
