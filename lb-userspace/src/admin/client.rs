@@ -120,11 +120,22 @@ where
     Ok((status, body))
 }
 
+/// How `lb vip list` prints its table (`--json` prints the API's JSON
+/// whichever is chosen).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum VipFormat {
+    /// lb's own table: weights, ring weight, health, drain state.
+    #[default]
+    Table,
+    /// The layout of `ipvsadm -Ln`, for operators and scripts used to LVS.
+    Ipvsadm,
+}
+
 /// A CLI verb.
 #[derive(Debug, Clone)]
 pub enum Verb {
     Status,
-    VipList,
+    VipList(VipFormat),
     VipAdd(Value),
     VipDel(String),
     RealAdd {
@@ -182,9 +193,16 @@ pub async fn run(client: &Client, verb: Verb, as_json: bool) -> Result<()> {
             let v = client.call("GET", "/v1/status", None).await?;
             print(&v, &human_status);
         }
-        Verb::VipList => {
+        Verb::VipList(format) => {
             let v = client.call("GET", "/v1/vips", None).await?;
-            print(&v, &human_vips);
+            if format == VipFormat::Ipvsadm && !as_json {
+                // Counters come from the stats endpoint; without an L4 data
+                // plane there are none, and the columns show `-`.
+                let stats = client.call("GET", "/v1/stats", None).await.ok();
+                print!("{}", ipvsadm_vips(&v, stats.as_ref()));
+            } else {
+                print(&v, &human_vips);
+            }
         }
         Verb::VipAdd(body) => {
             let v = client.call("POST", "/v1/vips/add", Some(&body)).await?;
@@ -426,6 +444,100 @@ fn human_vips(v: &Value) -> String {
         }
     }
     table(rows)
+}
+
+/// `lb vip list --format ipvsadm`: the shape of `ipvsadm -Ln`.
+///
+/// * Scheduler: `maglev` (consistent hashing like IPVS's `mh`, but lb's
+///   own ring, so it is not called `mh`).
+/// * Flags: `gue:PORT` for GUE tunnels, `ring N` for a ring that is not the
+///   default size, `all-down(POLICY)` while every real is down.
+/// * Forward: `Masq` (nat), `Tunnel` (dsr, IPIP or GUE), `FullNat`.
+/// * Weight: the weight in the published ring, so 0 for a real that is
+///   down or draining. ipvsadm hides such reals; lb keeps them, with
+///   `down` or `draining` after the counters.
+/// * NewFlows, Packets: totals since lb started (a real's counters cover
+///   every VIP it serves), not ipvsadm's ActiveConn/InActConn: conntrack
+///   has no cheap per-real count of open connections.
+pub fn ipvsadm_vips(v: &Value, stats: Option<&Value>) -> String {
+    fn hostport(addr: &Value, port: &Value) -> String {
+        let a = s(addr);
+        let p = match port.as_u64() {
+            Some(0) => "*".to_string(),
+            _ => s(port),
+        };
+        if a.contains(':') {
+            format!("[{a}]:{p}")
+        } else {
+            format!("{a}:{p}")
+        }
+    }
+    let counters = |vip: &Value, real: &Value| -> (String, String) {
+        let t = stats
+            .and_then(|st| st["vips"].as_array())
+            .and_then(|vs| vs.iter().find(|x| x["vip"] == vip["vip"]))
+            .and_then(|x| x["reals"].as_array())
+            .and_then(|rs| rs.iter().find(|x| x["real"] == real["real"]))
+            .map(|x| &x["totals"]);
+        match t {
+            Some(t) => (s(&t["new_flows"]), s(&t["packets"])),
+            None => ("-".into(), "-".into()),
+        }
+    };
+    let mut out = String::from(
+        "lb virtual server table, ipvsadm -Ln layout (scheduler maglev; Weight: weight in the ring; \
+         NewFlows, Packets: totals since start, not active connections)\n\
+         Prot LocalAddress:Port Scheduler Flags\n  \
+         -> RemoteAddress:Port           Forward Weight NewFlows   Packets\n",
+    );
+    for vip in v["vips"].as_array().into_iter().flatten() {
+        let mode = s(&vip["mode"]);
+        let forward = match mode.as_str() {
+            "nat" => "Masq",
+            "fullnat" => "FullNat",
+            m if m.starts_with("dsr") => "Tunnel",
+            _ => "?",
+        };
+        let mut flags = Vec::new();
+        if let Some(port) = mode.strip_prefix("dsr/gue:") {
+            flags.push(format!("gue:{port}"));
+        }
+        if vip["ring_size"].as_u64() != Some(u64::from(crate::l4::config::DEFAULT_RING_SIZE)) {
+            flags.push(format!("ring {}", s(&vip["ring_size"])));
+        }
+        if vip["all_down"].as_bool() == Some(true) {
+            flags.push(format!("all-down({})", s(&vip["all_down_policy"])));
+        }
+        let line = format!(
+            "{:<4} {} maglev {}",
+            s(&vip["protocol"]).to_uppercase(),
+            hostport(&vip["address"], &vip["port"]),
+            flags.join(" ")
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+        for r in vip["reals"].as_array().into_iter().flatten() {
+            let (flows, packets) = counters(vip, r);
+            let marker = if r["health"] == "down" {
+                "down"
+            } else if r["draining"].as_bool() == Some(true) {
+                "draining"
+            } else {
+                ""
+            };
+            let line = format!(
+                "  -> {:<28} {:<7} {:<6} {:<10} {:<10} {marker}",
+                hostport(&r["address"], &r["port"]),
+                forward,
+                s(&r["effective_weight"]),
+                flows,
+                packets,
+            );
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn human_stats(v: &Value) -> String {
