@@ -4,7 +4,12 @@
 //! Every read command prints a table, or the API's JSON with `--json`.
 //! Exit status 0 on success; otherwise one line `lb: <reason>` and 1.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    io::{IsTerminal, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -259,14 +264,36 @@ pub async fn run(client: &Client, verb: Verb, as_json: bool) -> Result<()> {
             print(&v, &|_| format!("{vip}: draining {real} (no new flows)\n"));
         }
         Verb::Stats { watch, count } => {
+            // On a terminal, --watch redraws in place like top; into a pipe
+            // it prints one report after another, each under its own header.
+            let redraw = watch.is_some() && !as_json && std::io::stdout().is_terminal();
             let mut n = 0u64;
+            let mut prev: Option<(Instant, Value)> = None;
             loop {
                 let v = client.call("GET", "/v1/stats", None).await?;
+                let at = Instant::now();
                 if as_json {
                     println!("{}", serde_json::to_string(&v)?);
                 } else {
-                    print!("{}", human_stats(&v));
+                    let mut report = String::new();
+                    if let Some(every) = watch {
+                        report.push_str(&watch_header(
+                            &clock(),
+                            every,
+                            prev.as_ref().map(|(t, p)| (at.duration_since(*t), p)),
+                            &v,
+                        ));
+                    }
+                    report.push_str(&human_stats(&v));
+                    let mut out = std::io::stdout().lock();
+                    if redraw {
+                        // Cursor home, clear the screen.
+                        write!(out, "\x1b[H\x1b[2J")?;
+                    }
+                    write!(out, "{report}")?;
+                    out.flush()?;
                 }
+                prev = Some((at, v));
                 n += 1;
                 match watch {
                     Some(every) if count.is_none_or(|c| n < c) => {
@@ -274,7 +301,7 @@ pub async fn run(client: &Client, verb: Verb, as_json: bool) -> Result<()> {
                             () = tokio::time::sleep(every) => {}
                             _ = tokio::signal::ctrl_c() => return Ok(()),
                         }
-                        if !as_json {
+                        if !as_json && !redraw {
                             println!();
                         }
                     }
@@ -590,6 +617,72 @@ fn human_stats(v: &Value) -> String {
         } else {
             drops.join(" ")
         }
+    ));
+    out
+}
+
+/// The local wall clock as `HH:MM:SS`.
+fn clock() -> String {
+    // SAFETY: time(NULL) only returns the current time.
+    let now = unsafe { libc::time(std::ptr::null_mut()) };
+    // SAFETY: an all-zero `tm` is a valid value to be overwritten.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is the
+    // thread-safe variant and writes only into `tm`.
+    if unsafe { libc::localtime_r(&raw const now, &raw mut tm) }.is_null() {
+        return "--:--:--".into();
+    }
+    format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
+/// The header of one `lb stats --watch` report: the time, and from the
+/// second report on the rates between this report and the previous one
+/// (`prev`: how long ago it was taken, and its JSON). Totals are summed
+/// over the VIPs present in both reports; drops over every drop reason.
+pub fn watch_header(
+    clock: &str,
+    every: Duration,
+    prev: Option<(Duration, &Value)>,
+    now: &Value,
+) -> String {
+    let mut out = format!("--- {clock}, every {:.1}s ---\n", every.as_secs_f64());
+    let Some((ago, before)) = prev else {
+        out.push_str("rates: from the next report on\n");
+        return out;
+    };
+    let secs = ago.as_secs_f64().max(1e-3);
+    let (mut packets, mut flows) = (0u64, 0u64);
+    for vip in now["vips"].as_array().into_iter().flatten() {
+        let Some(old) = before["vips"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|x| x["vip"] == vip["vip"]))
+        else {
+            continue;
+        };
+        let diff = |k: &str| {
+            vip["totals"][k]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(old["totals"][k].as_u64().unwrap_or(0))
+        };
+        packets += diff("packets");
+        flows += diff("new_flows");
+    }
+    let drops: u64 = now["drops"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, n)| {
+            n.as_u64()
+                .unwrap_or(0)
+                .saturating_sub(before["drops"][k].as_u64().unwrap_or(0))
+        })
+        .sum();
+    out.push_str(&format!(
+        "rates over {secs:.2}s: {:.1} packets/s, {:.1} new flows/s, {:.1} drops/s\n",
+        packets as f64 / secs,
+        flows as f64 / secs,
+        drops as f64 / secs,
     ));
     out
 }

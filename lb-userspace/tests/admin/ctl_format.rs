@@ -1,6 +1,7 @@
 //! Operator formats of the CLI against a running daemon: `lb vip list
 //! --format ipvsadm` (the exact lines for NAT, FullNAT and DSR VIPs, with a
-//! draining and a down real).
+//! draining and a down real) and `lb stats --watch` (rates from the second
+//! report on; redrawn in place on a terminal).
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ fn counters(table: &str, real: &str) -> (u64, u64) {
 }
 
 #[test]
-fn ipvsadm_table() {
+fn ipvsadm_table_and_watch_rates() {
     if !privileged() {
         assert!(std::env::var_os("CI").is_none(), "CI must run as root");
         return;
@@ -129,4 +130,58 @@ TCP  198.18.100.4:80 maglev gue:6080
     let (flows, packets) = counters(&table, "198.18.11.2:8080");
     assert!(flows >= 20 && packets >= 5 * 20, "{table}");
     assert_eq!(counters(&table, &real2), (0, 0), "{table}");
+
+    // --watch into a pipe: separate reports, rates from the second on,
+    // measured while traffic flows.
+    let watcher = std::thread::scope(|s| {
+        let w = s.spawn(|| lb.cli(&["stats", "--watch", "2", "--count", "2"]).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        http_names(&topo, 20).unwrap();
+        w.join().unwrap()
+    });
+    assert_eq!(watcher.matches("drops:").count(), 2, "{watcher}");
+    assert!(
+        !watcher.contains('\x1b'),
+        "no escapes into a pipe: {watcher}"
+    );
+    let (first, second) = watcher.split_once("\n\n").expect("two reports");
+    assert!(first.starts_with("--- "), "{first}");
+    assert!(first.contains("rates: from the next report on"), "{first}");
+    assert!(second.starts_with("--- "), "{second}");
+    let rates = second
+        .lines()
+        .find(|l| l.starts_with("rates over "))
+        .unwrap_or_else(|| panic!("no rates in the second report:\n{second}"));
+    // "rates over 2.00s: 123.0 packets/s, 20.0 new flows/s, 0.0 drops/s"
+    let num = |unit: &str| -> f64 {
+        let before = rates.split(unit).next().unwrap();
+        before
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{unit} in `{rates}`: {e}"))
+    };
+    assert!(num(" packets/s") > 0.0, "{rates}");
+    assert!(num(" new flows/s") > 0.0, "{rates}");
+    assert!(num(" drops/s") >= 0.0, "{rates}");
+
+    // On a terminal (a pty from script(1)), each report redraws the screen.
+    if std::path::Path::new("/usr/bin/script").exists() {
+        let cmd = format!(
+            "{} stats --watch 0.2 --count 2 --socket {}",
+            crate::LB,
+            lb.socket.display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        let tty = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{tty}");
+        assert_eq!(tty.matches("\x1b[H\x1b[2J").count(), 2, "{tty:?}");
+        assert_eq!(tty.matches("rates over ").count(), 1, "{tty:?}");
+    } else {
+        eprintln!("skipping the terminal half of --watch: no /usr/bin/script");
+    }
 }
