@@ -85,6 +85,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "/usr/bin/tcpdump"),
     ("iputils-ping", "/usr/bin/ping"),
     ("groff-base", "/usr/bin/groff"),
+    ("chromium", "/usr/bin/chromium"), // headless, for the dashboard test
     // `cargo xtask package` and its test: dpkg-shlibdeps, strip, and
     // systemd-analyze for the unit.
     ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),
