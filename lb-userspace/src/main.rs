@@ -4,7 +4,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use clap_complete::{generate, shells};
 use lb_userspace::{
     admin::{
-        client::{self as cli, Client, Endpoint, Verb},
+        client::{self as cli, Client, Endpoint, Verb, VipFormat},
         config::DEFAULT_API_SOCKET,
     },
     config::Config,
@@ -65,7 +65,11 @@ impl ApiArgs {
 #[derive(Subcommand, Debug)]
 enum VipCmd {
     /// Every VIP with its reals, weights, health and drain state.
-    List,
+    List {
+        /// `table` (lb's own) or `ipvsadm` (the layout of `ipvsadm -Ln`).
+        #[arg(long, value_enum, default_value_t = VipFormat::Table)]
+        format: VipFormat,
+    },
     /// Add a VIP: `lb vip add 198.18.100.2:80/tcp --real 198.18.11.2:8080 --real 198.18.12.2:8080=2`.
     Add {
         /// address:port/protocol (port * = all ports).
@@ -339,7 +343,7 @@ fn main() -> ExitCode {
         Command::Status(a) => client_verb(&a.api, Verb::Status),
         Command::Vip { cmd, api } => (|| {
             let verb = match cmd {
-                VipCmd::List => Verb::VipList,
+                VipCmd::List { format } => Verb::VipList(format),
                 VipCmd::Del { vip } => Verb::VipDel(vip),
                 VipCmd::Add {
                     vip,

@@ -8,9 +8,18 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod quiet;
+
+use quiet::{stage, Quiet};
+
+/// Each command prints one `==> ...` line per stage; cargo's progress
+/// lines are left out (warnings, errors and test output still show).
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
+    /// Show every line cargo and the other tools print, and each command.
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -85,6 +94,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "/usr/bin/tcpdump"),
     ("iputils-ping", "/usr/bin/ping"),
     ("groff-base", "/usr/bin/groff"),
+    ("chromium", "/usr/bin/chromium"), // headless, for the dashboard test
     // `cargo xtask package` and its test: dpkg-shlibdeps, strip, and
     // systemd-analyze for the unit.
     ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),
@@ -102,7 +112,7 @@ fn root() -> PathBuf {
 }
 
 fn sh(cmd: &mut Command) -> Result<()> {
-    eprintln!("+ {cmd:?}");
+    quiet::show(cmd);
     let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed ({st})");
@@ -137,12 +147,17 @@ fn setup() -> Result<()> {
                 missing.join(" ")
             );
         }
-        eprintln!("setup: installing Debian packages: {}", missing.join(" "));
-        sh(Command::new("apt-get").arg("update").arg("-q"))?;
-        sh(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        stage(&format!(
+            "setup: installing Debian packages (apt-get, a minute or more): {}",
+            missing.join(" ")
+        ));
+        quiet::captured(Command::new("apt-get").arg("update").arg("-q"))?;
+        quiet::captured(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
         // Packaged daemons must not hold the ports the tests and benches use.
         for svc in ["nginx", "nsd", "knot", "prometheus"] {
             let _ = Command::new("systemctl").args(["stop", svc]).output();
@@ -154,8 +169,8 @@ fn setup() -> Result<()> {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"));
     if !has_src {
-        eprintln!("setup: installing rust-src for the nightly toolchain");
-        sh(Command::new("rustup").args([
+        stage("setup: installing rust-src for the nightly toolchain");
+        quiet::captured(Command::new("rustup").args([
             "component",
             "add",
             "rust-src",
@@ -168,19 +183,23 @@ fn setup() -> Result<()> {
         .output()
         .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("0.13"));
     if !linker_ok {
-        eprintln!("setup: building bpf-linker 0.13 against LLVM 22 (a few minutes)");
-        sh(Command::new("cargo")
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                "^0.13",
-                "--locked",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ])
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+        stage("setup: building bpf-linker 0.13 against LLVM 22 (cargo install; takes several minutes)");
+        quiet::cargo(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    "^0.13",
+                    "--locked",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+            &Quiet::default(),
+            None,
+        )?;
     }
     // bpffs, for pinned maps.
     if is_root() && !ok(Command::new("mountpoint").args(["-q", "/sys/fs/bpf"])) {
@@ -188,7 +207,7 @@ fn setup() -> Result<()> {
             .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
             .output();
     }
-    eprintln!("setup: ok");
+    stage("setup: ok");
     Ok(())
 }
 
@@ -215,27 +234,52 @@ fn build(production: bool) -> Result<PathBuf> {
     if production {
         cmd.arg("--no-default-features");
     }
-    eprintln!("+ {cmd:?}");
-    let out = cmd
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed ({})", out.status);
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "lb")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo built no `lb` executable")
+    stage(&format!(
+        "building lb (release{}; a first build takes several minutes)",
+        if production {
+            ", production features"
+        } else {
+            ""
+        }
+    ));
+    let mut exe = None;
+    quiet::cargo(
+        &mut cmd,
+        &Quiet {
+            stages: &[(
+                "Compiling",
+                "lb-userspace ",
+                "building eBPF (lb-ebpf: release, nightly, bpfel-unknown-none) in lb-userspace's build script",
+            )],
+            ..Quiet::default()
+        },
+        Some(&mut |line: &str| {
+            let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
+                return;
+            };
+            if m["reason"] == "build-script-executed"
+                && m["package_id"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("/lb-userspace#"))
+            {
+                stage("building lb");
+            }
+            if m["reason"] == "compiler-artifact" && m["target"]["name"] == "lb" {
+                if let Some(p) = m["executable"].as_str() {
+                    exe = Some(PathBuf::from(p));
+                }
+            }
+        }),
+    )?;
+    exe.context("cargo built no `lb` executable")
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    quiet::set_verbose(cli.verbose);
     match cli.cmd {
         Cmd::Setup => setup(),
-        Cmd::Build => build(false).map(|p| eprintln!("built {}", p.display())),
+        Cmd::Build => build(false).map(|p| stage(&format!("built {}", p.display()))),
         Cmd::Package {
             binary,
             out,
@@ -272,6 +316,7 @@ fn main() -> Result<()> {
                 if config.is_some() {
                     bail!("--config needs --iface (the demo writes its own config)");
                 }
+                stage(&format!("running the demo: lb demo --requests {requests}"));
                 sh(Command::new(lb).args(["demo", "--requests", &requests.to_string()]))
             } else {
                 let config = config.unwrap_or_else(|| root().join("examples/lb.toml"));
@@ -280,6 +325,7 @@ fn main() -> Result<()> {
                 for i in iface {
                     c.args(["--iface", &i]);
                 }
+                stage(&format!("running {c:?}"));
                 sh(&mut c)
             }
         }
@@ -288,24 +334,54 @@ fn main() -> Result<()> {
             // lb-ebpf is not a default member (its programs build for BPF
             // only): its library half's unit tests run on the host here.
             // Extra arguments select among the workspace's own tests.
+            let tests = Quiet {
+                keep: &["Running"],
+                ..Quiet::default()
+            };
             if args.is_empty() {
-                sh(cargo().args(["test", "-p", "lb-ebpf", "--lib"]))?;
+                stage("lb-ebpf's unit tests, on the host");
+                quiet::cargo(
+                    cargo().args(["test", "-p", "lb-ebpf", "--lib"]),
+                    &tests,
+                    None,
+                )?;
             }
-            sh(cargo().args(["test", "--all-targets"]).args(&args))?;
+            stage("building the tests (the eBPF objects too, in lb-userspace's build script)");
+            quiet::cargo(
+                cargo().args(["test", "--all-targets"]).args(&args),
+                &Quiet {
+                    stages: &[("Running", "", "running tests")],
+                    ..tests
+                },
+                None,
+            )?;
+            stage("tests: ok");
             Ok(())
         }
         Cmd::Bench { args } => {
             setup()?;
-            sh(cargo()
-                .args(["run", "--release", "-p", "bench", "--"])
-                .args(&args))
+            stage("building and running bench (release; a first build takes minutes, a full run longer)");
+            quiet::cargo(
+                cargo()
+                    .args(["run", "--release", "-p", "bench", "--"])
+                    .args(&args),
+                &Quiet::default(),
+                None,
+            )
         }
         Cmd::Fuzz { target, args } => {
             setup()?;
-            sh(cargo()
-                .args(["run", "--release", "-p", "lb-fuzz", "--"])
-                .arg(&target)
-                .args(&args))
+            stage(&format!(
+                "building and running the {target} fuzzer (release)"
+            ));
+            quiet::cargo(
+                cargo()
+                    .args(["run", "--release", "-p", "lb-fuzz", "--"])
+                    .arg(&target)
+                    .args(&args),
+                &Quiet::default(),
+                None,
+            )
         }
     }
 }

@@ -4,7 +4,12 @@
 //! Every read command prints a table, or the API's JSON with `--json`.
 //! Exit status 0 on success; otherwise one line `lb: <reason>` and 1.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    io::{IsTerminal, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -120,11 +125,22 @@ where
     Ok((status, body))
 }
 
+/// How `lb vip list` prints its table (`--json` prints the API's JSON
+/// whichever is chosen).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum VipFormat {
+    /// lb's own table: weights, ring weight, health, drain state.
+    #[default]
+    Table,
+    /// The layout of `ipvsadm -Ln`, for operators and scripts used to LVS.
+    Ipvsadm,
+}
+
 /// A CLI verb.
 #[derive(Debug, Clone)]
 pub enum Verb {
     Status,
-    VipList,
+    VipList(VipFormat),
     VipAdd(Value),
     VipDel(String),
     RealAdd {
@@ -182,9 +198,16 @@ pub async fn run(client: &Client, verb: Verb, as_json: bool) -> Result<()> {
             let v = client.call("GET", "/v1/status", None).await?;
             print(&v, &human_status);
         }
-        Verb::VipList => {
+        Verb::VipList(format) => {
             let v = client.call("GET", "/v1/vips", None).await?;
-            print(&v, &human_vips);
+            if format == VipFormat::Ipvsadm && !as_json {
+                // Counters come from the stats endpoint; without an L4 data
+                // plane there are none, and the columns show `-`.
+                let stats = client.call("GET", "/v1/stats", None).await.ok();
+                print!("{}", ipvsadm_vips(&v, stats.as_ref()));
+            } else {
+                print(&v, &human_vips);
+            }
         }
         Verb::VipAdd(body) => {
             let v = client.call("POST", "/v1/vips/add", Some(&body)).await?;
@@ -241,14 +264,36 @@ pub async fn run(client: &Client, verb: Verb, as_json: bool) -> Result<()> {
             print(&v, &|_| format!("{vip}: draining {real} (no new flows)\n"));
         }
         Verb::Stats { watch, count } => {
+            // On a terminal, --watch redraws in place like top; into a pipe
+            // it prints one report after another, each under its own header.
+            let redraw = watch.is_some() && !as_json && std::io::stdout().is_terminal();
             let mut n = 0u64;
+            let mut prev: Option<(Instant, Value)> = None;
             loop {
                 let v = client.call("GET", "/v1/stats", None).await?;
+                let at = Instant::now();
                 if as_json {
                     println!("{}", serde_json::to_string(&v)?);
                 } else {
-                    print!("{}", human_stats(&v));
+                    let mut report = String::new();
+                    if let Some(every) = watch {
+                        report.push_str(&watch_header(
+                            &clock(),
+                            every,
+                            prev.as_ref().map(|(t, p)| (at.duration_since(*t), p)),
+                            &v,
+                        ));
+                    }
+                    report.push_str(&human_stats(&v));
+                    let mut out = std::io::stdout().lock();
+                    if redraw {
+                        // Cursor home, clear the screen.
+                        write!(out, "\x1b[H\x1b[2J")?;
+                    }
+                    write!(out, "{report}")?;
+                    out.flush()?;
                 }
+                prev = Some((at, v));
                 n += 1;
                 match watch {
                     Some(every) if count.is_none_or(|c| n < c) => {
@@ -256,7 +301,7 @@ pub async fn run(client: &Client, verb: Verb, as_json: bool) -> Result<()> {
                             () = tokio::time::sleep(every) => {}
                             _ = tokio::signal::ctrl_c() => return Ok(()),
                         }
-                        if !as_json {
+                        if !as_json && !redraw {
                             println!();
                         }
                     }
@@ -428,6 +473,100 @@ fn human_vips(v: &Value) -> String {
     table(rows)
 }
 
+/// `lb vip list --format ipvsadm`: the shape of `ipvsadm -Ln`.
+///
+/// * Scheduler: `maglev` (consistent hashing like IPVS's `mh`, but lb's
+///   own ring, so it is not called `mh`).
+/// * Flags: `gue:PORT` for GUE tunnels, `ring N` for a ring that is not the
+///   default size, `all-down(POLICY)` while every real is down.
+/// * Forward: `Masq` (nat), `Tunnel` (dsr, IPIP or GUE), `FullNat`.
+/// * Weight: the weight in the published ring, so 0 for a real that is
+///   down or draining. ipvsadm hides such reals; lb keeps them, with
+///   `down` or `draining` after the counters.
+/// * NewFlows, Packets: totals since lb started (a real's counters cover
+///   every VIP it serves), not ipvsadm's ActiveConn/InActConn: conntrack
+///   has no cheap per-real count of open connections.
+pub fn ipvsadm_vips(v: &Value, stats: Option<&Value>) -> String {
+    fn hostport(addr: &Value, port: &Value) -> String {
+        let a = s(addr);
+        let p = match port.as_u64() {
+            Some(0) => "*".to_string(),
+            _ => s(port),
+        };
+        if a.contains(':') {
+            format!("[{a}]:{p}")
+        } else {
+            format!("{a}:{p}")
+        }
+    }
+    let counters = |vip: &Value, real: &Value| -> (String, String) {
+        let t = stats
+            .and_then(|st| st["vips"].as_array())
+            .and_then(|vs| vs.iter().find(|x| x["vip"] == vip["vip"]))
+            .and_then(|x| x["reals"].as_array())
+            .and_then(|rs| rs.iter().find(|x| x["real"] == real["real"]))
+            .map(|x| &x["totals"]);
+        match t {
+            Some(t) => (s(&t["new_flows"]), s(&t["packets"])),
+            None => ("-".into(), "-".into()),
+        }
+    };
+    let mut out = String::from(
+        "lb virtual server table, ipvsadm -Ln layout (scheduler maglev; Weight: weight in the ring; \
+         NewFlows, Packets: totals since start, not active connections)\n\
+         Prot LocalAddress:Port Scheduler Flags\n  \
+         -> RemoteAddress:Port           Forward Weight NewFlows   Packets\n",
+    );
+    for vip in v["vips"].as_array().into_iter().flatten() {
+        let mode = s(&vip["mode"]);
+        let forward = match mode.as_str() {
+            "nat" => "Masq",
+            "fullnat" => "FullNat",
+            m if m.starts_with("dsr") => "Tunnel",
+            _ => "?",
+        };
+        let mut flags = Vec::new();
+        if let Some(port) = mode.strip_prefix("dsr/gue:") {
+            flags.push(format!("gue:{port}"));
+        }
+        if vip["ring_size"].as_u64() != Some(u64::from(crate::l4::config::DEFAULT_RING_SIZE)) {
+            flags.push(format!("ring {}", s(&vip["ring_size"])));
+        }
+        if vip["all_down"].as_bool() == Some(true) {
+            flags.push(format!("all-down({})", s(&vip["all_down_policy"])));
+        }
+        let line = format!(
+            "{:<4} {} maglev {}",
+            s(&vip["protocol"]).to_uppercase(),
+            hostport(&vip["address"], &vip["port"]),
+            flags.join(" ")
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+        for r in vip["reals"].as_array().into_iter().flatten() {
+            let (flows, packets) = counters(vip, r);
+            let marker = if r["health"] == "down" {
+                "down"
+            } else if r["draining"].as_bool() == Some(true) {
+                "draining"
+            } else {
+                ""
+            };
+            let line = format!(
+                "  -> {:<28} {:<7} {:<6} {:<10} {:<10} {marker}",
+                hostport(&r["address"], &r["port"]),
+                forward,
+                s(&r["effective_weight"]),
+                flows,
+                packets,
+            );
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+    out
+}
+
 fn human_stats(v: &Value) -> String {
     let mut rows = vec![vec![
         "VIP / REAL".into(),
@@ -478,6 +617,72 @@ fn human_stats(v: &Value) -> String {
         } else {
             drops.join(" ")
         }
+    ));
+    out
+}
+
+/// The local wall clock as `HH:MM:SS`.
+fn clock() -> String {
+    // SAFETY: time(NULL) only returns the current time.
+    let now = unsafe { libc::time(std::ptr::null_mut()) };
+    // SAFETY: an all-zero `tm` is a valid value to be overwritten.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is the
+    // thread-safe variant and writes only into `tm`.
+    if unsafe { libc::localtime_r(&raw const now, &raw mut tm) }.is_null() {
+        return "--:--:--".into();
+    }
+    format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
+/// The header of one `lb stats --watch` report: the time, and from the
+/// second report on the rates between this report and the previous one
+/// (`prev`: how long ago it was taken, and its JSON). Totals are summed
+/// over the VIPs present in both reports; drops over every drop reason.
+pub fn watch_header(
+    clock: &str,
+    every: Duration,
+    prev: Option<(Duration, &Value)>,
+    now: &Value,
+) -> String {
+    let mut out = format!("--- {clock}, every {:.1}s ---\n", every.as_secs_f64());
+    let Some((ago, before)) = prev else {
+        out.push_str("rates: from the next report on\n");
+        return out;
+    };
+    let secs = ago.as_secs_f64().max(1e-3);
+    let (mut packets, mut flows) = (0u64, 0u64);
+    for vip in now["vips"].as_array().into_iter().flatten() {
+        let Some(old) = before["vips"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|x| x["vip"] == vip["vip"]))
+        else {
+            continue;
+        };
+        let diff = |k: &str| {
+            vip["totals"][k]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(old["totals"][k].as_u64().unwrap_or(0))
+        };
+        packets += diff("packets");
+        flows += diff("new_flows");
+    }
+    let drops: u64 = now["drops"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, n)| {
+            n.as_u64()
+                .unwrap_or(0)
+                .saturating_sub(before["drops"][k].as_u64().unwrap_or(0))
+        })
+        .sum();
+    out.push_str(&format!(
+        "rates over {secs:.2}s: {:.1} packets/s, {:.1} new flows/s, {:.1} drops/s\n",
+        packets as f64 / secs,
+        flows as f64 / secs,
+        drops as f64 / secs,
     ));
     out
 }

@@ -6,6 +6,7 @@ const LB: &str = env!("CARGO_BIN_EXE_lb");
 
 mod cli_docs;
 mod ctl_api;
+mod ctl_format;
 mod ctl_health;
 mod ctl_live;
 mod ctl_restart;
