@@ -235,7 +235,11 @@ fn dashboard_in_headless_chromium() {
 
     // Traffic while the page watches: the VIP's packet rate moves.
     let names = http_names(&topo, 40).unwrap();
-    assert_eq!(names.iter().filter(|n| !n.is_empty()).count(), 40, "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| !n.is_empty()).count(),
+        40,
+        "{names:?}"
+    );
     assert!(
         names.iter().all(|n| n != "real2"),
         "a down real got new flows: {names:?}"
