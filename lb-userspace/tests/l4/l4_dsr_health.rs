@@ -4,7 +4,7 @@
 //! VIPs on `lo`, and real3 holds the VIPs but runs no decap. Every real
 //! serves on its own address, so a plain TCP check would pass for all
 //! three; the encapsulated checks mark real2 and real3 down, for IPIP,
-//! IP6IP6, 4-in-6, 6-in-4 and GUE, TCP and DNS checks, and bring each back
+//! IP6IP6, 4-in-6, 6-in-4 and GUE, TCP, HTTP and DNS checks, and bring each back
 //! once it is fixed. Default offloads.
 
 use std::{
@@ -24,10 +24,12 @@ use lb_userspace::testbed::{
 
 const DNS_PORT: u16 = 5353;
 /// (port, protocol, encap, reals of the other family).
-const SERVICES: [(u16, &str, &str, bool); 4] = [
+/// Port 83 has an `http` check, the others `tcp` or `udp-dns`.
+const SERVICES: [(u16, &str, &str, bool); 5] = [
     (80, "tcp", "ipip", false),
     (81, "tcp", "ipip", true),
     (82, "tcp", "gue", false),
+    (83, "tcp", "gue", true),
     (DNS_PORT, "udp", "gue", false),
 ];
 /// A state change takes fall (or rise) probes of 300ms, plus jitter; on a
@@ -110,6 +112,8 @@ fn lb_config(t: &Topology, sock: &std::path::Path) -> String {
         for (port, proto, encap, cross) in SERVICES {
             let health = if proto == "udp" {
                 Health::kind("udp-dns").key("query", "example.test.")
+            } else if port == 83 {
+                Health::http("/")
             } else {
                 Health::tcp()
             }
@@ -187,7 +191,7 @@ fn wait_for(lb: &Lb, want: &[(usize, &str)], what: &str) {
     let start = Instant::now();
     loop {
         let rows = health(lb);
-        let ok = rows.len() == 8 * 3
+        let ok = rows.len() == 2 * SERVICES.len() * 3
             && rows.iter().all(|(_, i, h, _, _)| {
                 want.iter()
                     .find(|(w, _)| w == i)
@@ -218,7 +222,7 @@ fn dsr_checks_go_through_the_tunnel() {
     let topo = Topology::build_dsr(3).expect("topology");
     let _servers: Vec<(Vec<NameServer>, DnsOnVip)> = topo.on_reals(|ns, name| {
         (
-            (80..=82)
+            (80..=83)
                 .map(|port| NameServer::start(ns, name, port, 8054 + port - 80).unwrap())
                 .collect(),
             DnsOnVip::start(ns),
@@ -267,7 +271,7 @@ fn dsr_checks_go_through_the_tunnel() {
     // would pass for real2 and real3.
     for i in [2, 3] {
         for addr in [IpAddr::from(real4(i)), IpAddr::from(real6(i))] {
-            for port in 80..=82 {
+            for port in 80..=83 {
                 let to = SocketAddr::new(addr, port);
                 topo.lb
                     .run_in(move || Ok(TcpStream::connect_timeout(&to, Duration::from_secs(2))?))
