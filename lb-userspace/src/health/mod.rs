@@ -43,6 +43,10 @@
 //! * Kinds: `tcp` (connect), `http` (HTTP/1.1 `GET path`, status within
 //!   `expect`), `udp-dns` (one query, any well-formed answer except
 //!   SERVFAIL), `none` (never probed, always up).
+//! * A target with a [`Tunnel`] ([`Target::through`]; the L4 role gives one
+//!   to every real of a DSR VIP) is probed through it: the probe is
+//!   addressed to the VIP and encapsulated as the data plane would, so a
+//!   real without the VIP or without decap fails ([`tunnel`]).
 //! * A state change is logged once (warn for down, info for up) with the
 //!   reason; single probes are only logged at trace level.
 //!
@@ -52,8 +56,10 @@ pub mod config;
 pub mod monitor;
 pub mod probe;
 pub mod state;
+pub mod tunnel;
 
 pub use config::{CheckKind, HealthCheck, HealthConfig, StatusRanges};
 pub use monitor::{Change, Monitor, Status, Target, TargetId};
-pub use probe::{probe, ProbeError, ProbeResult};
+pub use probe::{probe, probe_target, ProbeError, ProbeResult};
 pub use state::{Health, RiseFall};
+pub use tunnel::Tunnel;

@@ -17,8 +17,9 @@ use tokio::{
 
 use super::{
     config::{CheckKind, HealthCheck},
-    probe::{probe, probe_addr, ProbeError},
+    probe::{probe_addr, probe_target, ProbeError},
     state::{Health, RiseFall},
+    tunnel::Tunnel,
 };
 
 /// What to probe: an address and a check. Two equal targets added to one
@@ -27,11 +28,23 @@ use super::{
 pub struct Target {
     pub addr: SocketAddr,
     pub check: HealthCheck,
+    /// Probe through this DSR tunnel, addressed to its VIP.
+    pub tunnel: Option<Tunnel>,
 }
 
 impl Target {
     pub fn new(addr: SocketAddr, check: HealthCheck) -> Self {
-        Target { addr, check }
+        Target {
+            addr,
+            check,
+            tunnel: None,
+        }
+    }
+
+    /// The same target, probed through `tunnel` (a DSR VIP's real).
+    pub fn through(mut self, tunnel: Tunnel) -> Self {
+        self.tunnel = Some(tunnel);
+        self
     }
 }
 
@@ -45,6 +58,14 @@ impl fmt::Display for Target {
         )?;
         if let CheckKind::Http { path, .. } = &self.check.kind {
             write!(f, " {path}")?;
+        }
+        if let Some(t) = &self.tunnel {
+            write!(
+                f,
+                " to VIP {} through {}",
+                SocketAddr::new(t.vip, probe_addr(self.addr, &self.check).port()),
+                t.encap_name()
+            )?;
         }
         Ok(())
     }
@@ -290,7 +311,7 @@ async fn run_target(
     tokio::time::sleep(first).await;
     loop {
         let started = tokio::time::Instant::now();
-        let result = probe(target.addr, check).await;
+        let result = probe_target(&target).await;
         log::trace!("health: {target}: {result:?}");
         let passed = result.is_ok();
         let change = machine.observe(passed);

@@ -16,7 +16,11 @@ use tokio::{
     time::timeout,
 };
 
-use super::config::{CheckKind, HealthCheck, StatusRanges};
+use super::{
+    config::{CheckKind, HealthCheck, StatusRanges},
+    monitor::Target,
+    tunnel::{self, Tunnel},
+};
 
 /// Why a probe failed. `Display` is the operator-facing reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +36,8 @@ pub enum ProbeError {
     DnsMalformed(String),
     /// The DNS server answered SERVFAIL.
     DnsRcode(ResponseCode),
+    /// A probe through a DSR tunnel failed (see [`super::tunnel`]).
+    Tunnel(String),
 }
 
 impl fmt::Display for ProbeError {
@@ -39,7 +45,7 @@ impl fmt::Display for ProbeError {
         match self {
             ProbeError::Timeout(d) => write!(f, "timeout after {}ms", d.as_millis()),
             ProbeError::ConnectionRefused => f.write_str("connection refused"),
-            ProbeError::Io(e) => write!(f, "{e}"),
+            ProbeError::Io(e) | ProbeError::Tunnel(e) => write!(f, "{e}"),
             ProbeError::HttpStatus(s) => write!(f, "status {s}"),
             ProbeError::HttpMalformed(e) => write!(f, "malformed HTTP response: {e}"),
             ProbeError::DnsMalformed(e) => write!(f, "malformed DNS answer: {e}"),
@@ -90,6 +96,41 @@ pub async fn probe(target: SocketAddr, check: &HealthCheck) -> ProbeResult {
         Ok(Ok(())) => Ok(start.elapsed()),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(ProbeError::Timeout(check.timeout)),
+    }
+}
+
+/// Runs one probe of `target`: as [`probe`], or through its DSR tunnel
+/// when it has one (see [`super::tunnel`]).
+pub async fn probe_target(target: &Target) -> ProbeResult {
+    let Some(t) = &target.tunnel else {
+        return probe(target.addr, &target.check).await;
+    };
+    let check = &target.check;
+    let addr = probe_addr(target.addr, check);
+    let start = Instant::now();
+    let fut = async {
+        match &check.kind {
+            CheckKind::None => Ok(()),
+            CheckKind::Tcp => tunnel::probe_syn(addr.ip(), addr.port(), t).await,
+            CheckKind::Http { path, host, expect } => {
+                let (syn, http) = tokio::join!(
+                    tunnel::probe_syn(addr.ip(), addr.port(), t),
+                    probe_http(addr, path, host.as_deref(), expect)
+                );
+                syn.and(http)
+            }
+            CheckKind::UdpDns { query, qtype } => probe_dns_tunnel(addr, t, query, *qtype).await,
+        }
+    };
+    match timeout(check.timeout, fut).await {
+        Ok(Ok(())) => Ok(start.elapsed()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ProbeError::Tunnel(format!(
+            "no answer from {} through the {} tunnel within {}ms (is the VIP on the real's loopback, and is decap running?)",
+            SocketAddr::new(t.vip, addr.port()),
+            t.encap_name(),
+            check.timeout.as_millis()
+        ))),
     }
 }
 
@@ -173,13 +214,7 @@ async fn probe_dns(addr: SocketAddr, name: &Name, qtype: RecordType) -> Result<(
     };
     let sock = UdpSocket::bind(bind).await?;
     sock.connect(addr).await?;
-    let mut q = Message::query();
-    q.metadata.recursion_desired = false;
-    q.add_query(Query::query(name.clone(), qtype));
-    let id = q.metadata.id;
-    let wire = q
-        .to_vec()
-        .map_err(|e| ProbeError::Io(format!("cannot encode query: {e}")))?;
+    let (wire, id) = dns_query(name, qtype)?;
     sock.send(&wire).await?;
     let mut buf = vec![0u8; 4096];
     loop {
@@ -193,6 +228,30 @@ async fn probe_dns(addr: SocketAddr, name: &Name, qtype: RecordType) -> Result<(
             Message::from_vec(&buf[..n]).map_err(|e| ProbeError::DnsMalformed(e.to_string()))?;
         return check_dns_answer(&m, id, name, qtype);
     }
+}
+
+async fn probe_dns_tunnel(
+    addr: SocketAddr,
+    t: &Tunnel,
+    name: &Name,
+    qtype: RecordType,
+) -> Result<(), ProbeError> {
+    let (wire, id) = dns_query(name, qtype)?;
+    let answer = tunnel::exchange_udp(addr.ip(), addr.port(), t, &wire, id).await?;
+    let m = Message::from_vec(&answer).map_err(|e| ProbeError::DnsMalformed(e.to_string()))?;
+    check_dns_answer(&m, id, name, qtype)
+}
+
+/// A query for `name`/`qtype` on the wire, and its ID.
+fn dns_query(name: &Name, qtype: RecordType) -> Result<(Vec<u8>, u16), ProbeError> {
+    let mut q = Message::query();
+    q.metadata.recursion_desired = false;
+    q.add_query(Query::query(name.clone(), qtype));
+    let id = q.metadata.id;
+    let wire = q
+        .to_vec()
+        .map_err(|e| ProbeError::Io(format!("cannot encode query: {e}")))?;
+    Ok((wire, id))
 }
 
 /// A well-formed answer to our query: response bit, our ID, our question,

@@ -20,10 +20,12 @@ use log::{error, info, warn};
 
 use crate::{
     config::Config,
-    health::{CheckKind, Monitor, Status, Target, TargetId},
+    health::{CheckKind, Monitor, Status, Target, TargetId, Tunnel},
     ident::{RealId, VipId},
     l4::{
-        config::{validate_real, validate_vip, AllDown, RawReal, RawVip, Vip, VipSide},
+        config::{
+            validate_real, validate_vip, AllDown, Encap, Mode, RawReal, RawVip, Vip, VipSide,
+        },
         dataplane::{Dataplane, Snapshot},
     },
 };
@@ -217,7 +219,18 @@ impl Control {
         let mut targets = HashMap::new();
         for v in &vips {
             for r in &v.reals {
-                let t = Target::new(SocketAddr::new(r.address, r.port), r.check.clone());
+                let mut t = Target::new(SocketAddr::new(r.address, r.port), r.check.clone());
+                // A DSR real is probed the way clients reach it: through
+                // the tunnel, addressed to the VIP.
+                if let Mode::Dsr(encap) = v.mode {
+                    t = t.through(Tunnel {
+                        vip: v.address,
+                        gue_port: match encap {
+                            Encap::Ipip => None,
+                            Encap::Gue { port } => Some(port),
+                        },
+                    });
+                }
                 targets.insert((v.id(), r.id()), self.monitor.add(t));
             }
         }

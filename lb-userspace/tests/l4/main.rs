@@ -7,6 +7,7 @@ const LB: &str = env!("CARGO_BIN_EXE_lb");
 
 mod l4_conntrack;
 mod l4_dsr;
+mod l4_dsr_health;
 mod l4_errors;
 mod l4_fullnat;
 mod l4_icmp;
