@@ -185,6 +185,7 @@ const DICTIONARY: &[&[u8]] = &[
     b"ring_size = 7\n",
     b"icmp_echo = false\n",
     b"icmp_rate_limit = 0\n",
+    b"icmp_relay = false\n",
     b"weight = 0\n",
     b"drain_timeout = \"0s\"\n",
     b"all_down = \"open\"\n",

@@ -40,9 +40,14 @@ pub const VIP_F_ICMP_ECHO: u8 = 2;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
-/// A per-CPU token bucket for the ICMP messages the LB sends itself
-/// (`ICMP_BUCKET`); `ICMP_RATE` slot 0 holds the rate (messages per second
-/// per CPU, 0 = unlimited).
+/// Slots of the `ICMP_CONF` array: the rate of ICMP messages the LB
+/// answers or relays (per second per CPU, 0 = unlimited), and 1 when the
+/// relay of ICMP errors is off.
+pub const ICMP_CONF_RATE: u32 = 0;
+pub const ICMP_CONF_RELAY_OFF: u32 = 1;
+
+/// A per-CPU token bucket for the ICMP messages the LB answers or relays
+/// (`ICMP_BUCKET`).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct IcmpBucket {
@@ -401,9 +406,21 @@ pub mod stat {
         /// An ICMP echo request (ping) to a VIP address, answered by the
         /// LB itself (`icmp_echo`).
         ICMP_ECHO_REPLY = "icmp_echo_reply",
-        /// An ICMP message the LB would have answered, over the per-CPU
-        /// `icmp_rate_limit`: dropped.
+        /// An ICMP message the LB would have answered or relayed, over the
+        /// per-CPU `icmp_rate_limit`: dropped.
         DROP_ICMP_RATE = "drop_icmp_rate_limited",
+        /// An ICMP error about a balanced flow (destination unreachable,
+        /// fragmentation needed, packet too big), sent on to the flow's
+        /// real: translated (NAT, FullNAT) or encapsulated (DSR).
+        ICMP_RELAYED = "icmp_error_relayed",
+        /// An ICMP error to a VIP address whose quoted packet is not one
+        /// the VIP sent (its source is not the error's destination, or it
+        /// is not TCP/UDP of a VIP, or its header is cut short): dropped.
+        DROP_ICMP_MISMATCH = "drop_icmp_error_mismatch",
+        /// An ICMP error about a flow no real can be found for (no real
+        /// in the ring, or a FullNAT flow without its conntrack entry,
+        /// whose source port only the entry knows): dropped.
+        DROP_ICMP_NO_FLOW = "drop_icmp_error_no_flow",
     }
 }
 
@@ -628,8 +645,11 @@ mod tests {
             (DROP_NO_SNAT, 38, "drop_no_snat_address"),
             (ICMP_ECHO_REPLY, 39, "icmp_echo_reply"),
             (DROP_ICMP_RATE, 40, "drop_icmp_rate_limited"),
+            (ICMP_RELAYED, 41, "icmp_error_relayed"),
+            (DROP_ICMP_MISMATCH, 42, "drop_icmp_error_mismatch"),
+            (DROP_ICMP_NO_FLOW, 43, "drop_icmp_error_no_flow"),
         ];
-        assert_eq!(COUNT, 41);
+        assert_eq!(COUNT, 44);
         assert_eq!(NAMES.len(), COUNT as usize);
         for (index, number, name) in expected {
             assert_eq!(index, number, "{name}");

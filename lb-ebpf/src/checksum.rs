@@ -65,6 +65,14 @@ impl Update {
         }
     }
 
+    /// Adds the change of several words at once: the folded sum of
+    /// `!old + new` over them (what [`Update::word`] adds one by one).
+    #[inline(always)]
+    pub fn add(&mut self, delta: u16) {
+        self.sum += delta as u32;
+        self.sum = (self.sum & 0xffff) + (self.sum >> 16);
+    }
+
     /// The new checksum field.
     #[inline(always)]
     pub fn finish(&self) -> [u8; 2] {

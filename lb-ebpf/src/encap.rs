@@ -138,21 +138,25 @@ fn try_encap(ctx: &XdpContext, pkt: &Packet, spec: &Spec) -> Result<L4Sum, ()> {
     }
 
     let ip_hlen = if outer_v4 {
-        let mut h = [0u8; 20];
+        // Written in place (a copy on the stack would count against the
+        // 512 bytes this call chain may use).
+        // SAFETY: `ptr_at` checked the 20 bytes lie in the packet; bytes
+        // only, the one reference to them.
+        let h = unsafe { &mut *ptr_at::<[u8; 20]>(ctx, l3)? };
         h[0] = 0x45;
         h[1] = tos;
         h[2..4].copy_from_slice(&outer_len.to_be_bytes());
+        h[4..6].copy_from_slice(&[0, 0]);
         h[6] = if df { 0x40 } else { 0 };
+        h[7] = 0;
         h[8] = tunnel::OUTER_TTL;
         h[9] = proto;
+        h[10..12].copy_from_slice(&[0, 0]);
         h[12..16].copy_from_slice(&src[..4]);
         h[16..20].copy_from_slice(&spec.real.addr[..4]);
-        let check = tunnel::ipv4_header_checksum(&h);
+        let check = tunnel::ipv4_header_checksum(h);
         h[10] = check[0];
         h[11] = check[1];
-        // SAFETY: `ptr_at` checked the 20 bytes lie in the packet; written
-        // at once.
-        unsafe { *ptr_at::<[u8; 20]>(ctx, l3)? = h };
         tunnel::IPV4_HLEN
     } else {
         // SAFETY: `ptr_at` checked the header lies in the packet; bytes

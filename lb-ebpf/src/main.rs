@@ -68,131 +68,155 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
     let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
     let pkt = zeroed_in(&mut slot);
     let verdict = parse(ctx, pkt);
+    // An ICMP error about a DSR flow (see `icmp::handle`), else 0.
+    let mut relay = 0u64;
     if verdict != FLOW {
-        if verdict == ICMP_TO_VIP {
-            return Ok(icmp::echo(ctx, pkt.l3, pkt.l4, pkt.family));
+        if verdict != ICMP_TO_VIP {
+            return Ok(verdict);
         }
-        return Ok(verdict);
+        let r = icmp::handle(ctx, pkt);
+        if r & icmp::RELAY_NAT != 0 {
+            return Ok(icmp::relay_nat(ctx, pkt.l3, pkt.l4, pkt.family, r as u32));
+        }
+        if r & icmp::RELAY_DSR == 0 {
+            return Ok(r as u32);
+        }
+        relay = r;
     }
 
-    // An established flow, either direction: one lookup. The entry stays
-    // valid for the rest of the program run (RCU).
-    let hit = CONNTRACK.get_ptr_mut(&pkt.key);
-    let established = match hit.map(|p| {
-        // SAFETY: a map value pointer, valid and aligned for the program run
-        // (RCU). Caveat: `partner_due` (and a FullNAT FIN or RST) write
-        // the entry's `checked` (and `flags`) through the raw pointer
-        // while this reference lives, which Rust's aliasing rules do not
-        // allow; nothing reads those fields through it after the writes.
-        unsafe { &*p }
-    }) {
-        Some(ct) if ct.kind == CT_REPLY => {
-            if ct.mode == MODE_FULLNAT && tcp_closing(ctx, &pkt) {
-                if let Some(p) = hit {
-                    // SAFETY: a map value pointer, valid for the program
-                    // run.
-                    unsafe { (*p).flags |= lb_common::CT_F_CLOSING };
-                }
-            }
-            if partner_due(hit) {
-                keep_forward(&pkt, ct);
-            }
-            return Ok(to_client(ctx, &pkt, ct));
+    let flow = if relay != 0 {
+        // To its real, encapsulated like the flow's packets (`pkt.key` is
+        // now the flow's tuple).
+        Balanced {
+            vip_index: ((relay >> icmp::VIP_SHIFT) & 0x7f) as u32,
+            real_id: relay as u32,
+            new: false,
+            mode: (relay >> icmp::MODE_SHIFT) as u8,
+            gue_port: (relay >> icmp::GUE_SHIFT) as u16,
+            snat_addr: None,
+            snat_port: 0,
         }
-        Some(ct) if vip_owns(ct.vip_index, &pkt.key) => match REALS.get(ct.real_id) {
-            Some(real) if real.flags & REAL_F_VALID != 0 => {
-                // NAT and FullNAT flows have a reply entry (DSR replies
-                // never cross the LB).
-                // A FullNAT FIN or RST from the client marks the reply
-                // entry (the SNAT port's claim) closing.
-                let closing = ct.mode == MODE_FULLNAT && tcp_closing(ctx, &pkt);
-                if (ct.mode == MODE_NAT || ct.mode == MODE_FULLNAT) && (partner_due(hit) || closing)
-                {
-                    keep_reply(&pkt, ct, real, closing);
+    } else {
+        // An established flow, either direction: one lookup. The entry stays
+        // valid for the rest of the program run (RCU).
+        let hit = CONNTRACK.get_ptr_mut(&pkt.key);
+        let established = match hit.map(|p| {
+            // SAFETY: a map value pointer, valid and aligned for the program run
+            // (RCU). Caveat: `partner_due` (and a FullNAT FIN or RST) write
+            // the entry's `checked` (and `flags`) through the raw pointer
+            // while this reference lives, which Rust's aliasing rules do not
+            // allow; nothing reads those fields through it after the writes.
+            unsafe { &*p }
+        }) {
+            Some(ct) if ct.kind == CT_REPLY => {
+                if ct.mode == MODE_FULLNAT && tcp_closing(ctx, &pkt) {
+                    if let Some(p) = hit {
+                        // SAFETY: a map value pointer, valid for the program
+                        // run.
+                        unsafe { (*p).flags |= lb_common::CT_F_CLOSING };
+                    }
                 }
-                Some(Balanced {
-                    vip_index: ct.vip_index,
-                    real_id: ct.real_id,
-                    new: false,
-                    mode: ct.mode,
-                    gue_port: ct.vip_port,
-                    snat_addr: if ct.mode == MODE_FULLNAT {
-                        Some(&ct.peer_addr)
-                    } else {
-                        None
-                    },
-                    snat_port: ct.peer_port,
-                })
+                if partner_due(hit) {
+                    keep_forward(&pkt, ct);
+                }
+                return Ok(to_client(ctx, &pkt, ct));
             }
+            Some(ct) if vip_owns(ct.vip_index, &pkt.key) => match REALS.get(ct.real_id) {
+                Some(real) if real.flags & REAL_F_VALID != 0 => {
+                    // NAT and FullNAT flows have a reply entry (DSR replies
+                    // never cross the LB).
+                    // A FullNAT FIN or RST from the client marks the reply
+                    // entry (the SNAT port's claim) closing.
+                    let closing = ct.mode == MODE_FULLNAT && tcp_closing(ctx, &pkt);
+                    if (ct.mode == MODE_NAT || ct.mode == MODE_FULLNAT)
+                        && (partner_due(hit) || closing)
+                    {
+                        keep_reply(&pkt, ct, real, closing);
+                    }
+                    Some(Balanced {
+                        vip_index: ct.vip_index,
+                        real_id: ct.real_id,
+                        new: false,
+                        mode: ct.mode,
+                        gue_port: ct.vip_port,
+                        snat_addr: if ct.mode == MODE_FULLNAT {
+                            Some(&ct.peer_addr)
+                        } else {
+                            None
+                        },
+                        snat_port: ct.peer_port,
+                    })
+                }
+                _ => None,
+            },
+            // Stale (VIP gone or real removed): treated as a new flow.
             _ => None,
-        },
-        // Stale (VIP gone or real removed): treated as a new flow.
-        _ => None,
-    };
-    let flow = match established {
-        Some(flow) => {
-            if nat::ttl_expired(ctx, pkt.l3, pkt.family)? {
-                count(stat::PASS_TTL_EXPIRED);
-                return Ok(xdp_action::XDP_PASS);
-            }
-            count(stat::CT_HIT);
-            flow
-        }
-        None => {
-            // A new flow to a VIP (exact port first, then all-ports).
-            let mut vkey = VipKey {
-                addr: pkt.key.dst,
-                port: pkt.key.dport,
-                proto: pkt.proto,
-                family: pkt.family,
-            };
-            // SAFETY: the value stays valid memory for the program run
-            // (RCU); the control plane replaces a VIP's entry in one update
-            // and only reads of it follow.
-            let mut meta = unsafe { VIPS.get(&vkey) };
-            if meta.is_none() {
-                vkey.port = 0;
-                // SAFETY: as above.
-                meta = unsafe { VIPS.get(&vkey) };
-            }
-            let meta = match meta {
-                Some(m) => m,
-                None => {
-                    count(stat::PASS_NON_VIP);
+        };
+        match established {
+            Some(flow) => {
+                if nat::ttl_expired(ctx, pkt.l3, pkt.family)? {
+                    count(stat::PASS_TTL_EXPIRED);
                     return Ok(xdp_action::XDP_PASS);
                 }
-            };
-            let pick = new_flow(ctx, &pkt, meta);
-            if pick & PICKED == 0 {
-                return Ok(pick as u32);
+                count(stat::CT_HIT);
+                flow
             }
-            let real_id = pick as u32;
-            let Some(real) = REALS.get(real_id) else {
-                return Ok(xdp_action::XDP_DROP);
-            };
-            let mut snat_addr = None;
-            let mut snat_port = 0;
-            if meta.mode == MODE_FULLNAT {
-                let claim = snat_claim(&pkt, meta.vip_index, real_id, real);
-                if claim & PICKED == 0 {
-                    return Ok(claim as u32);
+            None => {
+                // A new flow to a VIP (exact port first, then all-ports).
+                let mut vkey = VipKey {
+                    addr: pkt.key.dst,
+                    port: pkt.key.dport,
+                    proto: pkt.proto,
+                    family: pkt.family,
+                };
+                // SAFETY: the value stays valid memory for the program run
+                // (RCU); the control plane replaces a VIP's entry in one update
+                // and only reads of it follow.
+                let mut meta = unsafe { VIPS.get(&vkey) };
+                if meta.is_none() {
+                    vkey.port = 0;
+                    // SAFETY: as above.
+                    meta = unsafe { VIPS.get(&vkey) };
                 }
-                // The address and port the flow's entries were written with.
-                let Some(pool) = SNAT_POOLS.get(meta.vip_index) else {
+                let meta = match meta {
+                    Some(m) => m,
+                    None => {
+                        count(stat::PASS_NON_VIP);
+                        return Ok(xdp_action::XDP_PASS);
+                    }
+                };
+                let pick = new_flow(ctx, &pkt, meta);
+                if pick & PICKED == 0 {
+                    return Ok(pick as u32);
+                }
+                let real_id = pick as u32;
+                let Some(real) = REALS.get(real_id) else {
                     return Ok(xdp_action::XDP_DROP);
                 };
-                let slot = ((claim >> SNAT_SLOT_SHIFT) as usize) & (MAX_SNAT_ADDRS - 1);
-                snat_addr = Some(&pool.addrs[slot]);
-                snat_port = (claim >> SNAT_PORT_SHIFT) as u16;
-            }
-            Balanced {
-                vip_index: meta.vip_index,
-                real_id,
-                new: true,
-                mode: meta.mode,
-                gue_port: meta.gue_port,
-                snat_addr,
-                snat_port,
+                let mut snat_addr = None;
+                let mut snat_port = 0;
+                if meta.mode == MODE_FULLNAT {
+                    let claim = snat_claim(&pkt, meta.vip_index, real_id, real);
+                    if claim & PICKED == 0 {
+                        return Ok(claim as u32);
+                    }
+                    // The address and port the flow's entries were written with.
+                    let Some(pool) = SNAT_POOLS.get(meta.vip_index) else {
+                        return Ok(xdp_action::XDP_DROP);
+                    };
+                    let slot = ((claim >> SNAT_SLOT_SHIFT) as usize) & (MAX_SNAT_ADDRS - 1);
+                    snat_addr = Some(&pool.addrs[slot]);
+                    snat_port = (claim >> SNAT_PORT_SHIFT) as u16;
+                }
+                Balanced {
+                    vip_index: meta.vip_index,
+                    real_id,
+                    new: true,
+                    mode: meta.mode,
+                    gue_port: meta.gue_port,
+                    snat_addr,
+                    snat_port,
+                }
             }
         }
     };
@@ -363,7 +387,7 @@ const PICKED: u64 = 1 << 32;
 /// Does VIP index `index` still belong to the VIP this client → VIP tuple
 /// is addressed to?
 #[inline(always)]
-fn vip_owns(index: u32, key: &FlowKey) -> bool {
+pub(crate) fn vip_owns(index: u32, key: &FlowKey) -> bool {
     match VIP_KEYS.get(index) {
         Some(v) => {
             v.family == key.family
@@ -373,6 +397,21 @@ fn vip_owns(index: u32, key: &FlowKey) -> bool {
         }
         None => false,
     }
+}
+
+/// The real the VIP's ring gives a client → VIP tuple (0: none; the
+/// caller checked `ring_size` is not 0).
+#[inline(always)]
+pub(crate) fn ring_real(key: &FlowKey, meta: &VipMeta) -> u32 {
+    let seed = match HASH_SEED.get(0) {
+        Some(s) => *s,
+        None => DEFAULT_HASH_SEED,
+    };
+    let Some(slot) = flow_hash_seeded(key, seed).checked_rem(meta.ring_size) else {
+        return 0;
+    };
+    let idx = meta.ring_slot.wrapping_mul(RING_STRIDE).wrapping_add(slot);
+    RINGS.get(idx).copied().unwrap_or(0)
 }
 
 /// First packet of a client → VIP flow (or one whose entry went stale):
@@ -399,19 +438,11 @@ fn try_new_flow(ctx: &XdpContext, pkt: &Packet, meta: &VipMeta) -> Result<u64, (
         count(stat::DROP_NO_REAL);
         return Ok(xdp_action::XDP_DROP as u64);
     }
-    let seed = match HASH_SEED.get(0) {
-        Some(s) => *s,
-        None => DEFAULT_HASH_SEED,
-    };
-    let slot = flow_hash_seeded(&pkt.key, seed) % meta.ring_size;
-    let idx = meta.ring_slot.wrapping_mul(RING_STRIDE).wrapping_add(slot);
-    let real_id = match RINGS.get(idx) {
-        Some(id) if *id != 0 => *id,
-        _ => {
-            count(stat::DROP_NO_REAL);
-            return Ok(xdp_action::XDP_DROP as u64);
-        }
-    };
+    let real_id = ring_real(&pkt.key, meta);
+    if real_id == 0 {
+        count(stat::DROP_NO_REAL);
+        return Ok(xdp_action::XDP_DROP as u64);
+    }
     let real = match REALS.get(real_id) {
         Some(r) if r.flags & REAL_F_VALID != 0 => r,
         _ => {

@@ -85,11 +85,19 @@ pub static ENCAP_SOURCE: Array<EncapSource> = Array::with_max_entries(2, 0);
 #[map]
 pub static SNAT_POOLS: Array<SnatPool> = Array::with_max_entries(MAX_VIPS, 0);
 
-/// Slot 0: ICMP messages the LB may send itself per second per CPU
-/// (`icmp_rate_limit`; 0 = unlimited), written by the control plane.
+/// ICMP settings, written by the control plane: slot `ICMP_CONF_RATE`,
+/// the messages the LB may answer or relay per second per CPU
+/// (`icmp_rate_limit`; 0 = unlimited); slot `ICMP_CONF_RELAY_OFF`, 1 when
+/// `icmp_relay = false`.
 #[map]
-pub static ICMP_RATE: Array<u32> = Array::with_max_entries(1, 0);
+pub static ICMP_CONF: Array<u32> = Array::with_max_entries(2, 0);
 
 /// Each CPU's token bucket for them (see `icmp::allow`).
 #[map]
 pub static ICMP_BUCKET: PerCpuArray<IcmpBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// Each CPU's translation of the ICMP error it is relaying (see
+/// `icmp::Translation`).
+#[map]
+pub static ICMP_SCRATCH: PerCpuArray<crate::icmp::Translation> =
+    PerCpuArray::with_max_entries(1, 0);

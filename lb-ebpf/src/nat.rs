@@ -5,7 +5,7 @@ use lb_common::{stat, FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     csum,
-    parse::{copy16, opaque, ptr_at, Ipv4Hdr, Ipv6Hdr, Packet, IPV4_HLEN},
+    parse::{opaque, ptr_at, Ipv4Hdr, Ipv6Hdr, Packet, IPV4_HLEN},
     segment,
     stats::count,
 };

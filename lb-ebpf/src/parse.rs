@@ -10,7 +10,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::debug;
 use lb_common::{
     stat, FlowKey, VipKey, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP, VIP_F_ADDR_ONLY, VIP_F_ICMP_ECHO,
+    IPPROTO_UDP, VIP_F_ADDR_ONLY,
 };
 use lb_ebpf::hdr;
 
@@ -161,8 +161,8 @@ fn malformed_verdict(ctx: &XdpContext, dst: &[u8; 16], family: u8, reason: u32) 
 /// this value).
 pub const FLOW: u32 = u32::MAX;
 
-/// What [`parse`] returns for ICMP / ICMPv6 to a VIP address whose marker
-/// has `VIP_F_ICMP_ECHO` (`icmp::echo` decides).
+/// What [`parse`] returns for ICMP / ICMPv6 to a VIP address (`icmp.rs`
+/// decides); `key.sport` holds the address marker's `VIP_F_*` flags.
 pub const ICMP_TO_VIP: u32 = u32::MAX - 1;
 
 /// Parses the packet into `out` and returns [`FLOW`], or returns the
@@ -309,7 +309,9 @@ fn try_parse(ctx: &XdpContext, out: &mut Packet) -> Result<u32, ()> {
             } else {
                 IPPROTO_ICMPV6
             };
-            if proto == icmp && flags & VIP_F_ICMP_ECHO != 0 {
+            if proto == icmp {
+                // No ports: the marker's flags ride in `sport`.
+                key.sport = flags as u16;
                 out.l3 = l3;
                 out.l4 = l4;
                 out.family = family;

@@ -46,9 +46,12 @@ pub struct Config {
     /// on every LB node of a deployment; changing it moves every flow that
     /// has no conntrack entry (like a changed ring).
     pub hash_seed: u32,
-    /// ICMP messages the data plane may send itself (echo replies) per
-    /// second per CPU; 0: no limit.
+    /// ICMP messages the data plane may answer (echo replies) or relay
+    /// (errors) per second per CPU; 0: no limit.
     pub icmp_rate_limit: u32,
+    /// ICMP errors about balanced flows are sent on to the flow's real
+    /// (`icmp_relay`, default on).
+    pub icmp_relay: bool,
     /// Outer source addresses of DSR packets (`encap_source`).
     pub encap_sources: EncapSources,
     /// The `[decap]` role of a DSR real.
@@ -100,6 +103,7 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     hash_seed: Option<i64>,
     icmp_rate_limit: Option<i64>,
+    icmp_relay: Option<bool>,
     #[serde(default)]
     encap_source: Vec<String>,
     decap: Option<RawDecap>,
@@ -298,6 +302,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         metrics_listen,
         hash_seed,
         icmp_rate_limit,
+        icmp_relay: raw.icmp_relay.unwrap_or(true),
         encap_sources,
         decap,
     })

@@ -135,8 +135,10 @@ async fn reload(ctl: &Mutex<Control>, roles: &Roles, path: &Path) -> Result<(), 
     if let Err(e) = ctl.set_hash_seed(new.hash_seed) {
         failed.push(format!("L4: hash_seed not applied: {e:#}"));
     }
-    if let Err(e) = ctl.set_icmp_rate(new.icmp_rate_limit) {
-        failed.push(format!("L4: icmp_rate_limit not applied: {e:#}"));
+    if let Err(e) = ctl.set_icmp(new.icmp_rate_limit, new.icmp_relay) {
+        failed.push(format!(
+            "L4: icmp_rate_limit / icmp_relay not applied: {e:#}"
+        ));
     }
     ctl.set_encap_sources(new.encap_sources);
     if let Err(e) = ctl.set_vips(new.vips.clone()) {

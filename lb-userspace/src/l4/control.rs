@@ -142,6 +142,7 @@ impl Control {
         if let Some(dp) = c.dp.as_mut() {
             dp.set_hash_seed(config.hash_seed)?;
             dp.set_icmp_rate(config.icmp_rate_limit)?;
+            dp.set_icmp_relay(config.icmp_relay)?;
             dp.set_encap_sources(config.encap_sources);
         }
         c.set_vips(config.vips)?;
@@ -165,10 +166,13 @@ impl Control {
     }
 
     /// The config's `encap_source`, used from the next VIP update on.
-    /// Applies `icmp_rate_limit` (a reload).
-    pub fn set_icmp_rate(&mut self, rate: u32) -> Result<()> {
+    /// Applies `icmp_rate_limit` and `icmp_relay` (a reload).
+    pub fn set_icmp(&mut self, rate: u32, relay: bool) -> Result<()> {
         match self.dp.as_mut() {
-            Some(dp) => dp.set_icmp_rate(rate),
+            Some(dp) => {
+                dp.set_icmp_rate(rate)?;
+                dp.set_icmp_relay(relay)
+            }
             None => Ok(()),
         }
     }

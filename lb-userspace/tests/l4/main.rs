@@ -16,4 +16,5 @@ mod neighbours;
 mod xdp_dsr;
 mod xdp_fixtures;
 mod xdp_fullnat;
+mod xdp_icmp;
 mod xdp_objects;

@@ -127,9 +127,18 @@ impl Dataplane {
     /// Sets how many ICMP messages (echo replies) the program may send
     /// per second per CPU (`icmp_rate_limit`; 0: no limit).
     pub fn set_icmp_rate(&mut self, rate: u32) -> Result<()> {
-        let mut m: Array<&mut MapData, u32> = map(&mut self.ebpf, "ICMP_RATE")?.try_into()?;
-        m.set(0, rate, 0)
-            .map_err(|e| anyhow!("cannot write ICMP_RATE: {e}"))?;
+        self.set_icmp_conf(lb_common::ICMP_CONF_RATE, rate)
+    }
+
+    /// Turns the relay of ICMP errors to the reals on or off (`icmp_relay`).
+    pub fn set_icmp_relay(&mut self, on: bool) -> Result<()> {
+        self.set_icmp_conf(lb_common::ICMP_CONF_RELAY_OFF, u32::from(!on))
+    }
+
+    fn set_icmp_conf(&mut self, slot: u32, value: u32) -> Result<()> {
+        let mut m: Array<&mut MapData, u32> = map(&mut self.ebpf, "ICMP_CONF")?.try_into()?;
+        m.set(slot, value, 0)
+            .map_err(|e| anyhow!("cannot write ICMP_CONF: {e}"))?;
         Ok(())
     }
 
