@@ -12,6 +12,7 @@ mod l4_errors;
 mod l4_fullnat;
 mod l4_icmp;
 mod l4_netns;
+mod l4_pmtu;
 mod neighbours;
 mod xdp_dsr;
 mod xdp_fixtures;
