@@ -10,6 +10,7 @@ use std::time::Instant;
 use lb_userspace::testbed::{
     self,
     config::{ConfigBuilder, Vip},
+    packet::Pkt,
     privileged, NameServer, Topology,
 };
 
@@ -106,6 +107,86 @@ fn l4_icmp_echo_answered_by_xdp() {
     assert!(
         received >= 100 && received <= bound,
         "{received} answers in {secs:.2} s (bound {bound})"
+    );
+
+    // 10,000 errors from spoofed sources (198.19.0.0/16) about flows of
+    // the VIP: each relayed or dropped by the limit, the relayed ones
+    // within it (a full bucket, at least, and no more than the limit over
+    // the time they took plus a second of burst, per CPU).
+    // A second for the buckets to fill up again after the pings.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let before = counter(&lb, "icmp_error_relayed");
+    let before_limited = counter(&lb, "drop_icmp_rate_limited");
+    let t0 = Instant::now();
+    topo.client
+        .run_in(|| {
+            // SAFETY: a raw socket, closed below; IPPROTO_RAW implies
+            // IP_HDRINCL (the test writes the IP header, with its source).
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(testbed::VIP4.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            for i in 0..10_000u32 {
+                let src = std::net::Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8);
+                let quoted = Pkt::tcp(
+                    testbed::VIP4.into(),
+                    80,
+                    testbed::CLIENT4.into(),
+                    20_000 + (i % 40_000) as u16,
+                    0x10,
+                );
+                let frame = crate::xdp_icmp::icmp_error(
+                    src.into(),
+                    testbed::VIP4.into(),
+                    3,
+                    4,
+                    1280,
+                    &crate::xdp_icmp::quote(&quoted, 48),
+                    64,
+                    ([0; 6], [0; 6]),
+                );
+                let ip = &frame[14..];
+                // SAFETY: `ip` and `to` are valid for the call.
+                let n = unsafe {
+                    libc::sendto(
+                        fd,
+                        ip.as_ptr().cast(),
+                        ip.len(),
+                        0,
+                        (&raw const to).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
+                anyhow::ensure!(
+                    n == ip.len() as isize,
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            // SAFETY: the socket opened above.
+            unsafe { libc::close(fd) };
+            Ok(())
+        })
+        .expect("sending the errors");
+    let secs = t0.elapsed().as_secs_f64();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let relayed = counter(&lb, "icmp_error_relayed") - before;
+    let limited = counter(&lb, "drop_icmp_rate_limited") - before_limited;
+    assert_eq!(
+        relayed + limited,
+        10_000,
+        "relayed {relayed}, limited {limited}"
+    );
+    let bound = (100.0 * (secs + 1.0) * cpus).ceil() as u64;
+    assert!(
+        relayed >= 100 && relayed <= bound,
+        "{relayed} errors relayed in {secs:.2} s (bound {bound})"
     );
     drop(lb);
 }
