@@ -421,6 +421,11 @@ pub mod stat {
         /// in the ring, or a FullNAT flow without its conntrack entry,
         /// whose source port only the entry knows): dropped.
         DROP_ICMP_NO_FLOW = "drop_icmp_error_no_flow",
+        /// A DSR client packet too big for the egress MTU once
+        /// encapsulated (IPv4 with DF, or IPv6): answered with ICMP
+        /// "fragmentation needed" / "packet too big" from the VIP, with the
+        /// MTU less the tunnel's overhead.
+        ICMP_TOO_BIG_SENT = "icmp_too_big_sent",
     }
 }
 
@@ -648,8 +653,9 @@ mod tests {
             (ICMP_RELAYED, 41, "icmp_error_relayed"),
             (DROP_ICMP_MISMATCH, 42, "drop_icmp_error_mismatch"),
             (DROP_ICMP_NO_FLOW, 43, "drop_icmp_error_no_flow"),
+            (ICMP_TOO_BIG_SENT, 44, "icmp_too_big_sent"),
         ];
-        assert_eq!(COUNT, 44);
+        assert_eq!(COUNT, 45);
         assert_eq!(NAMES.len(), COUNT as usize);
         for (index, number, name) in expected {
             assert_eq!(index, number, "{name}");

@@ -38,6 +38,22 @@ const AF_INET6: u8 = 10;
 /// handling and policy routing by ingress stay exact, and a route or
 /// neighbour change is seen within 1 s.
 ///
+/// In [`forward`]'s result: the packet is longer than the egress MTU (in
+/// the low 16 bits); nothing was sent. [`or_pass`] turns it into XDP_PASS
+/// (the kernel then fragments or answers with ICMP itself); DSR answers
+/// the client (`icmp::too_big`).
+pub const FRAG_NEEDED: u32 = 1 << 31;
+
+/// [`forward`]'s result as an XDP verdict: [`FRAG_NEEDED`] passes.
+#[inline(always)]
+pub fn or_pass(action: u32) -> u32 {
+    if action & FRAG_NEEDED != 0 {
+        xdp_action::XDP_PASS
+    } else {
+        action
+    }
+}
+
 /// Not inlined: its FIB parameters and cache entries take stack that the
 /// caller's frame need not hold (BPF allows 512 bytes along a call chain).
 #[inline(never)]
@@ -88,7 +104,9 @@ fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32
         let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3)? };
         p.family = AF_INET6;
         p.l4_protocol = ip.next_hdr;
-        p.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.payload_len);
+        // The whole packet, as for IPv4: the helper compares it with the
+        // egress MTU.
+        p.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.payload_len).saturating_add(40);
         let flow = u32::from_ne_bytes(ip.vtc_flow) & u32::from_ne_bytes([0x0f, 0xff, 0xff, 0xff]);
         p.__bindgen_anon_2.flowinfo = flow;
         let mut src = [0u32; 4];
@@ -126,9 +144,11 @@ fn try_forward(ctx: &XdpContext, l3: usize, family: u8, hop: &Hop) -> Result<u32
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
             count(stat::FIB_FRAG_NEEDED);
-        } else {
-            count(stat::FIB_MISS);
+            // SAFETY: on this result the helper wrote the MTU there.
+            let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
+            return Ok(FRAG_NEEDED | mtu as u32);
         }
+        count(stat::FIB_MISS);
         return Ok(xdp_action::XDP_PASS);
     }
     let mut fresh = NextHop {

@@ -28,7 +28,10 @@
 //! header sum unchanged.
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
+    bindings::xdp_action,
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+    EbpfContext,
 };
 use lb_common::{
     stat, FlowKey, VipKey, CT_FORWARD, FAMILY_V4, ICMP_CONF_RATE, ICMP_CONF_RELAY_OFF, IPPROTO_TCP,
@@ -39,7 +42,7 @@ use crate::{
     csum::Update,
     forward,
     maps::{CONNTRACK, ICMP_BUCKET, ICMP_CONF, ICMP_SCRATCH, REALS, VIPS},
-    parse::{copy16, opaque, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet},
+    parse::{copy16, opaque, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ETH_HLEN},
     stats::count,
 };
 
@@ -320,7 +323,12 @@ pub fn relay_nat(ctx: &XdpContext, l3: usize, l4: usize, family: u8, real_id: u3
     if v != TRANSLATED {
         return v;
     }
-    forward::forward(ctx, l3, family, &forward::Hop::Real(real_id))
+    forward::or_pass(forward::forward(
+        ctx,
+        l3,
+        family,
+        &forward::Hop::Real(real_id),
+    ))
 }
 
 #[inline(never)]
@@ -472,6 +480,175 @@ fn try_translate<const V4: bool>(
     icmp[2] = c[0];
     icmp[3] = c[1];
     Ok(TRANSLATED)
+}
+
+/// The bytes of the client's packet an ICMP "too big" quotes: its IP
+/// header and the first 8 bytes after it (RFC 792; enough for the
+/// client's kernel to find the connection).
+const QUOTE_V4: usize = 20 + 8;
+const QUOTE_V6: usize = 40 + 8;
+
+/// A DSR client packet (already encapsulated: its IP header at `l3 +
+/// overhead`) did not fit the egress MTU `mtu`: turns it in place into an
+/// ICMP "fragmentation needed" (IPv4, when the client set DF) or "packet
+/// too big" (IPv6) from the VIP to the client, announcing `mtu - overhead`,
+/// and sends it back out of the ingress interface. An IPv4 packet without
+/// DF passes to the kernel, which may fragment the tunnel packet. Rate
+/// limited with the other ICMP the LB sends. Not inlined; a scalar result.
+#[inline(never)]
+pub fn too_big(ctx: &XdpContext, l3: usize, overhead: usize, family: u8, mtu: u16) -> u32 {
+    let ctx = opaque(ctx);
+    try_too_big(ctx, l3, overhead, family, mtu).unwrap_or(xdp_action::XDP_DROP)
+}
+
+#[inline(always)]
+fn try_too_big(
+    ctx: &XdpContext,
+    l3: usize,
+    overhead: usize,
+    family: u8,
+    mtu: u16,
+) -> Result<u32, ()> {
+    let v4 = family == FAMILY_V4;
+    let inner = l3 + (overhead & 0x7f);
+    // The client's addresses and MACs, before the headers move.
+    let mut client = [0u8; 16];
+    let mut vip = [0u8; 16];
+    if v4 {
+        // SAFETY: `ptr_at` checked the header lies in the packet; bytes,
+        // read right away.
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, inner)? };
+        if ip.frag_off[0] & 0x40 == 0 {
+            return Ok(xdp_action::XDP_PASS);
+        }
+        client[..4].copy_from_slice(&ip.src);
+        vip[..4].copy_from_slice(&ip.dst);
+    } else {
+        // SAFETY: as for IPv4.
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, inner)? };
+        copy16(&mut client, &ip.src);
+        copy16(&mut vip, &ip.dst);
+    }
+    if !allow() {
+        count(stat::DROP_ICMP_RATE);
+        return Ok(xdp_action::XDP_DROP);
+    }
+    // SAFETY: the Ethernet header (and VLAN tag) encap left at the start;
+    // bytes, copied.
+    let (smac, dmac, tag) = unsafe {
+        let e = &*ptr_at::<EthHdr>(ctx, 0)?;
+        let tag = if l3 == ETH_HLEN {
+            [0u8; 4]
+        } else {
+            *ptr_at::<[u8; 4]>(ctx, ETH_HLEN)?
+        };
+        (e.src, e.dst, tag)
+    };
+    let (ip_len, quote) = if v4 { (20, QUOTE_V4) } else { (40, QUOTE_V6) };
+    // New IP + ICMP headers where the tunnel headers are: grow or shrink
+    // the head by the difference.
+    let delta = (overhead & 0x7f) as i32 - (ip_len + 8) as i32;
+    // SAFETY: the program's own context; every packet pointer is taken
+    // anew after this.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, delta) } != 0 {
+        return Ok(xdp_action::XDP_DROP);
+    }
+    let total = l3 + ip_len + 8 + quote;
+    let now = ctx.data_end() - ctx.data();
+    if now < total {
+        return Ok(xdp_action::XDP_DROP);
+    }
+    // SAFETY: as above.
+    if unsafe { bpf_xdp_adjust_tail(ctx.as_ptr() as *mut _, total as i32 - now as i32) } != 0 {
+        return Ok(xdp_action::XDP_DROP);
+    }
+    // SAFETY: bytes only, the one reference to them.
+    let eth = unsafe { &mut *ptr_at::<EthHdr>(ctx, 0)? };
+    eth.dst = smac;
+    eth.src = dmac;
+    // Every header byte is written anew: the head moved.
+    let ether_type = if v4 { 0x0800u16 } else { 0x86dd }.to_be_bytes();
+    if l3 == ETH_HLEN {
+        eth.proto = ether_type;
+    } else {
+        eth.proto = [0x81, 0x00];
+        // SAFETY: bytes only, the one reference to them.
+        let t = unsafe { &mut *ptr_at::<[u8; 4]>(ctx, ETH_HLEN)? };
+        *t = [tag[0], tag[1], ether_type[0], ether_type[1]];
+    }
+    let icmp_len = (8 + quote) as u16;
+    let l4 = l3 + ip_len;
+    // SAFETY: bytes only, the one reference to them.
+    let icmp = unsafe { &mut *ptr_at::<[u8; 8]>(ctx, l4)? };
+    let mut sum = 0u32;
+    if v4 {
+        // SAFETY: as above.
+        let h = unsafe { &mut *ptr_at::<[u8; 20]>(ctx, l3)? };
+        h[0] = 0x45;
+        h[1] = 0;
+        h[2..4].copy_from_slice(&(20 + icmp_len).to_be_bytes());
+        h[4..8].copy_from_slice(&[0, 0, 0, 0]);
+        h[8] = 64;
+        h[9] = 1;
+        h[10..12].copy_from_slice(&[0, 0]);
+        h[12..16].copy_from_slice(&vip[..4]);
+        h[16..20].copy_from_slice(&client[..4]);
+        let c = lb_ebpf::tunnel::ipv4_header_checksum(h);
+        h[10] = c[0];
+        h[11] = c[1];
+        let m = mtu.saturating_sub(overhead as u16).max(68);
+        *icmp = [DEST_UNREACH_V4, 4, 0, 0, 0, 0, (m >> 8) as u8, m as u8];
+    } else {
+        // SAFETY: as above.
+        let h = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, l3)? };
+        h.vtc_flow = [0x60, 0, 0, 0];
+        h.payload_len = icmp_len.to_be_bytes();
+        h.next_hdr = 58;
+        h.hop_limit = 64;
+        copy16(&mut h.src, &vip);
+        copy16(&mut h.dst, &client);
+        let m = (mtu.saturating_sub(overhead as u16).max(1280)) as u32;
+        *icmp = [PACKET_TOO_BIG_V6, 0, 0, 0, 0, 0, 0, 0];
+        icmp[4..8].copy_from_slice(&m.to_be_bytes());
+        // The pseudo header: addresses, length, next header.
+        let mut i = 0;
+        while i < 16 {
+            sum += u16::from_be_bytes([vip[i], vip[i + 1]]) as u32;
+            sum += u16::from_be_bytes([client[i], client[i + 1]]) as u32;
+            i += 2;
+        }
+        sum += icmp_len as u32 + 58;
+    }
+    // The ICMP message: header and quote, read back from the packet.
+    if v4 {
+        // SAFETY: bytes, only read.
+        sum += sum_words(unsafe { &*ptr_at::<[u8; 8 + QUOTE_V4]>(ctx, l4)? });
+    } else {
+        // SAFETY: as above.
+        sum += sum_words(unsafe { &*ptr_at::<[u8; 8 + QUOTE_V6]>(ctx, l4)? });
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let c = (!(sum as u16)).to_be_bytes();
+    // SAFETY: bytes only, the one reference to them.
+    let icmp = unsafe { &mut *ptr_at::<[u8; 8]>(ctx, l4)? };
+    icmp[2] = c[0];
+    icmp[3] = c[1];
+    count(stat::ICMP_TOO_BIG_SENT);
+    let ingress = ctx.ingress_ifindex() as u32;
+    Ok(forward::out_of(ingress, ingress))
+}
+
+/// The sum of the big-endian 16-bit words of `b` (not folded).
+#[inline(always)]
+fn sum_words<const N: usize>(b: &[u8; N]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u16::from_be_bytes([b[i], b[i + 1]]) as u32;
+        i += 2;
+    }
+    sum
 }
 
 /// Replaces the 16 bytes at `off` with `new`; returns the change for the

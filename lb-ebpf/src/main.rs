@@ -679,7 +679,12 @@ fn try_to_real(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> Result<u32, (
         return Err(());
     }
     let sum = nat::rewrite_to(ctx, pkt, &target)?;
-    let action = forward::forward(ctx, pkt.l3, pkt.family, &forward::Hop::Real(flow.real_id));
+    let action = forward::or_pass(forward::forward(
+        ctx,
+        pkt.l3,
+        pkt.family,
+        &forward::Hop::Real(flow.real_id),
+    ));
     settle(ctx, &sum, action)
 }
 
@@ -708,6 +713,20 @@ fn try_to_real_dsr(ctx: &XdpContext, pkt: &Packet, flow: &Balanced) -> Result<u3
     encap::encap(ctx, pkt, &spec, &mut sum)?;
     count(stat::DSR_ENCAP);
     let action = forward::forward(ctx, pkt.l3, real.family, &forward::Hop::Real(flow.real_id));
+    if action & forward::FRAG_NEEDED != 0 {
+        // Too big once encapsulated: the client hears it from the VIP.
+        let overhead = lb_ebpf::tunnel::overhead(
+            real.family == lb_common::FAMILY_V4,
+            flow.mode == lb_common::MODE_DSR_GUE,
+        );
+        return Ok(icmp::too_big(
+            ctx,
+            pkt.l3,
+            overhead,
+            pkt.family,
+            action as u16,
+        ));
+    }
     settle(ctx, &sum, action)
 }
 
@@ -766,7 +785,12 @@ fn try_to_client(ctx: &XdpContext, pkt: &Packet, rev: &CtValue) -> Result<u32, (
         family: pkt.family,
         _pad: [0; 3],
     };
-    let action = forward::forward(ctx, pkt.l3, pkt.family, &forward::Hop::Client(client));
+    let action = forward::or_pass(forward::forward(
+        ctx,
+        pkt.l3,
+        pkt.family,
+        &forward::Hop::Client(client),
+    ));
     settle(ctx, &sum, action)
 }
 

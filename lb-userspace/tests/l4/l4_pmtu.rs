@@ -152,3 +152,131 @@ fn l4_pmtu_fullnat() {
 fn l4_pmtu_dsr() {
     pmtu("dsr");
 }
+
+/// The path MTU of a connected UDP socket in `ns` towards `to` after one
+/// full-size datagram with DF (the kernel's `IP_MTU` / `IPV6_MTU`).
+fn udp_path_mtu(ns: &testbed::Netns, to: std::net::SocketAddr) -> (u32, u32) {
+    ns.run_in(move || {
+        let bind: std::net::SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let s = std::net::UdpSocket::bind(bind)?;
+        s.connect(to)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        let (level, opt, val, mtu_opt) = if to.is_ipv4() {
+            (
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DO,
+                libc::IP_MTU,
+            )
+        } else {
+            (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_DO,
+                libc::IPV6_MTU,
+            )
+        };
+        let get = || -> anyhow::Result<u32> {
+            let mut v: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: `v` and `len` are valid for the call.
+            let rc =
+                unsafe { libc::getsockopt(fd, level, mtu_opt, (&raw mut v).cast(), &raw mut len) };
+            anyhow::ensure!(rc == 0, "getsockopt: {}", std::io::Error::last_os_error());
+            Ok(v as u32)
+        };
+        // SAFETY: a valid int option for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&raw const val).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(rc == 0, "setsockopt: {}", std::io::Error::last_os_error());
+        let before = get()?;
+        let payload = vec![0x42u8; before as usize - if to.is_ipv4() { 28 } else { 48 }];
+        s.send(&payload)?;
+        // The ICMP answer updates the route's MTU; a bounded wait for it.
+        for _ in 0..30 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if get()? < before {
+                break;
+            }
+        }
+        Ok((before, get()?))
+    })
+    .expect("udp probe")
+}
+
+/// DSR adds the tunnel's headers: a client datagram that fits the path to
+/// the lb but not the tunnel to the real draws "fragmentation needed" /
+/// "packet too big" from the VIP with the MTU less the tunnel, and the
+/// client's kernel takes it as the path MTU.
+#[test]
+fn l4_pmtu_dsr_encap_overhead() {
+    if !privileged() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+        return;
+    }
+    let topo = Topology::build_dsr(1).expect("topology");
+    let dir = tempfile::tempdir().unwrap();
+    let _decap = Lb::builder(crate::LB, dir.path())
+        .name("real1")
+        .netns(&topo.reals[0])
+        .config(
+            ConfigBuilder::new()
+                .no_api()
+                .section("[decap]\ninterfaces = [\"r0\"]\n")
+                .build(),
+        )
+        .wait_for_xdp(["r0"])
+        .start()
+        .unwrap_or_else(|e| panic!("decap: {e:#}"));
+    topo.block_kernel_forwarding().expect("nft");
+    let mut b = ConfigBuilder::topology(&topo).no_api().key(
+        "encap_source",
+        toml::Value::Array(vec!["198.18.250.0/24".into(), "2001:db8:250::/112".into()]),
+    );
+    for (vip, port, encap) in [
+        (IpAddr::from(VIP4), 9001, "ipip"),
+        (IpAddr::from(VIP4), 9002, "gue"),
+        (IpAddr::from(VIP6), 9001, "ipip"),
+    ] {
+        let real: IpAddr = if vip.is_ipv4() {
+            real4(1).into()
+        } else {
+            real6(1).into()
+        };
+        b = b.vip(
+            Vip::udp(vip, port)
+                .mode("dsr")
+                .key("encap", encap)
+                .real(real, port),
+        );
+    }
+    let lb = topo
+        .start_lb(crate::LB, &b.build(), dir.path())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // The client keeps one path MTU per destination address: the GUE
+    // port's 8 more bytes lower what the IPIP port taught it.
+    for (to, want) in [
+        (std::net::SocketAddr::new(VIP4.into(), 9001), (1500, 1480)),
+        (std::net::SocketAddr::new(VIP4.into(), 9002), (1480, 1472)),
+        (std::net::SocketAddr::new(VIP6.into(), 9001), (1500, 1460)),
+    ] {
+        assert_eq!(
+            udp_path_mtu(&topo.client, to),
+            want,
+            "{to}: path MTU before and after a full-size datagram\n--- lb log ---\n{}",
+            lb.log()
+        );
+    }
+    drop(lb);
+}

@@ -250,6 +250,47 @@ fn xdp_icmp_errors_reach_the_flows_real() {
             ));
         }
 
+        // DSR packets too big once encapsulated: the client hears it from
+        // the VIP, with the MTU less the tunnel (20 bytes IPIP, 40 IP6IP6).
+        let dv6 = IpAddr::V6(VIP6_DSR);
+        for (vip, client, mtu, quoted, what) in [
+            (dv4, c4, 1480u32, 28usize, "v4 DF"),
+            (dv6, c6, 1460, 48, "v6"),
+        ] {
+            let mut big = Pkt::tcp(client, 42000, vip, 80, ACK);
+            big.payload = vec![0x5a; if client.is_ipv4() { 1460 } else { 1440 }];
+            let ty = if client.is_ipv4() { 3 } else { 2 };
+            let code = if client.is_ipv4() { 4 } else { 0 };
+            let mut want = icmp_error(
+                vip,
+                client,
+                ty,
+                code,
+                mtu,
+                &quote(&big, quoted),
+                64,
+                (IN_MAC, CLIENT_MAC),
+            );
+            if client.is_ipv4() {
+                want[18..20].copy_from_slice(&[0, 0]);
+                fix_ip4_csum(&mut want, 14);
+            }
+            check(
+                &mut f,
+                &format!("{what} DSR packet too big once encapsulated → ICMP to the client from the VIP"),
+                &big.bytes(),
+                XDP_REDIRECT,
+                Some(&want),
+            );
+        }
+        let mut big = Pkt::tcp(c4, 42001, dv4, 80, ACK);
+        big.payload = vec![0x5a; 1460];
+        big.frag = 0;
+        let (v, _, _) = testbed::packet::test_run(prog, in0, &big.bytes())?;
+        if v != XDP_PASS {
+            f.push(format!("v4 DSR packet too big without DF: verdict {v}, want pass (the kernel fragments)"));
+        }
+
         // Not about a packet the VIP sent: dropped.
         let other = sent(Pkt::tcp(IpAddr::V4(VIP4_ALL), 80, c4, 40007, ACK));
         check(
@@ -282,9 +323,12 @@ fn xdp_icmp_errors_reach_the_flows_real() {
             n("icmp_error_relayed"),
             n("drop_icmp_error_mismatch"),
             n("drop_icmp_error_no_flow"),
+            n("icmp_too_big_sent"),
         );
-        if counts != (8, 3, 1) {
-            f.push(format!("counters (relayed, mismatch, no flow): {counts:?}, want (8, 3, 1)"));
+        if counts != (8, 3, 1, 2) {
+            f.push(format!(
+                "counters (relayed, mismatch, no flow, too big): {counts:?}, want (8, 3, 1, 2)"
+            ));
         }
 
         // `icmp_relay = false`: errors pass to the kernel untouched.
