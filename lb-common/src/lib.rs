@@ -100,6 +100,24 @@ pub struct SnatPool {
     /// First port (native order) and number of ports.
     pub port_min: u16,
     pub port_count: u16,
+    /// Coarse clock ticks after which an idle flow's port, and a closed
+    /// (FIN or RST) flow's port, may go to a new flow (`snat_idle_timeout`,
+    /// `snat_closed_timeout`); 0: `SNAT_IDLE_TICKS_*`, `SNAT_CLOSED_TICKS`.
+    pub idle_ticks: u32,
+    pub closed_ticks: u32,
+}
+
+/// Coarse clock ticks (2^24 ns) in `ms` milliseconds, rounded up, at
+/// least 1.
+pub const fn ticks_of_ms(ms: u64) -> u32 {
+    let t = (ms * 1_000_000).div_ceil(1 << 24);
+    if t == 0 {
+        1
+    } else if t > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        t as u32
+    }
 }
 
 /// `RealDef.flags`: the slot holds a configured real.
@@ -550,8 +568,8 @@ assert_layout!(CtValue, size 56, align 8, {
     real_id: 0, vip_index: 4, kind: 8, mode: 9, vip_port: 10, vip_addr: 12, checked: 28,
     peer_addr: 32, peer_port: 48, flags: 50, _pad: 51,
 });
-assert_layout!(SnatPool, size 136, align 4, {
-    addrs: 0, count: 128, port_min: 132, port_count: 134,
+assert_layout!(SnatPool, size 144, align 4, {
+    addrs: 0, count: 128, port_min: 132, port_count: 134, idle_ticks: 136, closed_ticks: 140,
 });
 assert_layout!(EncapSource, size 24, align 4, { addr: 0, host_mask: 16, family: 20, _pad: 21 });
 assert_layout!(DecapAddr, size 20, align 1, { addr: 0, family: 16, _pad: 17 });

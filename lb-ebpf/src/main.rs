@@ -509,6 +509,11 @@ fn snat_claim(pkt: &Packet, vip_index: u32, real_id: u32, real: &RealDef) -> u64
     // Local copies, checked once: a divisor the compiler cannot prove
     // non-zero brings a panic branch the verifier rejects.
     let (addrs, ports, port_min) = (pool.count, pool.port_count as u32, pool.port_min);
+    let closed = if pool.closed_ticks != 0 {
+        pool.closed_ticks
+    } else {
+        lb_common::SNAT_CLOSED_TICKS
+    };
     if addrs == 0 || ports == 0 {
         count(stat::DROP_NO_SNAT);
         return xdp_action::XDP_DROP as u64;
@@ -520,7 +525,9 @@ fn snat_claim(pkt: &Packet, vip_index: u32, real_id: u32, real: &RealDef) -> u64
     // Another seed than the ring's, so the ports do not follow the reals.
     let h0 = flow_hash_seeded(&pkt.key, seed ^ 0x5eed_5a47);
     let now = tick();
-    let idle = if pkt.proto == IPPROTO_TCP {
+    let idle = if pool.idle_ticks != 0 {
+        pool.idle_ticks
+    } else if pkt.proto == IPPROTO_TCP {
         lb_common::SNAT_IDLE_TICKS_TCP
     } else {
         lb_common::SNAT_IDLE_TICKS_UDP
@@ -564,9 +571,7 @@ fn snat_claim(pkt: &Packet, vip_index: u32, real_id: u32, real: &RealDef) -> u64
         // CPU shows the old or the new entry.
         if let Some(old) = unsafe { CONNTRACK.get(&rkey) } {
             let quiet = now.wrapping_sub(old.checked);
-            if (old.flags & lb_common::CT_F_CLOSING != 0 && quiet > lb_common::SNAT_CLOSED_TICKS)
-                || quiet > idle
-            {
+            if (old.flags & lb_common::CT_F_CLOSING != 0 && quiet > closed) || quiet > idle {
                 flags = 0;
             }
         }

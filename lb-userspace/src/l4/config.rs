@@ -124,6 +124,10 @@ pub struct Vip {
     /// empty in other modes) and the source ports flows may take.
     pub snat: Vec<IpAddr>,
     pub snat_ports: (u16, u16),
+    /// FullNAT: `snat_idle_timeout` and `snat_closed_timeout` (`None`: the
+    /// defaults, 300 s for TCP / 60 s for UDP, and 2 s).
+    pub snat_idle: Option<Duration>,
+    pub snat_closed: Option<Duration>,
     /// The LB answers echo requests (ping) to the VIP's address itself
     /// (`icmp_echo`, default on; on for the address while any of its VIPs
     /// has it on).
@@ -162,6 +166,10 @@ pub struct RawVip {
     /// `fullnat` + TCP: insert a PROXY protocol v2 header (not available in
     /// this version; `true` is refused).
     pub proxy_protocol: Option<bool>,
+    /// `fullnat` only: when an idle flow's port, and a closed flow's
+    /// port, may go to a new flow.
+    pub snat_idle_timeout: Option<String>,
+    pub snat_closed_timeout: Option<String>,
     /// Answer pings to the VIP's address in XDP (default true).
     pub icmp_echo: Option<bool>,
     pub ring_size: Option<i64>,
@@ -248,6 +256,48 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
     };
     let mode = validate_mode(p, rv, errors);
     let (snat, snat_ports) = validate_snat(p, rv, address, mode, errors);
+    let fullnat = mode == Some(Mode::FullNat);
+    let snat_time =
+        |key: &str, value: &Option<String>, max: Duration, errors: &mut Vec<ConfigError>| {
+            let Some(s) = value else {
+                return Some(None);
+            };
+            if !fullnat {
+                if mode.is_some() {
+                    errors.push(ConfigError::new(
+                        format!("{p}.{key}"),
+                        "only used with mode = \"fullnat\"",
+                    ));
+                }
+                return None;
+            }
+            match parse_duration(s) {
+                Ok(d) if d <= max => Some(Some(d)),
+                Ok(_) => {
+                    errors.push(ConfigError::new(
+                        format!("{p}.{key}"),
+                        format!("`{s}` is longer than {max:?}"),
+                    ));
+                    None
+                }
+                Err(reason) => {
+                    errors.push(ConfigError::new(format!("{p}.{key}"), reason));
+                    None
+                }
+            }
+        };
+    let snat_idle = snat_time(
+        "snat_idle_timeout",
+        &rv.snat_idle_timeout,
+        Duration::from_secs(86_400),
+        errors,
+    );
+    let snat_closed = snat_time(
+        "snat_closed_timeout",
+        &rv.snat_closed_timeout,
+        Duration::from_secs(600),
+        errors,
+    );
     let ring_size = match rv.ring_size {
         None => Some(DEFAULT_RING_SIZE),
         Some(n) if n < MIN_RING_SIZE as i64 || n > MAX_RING_SIZE as i64 => {
@@ -360,6 +410,8 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
         },
         snat: snat?,
         snat_ports: snat_ports?,
+        snat_idle: snat_idle?,
+        snat_closed: snat_closed?,
         icmp_echo: rv.icmp_echo.unwrap_or(true),
     })
 }

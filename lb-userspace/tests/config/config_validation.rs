@@ -234,6 +234,42 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "only used with mode = \"fullnat\"",
         ),
         (
+            "snat_idle_timeout without fullnat",
+            vip(
+                "198.18.100.1",
+                "80",
+                "tcp",
+                "snat_idle_timeout = \"60s\"",
+                &r,
+            ),
+            "vip[0].snat_idle_timeout",
+            "only used with mode = \"fullnat\"",
+        ),
+        (
+            "fullnat snat_closed_timeout too long",
+            vip(
+                "198.18.100.1",
+                "80",
+                "tcp",
+                "mode = \"fullnat\"\nsnat = [\"198.18.3.1\"]\nsnat_closed_timeout = \"2h\"",
+                &r,
+            ),
+            "vip[0].snat_closed_timeout",
+            "longer than",
+        ),
+        (
+            "fullnat snat_idle_timeout not a duration",
+            vip(
+                "198.18.100.1",
+                "80",
+                "tcp",
+                "mode = \"fullnat\"\nsnat = [\"198.18.3.1\"]\nsnat_idle_timeout = \"soon\"",
+                &r,
+            ),
+            "vip[0].snat_idle_timeout",
+            "",
+        ),
+        (
             "fullnat real of the other family",
             vip(
                 "198.18.100.1",

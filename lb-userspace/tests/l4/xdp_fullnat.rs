@@ -78,6 +78,31 @@ snat_ports = "40000-40003"
 [[vip.real]]
 address = "198.18.11.2"
 port = 8080
+
+# One port each, given back after short configured times.
+[[vip]]
+address = "198.18.100.7"
+port = 80
+protocol = "tcp"
+mode = "fullnat"
+snat = ["198.18.11.1"]
+snat_ports = "40010-40010"
+snat_closed_timeout = "200ms"
+[[vip.real]]
+address = "198.18.11.2"
+port = 8080
+
+[[vip]]
+address = "198.18.100.7"
+port = 53
+protocol = "udp"
+mode = "fullnat"
+snat = ["198.18.11.1"]
+snat_ports = "40020-40020"
+snat_idle_timeout = "300ms"
+[[vip.real]]
+address = "198.18.11.2"
+port = 5353
 "#;
 
 /// The source port of an IPv4 or IPv6 frame's TCP/UDP header.
@@ -474,6 +499,69 @@ fn fullnat_pool_runs_out_refuses_and_takes_back_closed_ports() {
         let answer = from_real(Pkt::tcp(r4, 8080, SNAT4, first_port, 0x12));
         if let Err(e) = reply(prog, out1, &answer, vip, 80, client(8), 30000) {
             failures.push(format!("the new flow's reply: {e}"));
+        }
+        Ok(failures)
+    }) else {
+        return;
+    };
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `snat_closed_timeout` and `snat_idle_timeout`: a one-port pool gives
+/// its port to a new flow once the old flow closed and stayed quiet for
+/// 200 ms (TCP), or idled for 300 ms (UDP); not before.
+#[test]
+fn fullnat_configured_port_times() {
+    let r4 = IpAddr::V4(REAL4);
+    let vip = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 7));
+    let Some(failures) = with_dataplane(move |dp, in0, _out1| {
+        let prog = dp.program(dataplane::PROGRAM)?;
+        let mut failures = Vec::new();
+        let client = |i: u8| IpAddr::V4(Ipv4Addr::new(198, 18, 3, i));
+        // TCP: the first flow takes the port, ends with a RST.
+        let first = Pkt::tcp(client(1), 30000, vip, 80, 0x02);
+        match forward(prog, in0, &first, SNAT4, r4, 8080) {
+            Ok(40010) => {}
+            other => failures.push(format!("first TCP flow: {other:?}, want port 40010")),
+        }
+        forward(
+            prog,
+            in0,
+            &Pkt::tcp(client(1), 30000, vip, 80, 0x14),
+            SNAT4,
+            r4,
+            8080,
+        )
+        .map_err(|e| anyhow::anyhow!("RST: {e}"))?;
+        let next = Pkt::tcp(client(2), 30000, vip, 80, 0x02);
+        let (v, _, _) = test_run(prog, in0, &next.bytes())?;
+        if v != XDP_DROP {
+            failures.push(format!("TCP right after the RST: verdict {v}, want drop"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(450));
+        match forward(prog, in0, &next, SNAT4, r4, 8080) {
+            Ok(40010) => {}
+            other => failures.push(format!(
+                "TCP 450 ms after the RST: {other:?}, want port 40010"
+            )),
+        }
+        // UDP: the first flow takes the port and goes quiet.
+        let first = Pkt::udp(client(1), 30000, vip, 53);
+        match forward(prog, in0, &first, SNAT4, r4, 5353) {
+            Ok(40020) => {}
+            other => failures.push(format!("first UDP flow: {other:?}, want port 40020")),
+        }
+        let next = Pkt::udp(client(2), 30000, vip, 53);
+        let (v, _, _) = test_run(prog, in0, &next.bytes())?;
+        if v != XDP_DROP {
+            failures.push(format!(
+                "UDP with the first flow fresh: verdict {v}, want drop"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(550));
+        match forward(prog, in0, &next, SNAT4, r4, 5353) {
+            Ok(40020) => {}
+            other => failures.push(format!("UDP after 550 ms idle: {other:?}, want port 40020")),
         }
         Ok(failures)
     }) else {

@@ -388,6 +388,12 @@ impl Dataplane {
                 port_min: v.snat_ports.0,
                 // A full range (1-65535) is 65535 ports, which fits.
                 port_count: v.snat_ports.1 - v.snat_ports.0 + 1,
+                idle_ticks: v
+                    .snat_idle
+                    .map_or(0, |d| lb_common::ticks_of_ms(d.as_millis() as u64)),
+                closed_ticks: v
+                    .snat_closed
+                    .map_or(0, |d| lb_common::ticks_of_ms(d.as_millis() as u64)),
                 ..SnatPool::default()
             };
             for (slot, a) in v.snat.iter().take(lb_common::MAX_SNAT_ADDRS).enumerate() {
