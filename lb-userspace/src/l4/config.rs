@@ -289,13 +289,13 @@ pub fn validate_vip(p: &str, rv: &RawVip, errors: &mut Vec<ConfigError>) -> Opti
     let snat_idle = snat_time(
         "snat_idle_timeout",
         &rv.snat_idle_timeout,
-        Duration::from_secs(86_400),
+        Duration::from_hours(24),
         errors,
     );
     let snat_closed = snat_time(
         "snat_closed_timeout",
         &rv.snat_closed_timeout,
-        Duration::from_secs(600),
+        Duration::from_mins(10),
         errors,
     );
     let ring_size = match rv.ring_size {
