@@ -112,6 +112,11 @@ pub fn handle(ctx: &XdpContext, pkt: &mut Packet) -> u64 {
 #[inline(always)]
 fn try_handle(ctx: &XdpContext, pkt: &mut Packet) -> Result<u64, ()> {
     let v4 = pkt.family == FAMILY_V4;
+    // Where the IP datagram ends: link padding after it is not ICMP.
+    let ip_end = pkt.l3 + ip_len(ctx, pkt.l3, v4)?;
+    if pkt.l4 + 8 > ip_end {
+        return Ok(mismatch());
+    }
     // SAFETY: type and code: bytes, read right away.
     let icmp = unsafe { ptr_at::<[u8; 4]>(ctx, pkt.l4)? };
     // SAFETY: `ptr_at` checked the four bytes lie in the packet.
@@ -130,14 +135,26 @@ fn try_handle(ctx: &XdpContext, pkt: &mut Packet) -> Result<u64, ()> {
         count(stat::PASS_VIP_OTHER_PROTO);
         return Ok(xdp_action::XDP_PASS as u64);
     }
-    relay(ctx, pkt)
+    relay(ctx, pkt, ip_end)
+}
+
+/// The IP datagram's length: IPv4 total length, IPv6 payload + 40.
+#[inline(always)]
+fn ip_len(ctx: &XdpContext, l3: usize, v4: bool) -> Result<usize, ()> {
+    if v4 {
+        // SAFETY: bytes, read right away.
+        Ok(u16::from_be_bytes(unsafe { (*ptr_at::<Ipv4Hdr>(ctx, l3)?).tot_len }) as usize)
+    } else {
+        // SAFETY: as above.
+        Ok(u16::from_be_bytes(unsafe { (*ptr_at::<Ipv6Hdr>(ctx, l3)?).payload_len }) as usize + 40)
+    }
 }
 
 /// An error about a flow of this VIP: finds the flow's real; NAT and
 /// FullNAT errors are translated and forwarded here, DSR ones go back to
 /// `lb_xdp`.
 #[inline(always)]
-fn relay(ctx: &XdpContext, pkt: &mut Packet) -> Result<u64, ()> {
+fn relay(ctx: &XdpContext, pkt: &mut Packet, ip_end: usize) -> Result<u64, ()> {
     let v4 = pkt.family == FAMILY_V4;
     let inner = pkt.l4 + 8;
     // The tuple and the translation live in this CPU's scratch slot, not
@@ -191,6 +208,10 @@ fn relay(ctx: &XdpContext, pkt: &mut Packet) -> Result<u64, ()> {
     };
     // The quoted packet left from the address the error is sent to.
     if key.dst != pkt.key.dst || (key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP) {
+        return Ok(mismatch());
+    }
+    // The quote must hold the ports.
+    if inner_l4 + 4 > ip_end {
         return Ok(mismatch());
     }
     // SAFETY: bytes only, read right away.
@@ -377,8 +398,13 @@ fn try_translate<const V4: bool>(
     };
     let inner_l4 = inner + if v4 { 20 } else { 40 };
     let check_at = inner_l4 + if tcp { 16 } else { 6 };
+    let ip_end = l3 + ip_len(ctx, l3, v4)?;
     // SAFETY: bytes only; used alone, below.
-    let l4check = unsafe { ptr_at::<[u8; 2]>(ctx, check_at) }.ok();
+    let l4check = if check_at + 2 <= ip_end {
+        unsafe { ptr_at::<[u8; 2]>(ctx, check_at) }.ok()
+    } else {
+        None
+    };
     // SAFETY: as above.
     let field = l4check.map(|p| unsafe { *p });
     let mut lc = Update::new(field.unwrap_or([0, 0]));

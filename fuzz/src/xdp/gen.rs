@@ -76,8 +76,10 @@ impl Gen {
             }
         } else if r < 84 {
             self.non_vip(model, &mut how)
-        } else if r < 90 {
+        } else if r < 88 {
             self.icmp_error(model, &mut how)
+        } else if r < 90 {
+            self.echo(model, &mut how)
         } else if r < 94 {
             (self.other(&mut how), Port::In)
         } else {
@@ -346,14 +348,32 @@ impl Gen {
         let Kind::Flow(f) = wire::classify(&inner) else {
             return (inner, Port::In);
         };
-        let quoted = inner[f.l3..(f.l4 + 8).min(inner.len())].to_vec();
-        let to_vip = self.rng.one_in(2);
-        let (src, dst) = if to_vip {
-            (self.others[if f.v6 { 2 } else { 0 }], f.dst)
-        } else {
+        let mut quoted = inner[f.l3..(f.l4 + 8).min(inner.len())].to_vec();
+        // To the VIP about the client's packet (not one the VIP sent), to
+        // the client, or to the VIP about the VIP's answer to it (what a
+        // router on the way back reports: relayed to the flow's real).
+        let choice = self.rng.below(4);
+        let (src, dst) = if choice == 1 {
             (f.dst, f.src)
+        } else {
+            (self.others[if f.v6 { 2 } else { 0 }], f.dst)
         };
-        how.push(format!("ICMP error from {src} to {dst} quoting it"));
+        if choice >= 2 {
+            let (a, n) = if f.v6 { (8, 16) } else { (12, 4) };
+            let (s, d) = (quoted[a..a + n].to_vec(), quoted[a + n..a + 2 * n].to_vec());
+            quoted[a..a + n].copy_from_slice(&d);
+            quoted[a + n..a + 2 * n].copy_from_slice(&s);
+            let p = f.l4 - f.l3;
+            if quoted.len() >= p + 4 {
+                quoted.swap(p, p + 2);
+                quoted.swap(p + 1, p + 3);
+            }
+            how.push(format!(
+                "ICMP error from {src} to {dst} quoting the VIP's answer to it"
+            ));
+        } else {
+            how.push(format!("ICMP error from {src} to {dst} quoting it"));
+        }
         let mut b = inner[..f.l3].to_vec();
         let mut icmp = if f.v6 {
             vec![*self.rng.pick(&[1u8, 2, 3, 4]), 0, 0, 0, 0, 0, 0x05, 0x00]
@@ -385,6 +405,57 @@ impl Gen {
             ip[10..12].copy_from_slice(&c.to_be_bytes());
             let c = !wire::fold(wire::sum(&icmp));
             icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            b.extend_from_slice(&ip);
+        }
+        b.extend_from_slice(&icmp);
+        (b, Port::In)
+    }
+
+    /// An ICMP / ICMPv6 echo request from a client to a VIP address.
+    fn echo(&mut self, model: &Model, how: &mut Vec<String>) -> (Vec<u8>, Port) {
+        let vip = model.vips[self.rng.below(model.vips.len())].addr;
+        let client = self.client_for(vip.is_ipv6());
+        how.push(format!("echo request from {client} to {vip}"));
+        let mut icmp = vec![
+            if vip.is_ipv6() { 128 } else { 8 },
+            0,
+            0,
+            0,
+            0x12,
+            0x34,
+            0,
+            1,
+        ];
+        let n = self.rng.below(64);
+        icmp.extend((0..n).map(|_| self.rng.below(256) as u8));
+        let mut b = self.client_mac.to_vec();
+        b.splice(0..0, self.in_mac);
+        if vip.is_ipv6() {
+            let mut ip = vec![0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(icmp.len() as u16).to_be_bytes());
+            ip[6] = 58;
+            ip[7] = 64;
+            wire::put_addr(&mut ip, 8, &client);
+            wire::put_addr(&mut ip, 24, &vip);
+            let ps = wire::sum(&ip[8..40]) + 58 + icmp.len() as u64;
+            let c = !wire::fold(ps + wire::sum(&icmp));
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            b.extend_from_slice(&[0x86, 0xdd]);
+            b.extend_from_slice(&ip);
+        } else {
+            let mut ip = vec![0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            ip[8] = 64;
+            ip[9] = 1;
+            wire::put_addr(&mut ip, 12, &client);
+            wire::put_addr(&mut ip, 16, &vip);
+            let c = !wire::fold(wire::sum(&ip));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let c = !wire::fold(wire::sum(&icmp));
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            b.extend_from_slice(&[0x08, 0x00]);
             b.extend_from_slice(&ip);
         }
         b.extend_from_slice(&icmp);

@@ -98,10 +98,21 @@ pub enum Outcome {
     /// A reply NATed back to the client.
     ToClient,
     ToClientPassed,
+    /// An echo request to a VIP answered by the program.
+    IcmpEcho,
+    /// An ICMP error about a VIP's flow sent on to its real (or passed
+    /// rewritten on a FIB miss).
+    IcmpRelayed,
+    /// ICMP to a VIP address dropped: an error not about a packet the VIP
+    /// sent, or a message too short.
+    IcmpDropped,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 13] = [
+        Outcome::IcmpEcho,
+        Outcome::IcmpRelayed,
+        Outcome::IcmpDropped,
         Outcome::PassNotIp,
         Outcome::PassOtherProto,
         Outcome::PassNonVip,
@@ -190,6 +201,15 @@ impl Model {
         };
         match wire::classify(input) {
             Kind::NotIp => must_pass(Outcome::PassNotIp, "not IP"),
+            Kind::OtherProto { dst } if self.is_vip_addr(dst) => {
+                match self.icmp(input, ingress, verdict, output)? {
+                    Some(o) => Ok(o),
+                    None => must_pass(
+                        Outcome::PassOtherProto,
+                        "neither TCP nor UDP nor ICMP to a VIP",
+                    ),
+                }
+            }
             Kind::OtherProto { .. } => must_pass(Outcome::PassOtherProto, "neither TCP nor UDP"),
             Kind::Malformed { dst, why } => {
                 let may_drop = dst.is_none_or(|d| self.is_vip_addr(d));
@@ -209,6 +229,221 @@ impl Model {
             }
             Kind::Flow(f) => self.flow(input, ingress, verdict, output, &f),
         }
+    }
+
+    /// ICMP / ICMPv6 to a VIP address: `None` when it must pass untouched
+    /// (another protocol, or another ICMP type), else the check of what the
+    /// program did with an echo request or an error.
+    fn icmp(
+        &self,
+        input: &[u8],
+        ingress: Port,
+        verdict: u32,
+        output: &[u8],
+    ) -> Result<Option<Outcome>, String> {
+        let be16 = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
+        let l3 = if be16(input, 12) == 0x8100 { 18 } else { 14 };
+        let v6 = be16(input, l3 - 2) == 0x86dd;
+        let (proto, ip_len) = if v6 {
+            (input[l3 + 6], be16(input, l3 + 4) as usize + 40)
+        } else {
+            (input[l3 + 9], be16(input, l3 + 2) as usize)
+        };
+        if proto != if v6 { 58 } else { 1 } {
+            return Ok(None);
+        }
+        let l4 = l3 + if v6 { 40 } else { 20 };
+        let end = l3 + ip_len;
+        let unchanged = output == input;
+        let dropped = |what: &str| {
+            if verdict == XDP_DROP && unchanged {
+                Ok(Some(Outcome::IcmpDropped))
+            } else {
+                Err(format!(
+                    "{what}: must be dropped untouched, got {}{}",
+                    verdict_name(verdict),
+                    if unchanged { "" } else { " with changed bytes" }
+                ))
+            }
+        };
+        if l4 + 8 > end {
+            return dropped("ICMP to a VIP shorter than 8 bytes");
+        }
+        let (ty, code) = (input[l4], input[l4 + 1]);
+        let addrs = |b: &[u8], at: usize| {
+            (
+                wire::addr_of(b, at + if v6 { 8 } else { 12 }, v6),
+                wire::addr_of(b, at + if v6 { 24 } else { 16 }, v6),
+            )
+        };
+        // ICMP's residue: its sum (with the pseudo header for ICMPv6).
+        let residue = |b: &[u8]| {
+            let mut s = wire::sum(&b[l4..end]);
+            if v6 {
+                s += wire::sum(&b[l3 + 8..l3 + 40]) + 58 + (end - l4) as u64;
+            }
+            wire::fold(s)
+        };
+        let ip4_residue = |b: &[u8], at: usize| wire::fold(wire::sum(&b[at..at + 20]));
+        if code == 0 && ty == if v6 { 128 } else { 8 } {
+            // Answered in place, out of the interface it came in on.
+            if verdict != XDP_REDIRECT || output.len() != input.len() {
+                return Err(format!(
+                    "echo request to a VIP: want REDIRECT back, got {} ({} bytes)",
+                    verdict_name(verdict),
+                    output.len()
+                ));
+            }
+            let mut want = input.to_vec();
+            want[0..6].copy_from_slice(&input[6..12]);
+            want[6..12].copy_from_slice(&input[0..6]);
+            let (src, dst) = addrs(input, l3);
+            let (a, n) = if v6 { (l3 + 8, 16) } else { (l3 + 12, 4) };
+            want[a..a + n].copy_from_slice(&input[a + n..a + 2 * n]);
+            want[a + n..a + 2 * n].copy_from_slice(&input[a..a + n]);
+            want[l3 + if v6 { 7 } else { 8 }] = 64;
+            want[l4] = if v6 { 129 } else { 0 };
+            let skip: &[usize] = if v6 {
+                &[l4 + 2, l4 + 3]
+            } else {
+                &[l4 + 2, l4 + 3, l3 + 10, l3 + 11]
+            };
+            if let Some(i) = (0..want.len()).find(|i| !skip.contains(i) && want[*i] != output[*i]) {
+                return Err(format!(
+                    "echo reply {src} → {dst}: byte {i} is {:#04x}, want {:#04x}",
+                    output[i], want[i]
+                ));
+            }
+            if !v6 && !wire::same(ip4_residue(input, l3), ip4_residue(output, l3)) {
+                return Err("echo reply: IPv4 header checksum residue changed".into());
+            }
+            if !wire::same(residue(input), residue(output)) {
+                return Err("echo reply: ICMP checksum residue changed".into());
+            }
+            let _ = ingress;
+            return Ok(Some(Outcome::IcmpEcho));
+        }
+        let error = if v6 { ty == 1 || ty == 2 } else { ty == 3 };
+        if !error {
+            return Ok(None);
+        }
+        // An error about a packet the VIP sent: its quoted source is the
+        // error's destination, TCP/UDP to a VIP port, ports quoted.
+        let inner = l4 + 8;
+        let inner_l4 = inner + if v6 { 40 } else { 20 };
+        let (_, outer_dst) = addrs(input, l3);
+        let sound = inner_l4 + 4 <= end
+            && if v6 {
+                input[inner] >> 4 == 6
+            } else {
+                input[inner] == 0x45
+            };
+        if !sound {
+            return dropped("ICMP error quoting no TCP/UDP ports");
+        }
+        let qproto = input[inner + if v6 { 6 } else { 9 }];
+        let (qsrc, qdst) = addrs(input, inner);
+        let (qsport, qdport) = (be16(input, inner_l4), be16(input, inner_l4 + 2));
+        let vi = (qproto == wire::TCP || qproto == UDP)
+            .then(|| self.vip_for(qsrc, qsport, qproto))
+            .flatten();
+        let Some(vi) = vi.filter(|_| qsrc == outer_dst) else {
+            return dropped("ICMP error not about a packet of a VIP");
+        };
+        if input[l3 + if v6 { 7 } else { 8 }] <= 1 {
+            return if verdict == XDP_PASS && unchanged {
+                Ok(Some(Outcome::IcmpRelayed))
+            } else {
+                Err(format!(
+                    "ICMP error with TTL ≤ 1: must pass untouched, got {}",
+                    verdict_name(verdict)
+                ))
+            };
+        }
+        if verdict == XDP_DROP || output.len() != input.len() {
+            return Err(format!(
+                "ICMP error about a flow of {}: want it sent on to a real, got {} ({} bytes)",
+                self.vips[vi].addr,
+                verdict_name(verdict),
+                output.len()
+            ));
+        }
+        // The real: the flow's, else any of the VIP's (the ring's).
+        let key = Tuple {
+            src: qdst,
+            dst: qsrc,
+            sport: qdport,
+            dport: qsport,
+            proto: qproto,
+        };
+        let got = (addrs(output, l3).1, be16(output, inner_l4));
+        let want_real = match self.flows.get(&key) {
+            Some(&(_, a, p)) => (a, p),
+            None => {
+                let vip = &self.vips[vi];
+                let ours = vip
+                    .reals
+                    .iter()
+                    .any(|(a, p)| *a == got.0 && (if *p == 0 { qsport } else { *p }) == got.1);
+                if !ours {
+                    return Err(format!(
+                        "ICMP error about a flow of {}:{} sent to {}:{}, not one of its reals {:?}",
+                        vip.addr, vip.port, got.0, got.1, vip.reals
+                    ));
+                }
+                got
+            }
+        };
+        if got != want_real {
+            return Err(format!(
+                "ICMP error sent to {}:{}, the flow's real is {}:{}",
+                got.0, got.1, want_real.0, want_real.1
+            ));
+        }
+        let mut want = input.to_vec();
+        wire::put_addr(&mut want, l3 + if v6 { 24 } else { 16 }, &want_real.0);
+        want[l3 + if v6 { 7 } else { 8 }] -= 1;
+        wire::put_addr(&mut want, inner + if v6 { 8 } else { 12 }, &want_real.0);
+        want[inner_l4..inner_l4 + 2].copy_from_slice(&want_real.1.to_be_bytes());
+        match self.net.neighbours.get(&want_real.0) {
+            Some(&(mac, egress)) => {
+                if verdict != XDP_REDIRECT {
+                    return Err(format!(
+                        "ICMP error to {} (a neighbour on {egress:?}): want REDIRECT, got {}",
+                        want_real.0,
+                        verdict_name(verdict)
+                    ));
+                }
+                want[0..6].copy_from_slice(&mac);
+                want[6..12].copy_from_slice(&self.net.mac[&egress]);
+            }
+            None if verdict != XDP_PASS => {
+                return Err(format!(
+                    "ICMP error to {} (no neighbour): want PASS, got {}",
+                    want_real.0,
+                    verdict_name(verdict)
+                ))
+            }
+            None => {}
+        }
+        let l4_check = inner_l4 + if qproto == wire::TCP { 16 } else { 6 };
+        let mut skip = vec![l4 + 2, l4 + 3, l4_check, l4_check + 1];
+        if !v6 {
+            skip.extend([l3 + 10, l3 + 11, inner + 10, inner + 11]);
+        }
+        if let Some(i) = (0..want.len()).find(|i| !skip.contains(i) && want[*i] != output[*i]) {
+            return Err(format!(
+                "relayed ICMP error: byte {i} is {:#04x}, want {:#04x}",
+                output[i], want[i]
+            ));
+        }
+        if !v6 && !wire::same(ip4_residue(input, l3), ip4_residue(output, l3)) {
+            return Err("relayed ICMP error: IPv4 header checksum residue changed".into());
+        }
+        if !wire::same(residue(input), residue(output)) {
+            return Err("relayed ICMP error: ICMP checksum residue changed".into());
+        }
+        Ok(Some(Outcome::IcmpRelayed))
     }
 
     fn flow(
@@ -364,7 +599,8 @@ impl Model {
         };
         match neighbour {
             Some(&(mac, egress)) => {
-                let v = if egress == ingress { XDP_TX } else { XDP_REDIRECT };
+                // Out of the ingress interface too by a redirect (not TX).
+                let v = XDP_REDIRECT;
                 if verdict != v {
                     return Err(format!(
                         "next hop {hop} has a neighbour on {egress:?} (received on {ingress:?}): want {}, got {}",
