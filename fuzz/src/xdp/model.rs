@@ -377,9 +377,10 @@ impl Model {
             proto: qproto,
         };
         let got = (addrs(output, l3).1, be16(output, inner_l4));
-        let want_real = match self.flows.get(&key) {
-            Some(&(_, a, p)) => (a, p),
-            None => {
+        let want_real = if let Some(&(_, a, p)) = self.flows.get(&key) {
+            (a, p)
+        } else {
+            {
                 let vip = &self.vips[vi];
                 let ours = vip
                     .reals
