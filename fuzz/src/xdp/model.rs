@@ -380,20 +380,18 @@ impl Model {
         let want_real = if let Some(&(_, a, p)) = self.flows.get(&key) {
             (a, p)
         } else {
-            {
-                let vip = &self.vips[vi];
-                let ours = vip
-                    .reals
-                    .iter()
-                    .any(|(a, p)| *a == got.0 && (if *p == 0 { qsport } else { *p }) == got.1);
-                if !ours {
-                    return Err(format!(
-                        "ICMP error about a flow of {}:{} sent to {}:{}, not one of its reals {:?}",
-                        vip.addr, vip.port, got.0, got.1, vip.reals
-                    ));
-                }
-                got
+            let vip = &self.vips[vi];
+            let ours = vip
+                .reals
+                .iter()
+                .any(|(a, p)| *a == got.0 && (if *p == 0 { qsport } else { *p }) == got.1);
+            if !ours {
+                return Err(format!(
+                    "ICMP error about a flow of {}:{} sent to {}:{}, not one of its reals {:?}",
+                    vip.addr, vip.port, got.0, got.1, vip.reals
+                ));
             }
+            got
         };
         if got != want_real {
             return Err(format!(
