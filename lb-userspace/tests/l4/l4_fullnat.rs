@@ -75,13 +75,17 @@ fn fullnat_end_to_end() {
         .start_lb(crate::LB, &lb_config(&topo), dir.path())
         .unwrap_or_else(|e| panic!("{e:#}"));
 
-    // 900 requests per VIP: ±20% of an equal share is 4.3 standard
-    // deviations. Every real sees the SNAT address as the client.
+    // 1800 requests per VIP: ±20% of an equal share is 6 standard
+    // deviations of a binomial count. (One client's sequential source
+    // ports do not hash quite independently: over all 64,511 ports of the
+    // test client the ring's shares are 33.2/34.0/32.8%, and 900 requests
+    // fell 2 short of the bound once.) Every real sees the SNAT address
+    // as the client.
     for (url, snat) in [
         (format!("http://{VIP4}/peer"), SNAT4),
         (format!("http://[{VIP6}]/peer"), SNAT6),
     ] {
-        let n = 900;
+        let n = 1800;
         let bodies = testbed::curl_burst(&topo.client, &url, n).unwrap();
         let mut spread: BTreeMap<String, usize> = BTreeMap::new();
         for b in &bodies {
