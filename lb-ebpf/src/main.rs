@@ -566,16 +566,21 @@ fn snat_claim(pkt: &Packet, vip_index: u32, real_id: u32, real: &RealDef) -> u64
         let port = port_min.wrapping_add(offset as u16).to_be();
         copy16(&mut rkey.dst, &pool.addrs[slot]);
         rkey.dport = port;
-        let mut flags = BPF_NOEXIST;
-        // SAFETY: the value is read at once; a racing update from another
-        // CPU shows the old or the new entry.
-        if let Some(old) = unsafe { CONNTRACK.get(&rkey) } {
-            let quiet = now.wrapping_sub(old.checked);
-            if (old.flags & lb_common::CT_F_CLOSING != 0 && quiet > closed) || quiet > idle {
-                flags = 0;
+        // A free port first (the common case: one update, no lookup);
+        // only a taken one is looked at, and taken over if its flow has
+        // closed or gone idle.
+        let mut claimed = CONNTRACK.insert(&rkey, &ct, BPF_NOEXIST).is_ok();
+        if !claimed {
+            // SAFETY: the value is read at once; a racing update from
+            // another CPU shows the old or the new entry.
+            if let Some(old) = unsafe { CONNTRACK.get(&rkey) } {
+                let quiet = now.wrapping_sub(old.checked);
+                if (old.flags & lb_common::CT_F_CLOSING != 0 && quiet > closed) || quiet > idle {
+                    claimed = CONNTRACK.insert(&rkey, &ct, 0).is_ok();
+                }
             }
         }
-        if CONNTRACK.insert(&rkey, &ct, flags).is_ok() {
+        if claimed {
             // The same value, turned into the forward entry (one value on
             // the stack, not two).
             ct.kind = CT_FORWARD;
