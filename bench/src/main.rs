@@ -18,7 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum What {
-    /// Forwarding rate: this data plane vs nftables DNAT vs a redirect-only floor.
+    /// Forwarding rate: this data plane in each mode (NAT, DSR over IPIP and GUE,
+    /// FullNAT) vs nftables DNAT vs a redirect-only floor.
     Fwd(fwd::FwdBenchArgs),
     /// Per-packet cost of the XDP program by class, next to a floor program.
     Xdp(xdp::XdpBenchArgs),

@@ -70,6 +70,26 @@ fn test_object_programs_load_and_run() {
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
     let (verdict, _, _) = test_run(sink, 0, &arp).unwrap();
     assert_eq!(verdict, XDP_PASS);
+    // IPIP (a DSR real's tunnel packet) with TCP inside is counted too;
+    // IPIP with something else inside passes.
+    let mut ipip = syn[..14].to_vec();
+    let inner = &syn[14..];
+    let mut outer = [0u8; 20];
+    outer[0] = 0x45;
+    outer[2..4].copy_from_slice(&((20 + inner.len()) as u16).to_be_bytes());
+    outer[8] = 64;
+    outer[9] = 4;
+    outer[12..16].copy_from_slice(&[198, 18, 250, 1]);
+    outer[16..20].copy_from_slice(&[198, 18, 11, 2]);
+    ipip.extend_from_slice(&outer);
+    ipip.extend_from_slice(inner);
+    testbed::packet::fix_ip4_csum(&mut ipip, 14);
+    let (verdict, _, _) = test_run(sink, 0, &ipip).unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    let mut ipip_other = ipip.clone();
+    ipip_other[14 + 20 + 9] = 47;
+    let (verdict, _, _) = test_run(sink, 0, &ipip_other).unwrap();
+    assert_eq!(verdict, XDP_PASS);
     let count: PerCpuArray<&MapData, u64> = tp
         .ebpf()
         .map("SINK_COUNT")
@@ -77,5 +97,5 @@ fn test_object_programs_load_and_run() {
         .try_into()
         .unwrap();
     let total: u64 = count.get(&0, 0).unwrap().iter().sum();
-    assert_eq!(total, 1);
+    assert_eq!(total, 2);
 }
