@@ -381,33 +381,7 @@ impl Gen {
             vec![*self.rng.pick(&[3u8, 11, 12]), 4, 0, 0, 0, 0, 0x05, 0x00]
         };
         icmp.extend_from_slice(&quoted);
-        if f.v6 {
-            let mut ip = vec![0u8; 40];
-            ip[0] = 0x60;
-            ip[4..6].copy_from_slice(&(icmp.len() as u16).to_be_bytes());
-            ip[6] = 58;
-            ip[7] = 64;
-            wire::put_addr(&mut ip, 8, &src);
-            wire::put_addr(&mut ip, 24, &dst);
-            let ps = wire::sum(&ip[8..40]) + 58 + icmp.len() as u64;
-            let c = !wire::fold(ps + wire::sum(&icmp));
-            icmp[2..4].copy_from_slice(&c.to_be_bytes());
-            b.extend_from_slice(&ip);
-        } else {
-            let mut ip = vec![0u8; 20];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-            ip[8] = 64;
-            ip[9] = 1;
-            wire::put_addr(&mut ip, 12, &src);
-            wire::put_addr(&mut ip, 16, &dst);
-            let c = !wire::fold(wire::sum(&ip));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            let c = !wire::fold(wire::sum(&icmp));
-            icmp[2..4].copy_from_slice(&c.to_be_bytes());
-            b.extend_from_slice(&ip);
-        }
-        b.extend_from_slice(&icmp);
+        push_ip_icmp(&mut b, src, dst, icmp);
         (b, Port::In)
     }
 
@@ -428,37 +402,14 @@ impl Gen {
         ];
         let n = self.rng.below(64);
         icmp.extend((0..n).map(|_| self.rng.below(256) as u8));
-        let mut b = self.client_mac.to_vec();
-        b.splice(0..0, self.in_mac);
-        if vip.is_ipv6() {
-            let mut ip = vec![0u8; 40];
-            ip[0] = 0x60;
-            ip[4..6].copy_from_slice(&(icmp.len() as u16).to_be_bytes());
-            ip[6] = 58;
-            ip[7] = 64;
-            wire::put_addr(&mut ip, 8, &client);
-            wire::put_addr(&mut ip, 24, &vip);
-            let ps = wire::sum(&ip[8..40]) + 58 + icmp.len() as u64;
-            let c = !wire::fold(ps + wire::sum(&icmp));
-            icmp[2..4].copy_from_slice(&c.to_be_bytes());
-            b.extend_from_slice(&[0x86, 0xdd]);
-            b.extend_from_slice(&ip);
+        let mut b = self.in_mac.to_vec();
+        b.extend_from_slice(&self.client_mac);
+        b.extend_from_slice(if vip.is_ipv6() {
+            &[0x86, 0xdd]
         } else {
-            let mut ip = vec![0u8; 20];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-            ip[8] = 64;
-            ip[9] = 1;
-            wire::put_addr(&mut ip, 12, &client);
-            wire::put_addr(&mut ip, 16, &vip);
-            let c = !wire::fold(wire::sum(&ip));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            let c = !wire::fold(wire::sum(&icmp));
-            icmp[2..4].copy_from_slice(&c.to_be_bytes());
-            b.extend_from_slice(&[0x08, 0x00]);
-            b.extend_from_slice(&ip);
-        }
-        b.extend_from_slice(&icmp);
+            &[0x08, 0x00]
+        });
+        push_ip_icmp(&mut b, client, vip, icmp);
         (b, Port::In)
     }
 
@@ -690,4 +641,36 @@ fn make_full_look_partial(b: &mut [u8]) -> bool {
     b[w..w + 2].copy_from_slice(&(!r).to_be_bytes());
     wire::l4_check(b, &f) == wire::L4Check::PartialLooking
         && wire::same(wire::l4_residue(b, &f), 0xffff)
+}
+
+/// Appends an IP header from `src` to `dst` and the ICMP (IPv4) or ICMPv6
+/// message `icmp`, with both checksums computed.
+fn push_ip_icmp(b: &mut Vec<u8>, src: IpAddr, dst: IpAddr, mut icmp: Vec<u8>) {
+    if src.is_ipv6() {
+        let mut ip = vec![0u8; 40];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&(icmp.len() as u16).to_be_bytes());
+        ip[6] = 58;
+        ip[7] = 64;
+        wire::put_addr(&mut ip, 8, &src);
+        wire::put_addr(&mut ip, 24, &dst);
+        let ps = wire::sum(&ip[8..40]) + 58 + icmp.len() as u64;
+        let c = !wire::fold(ps + wire::sum(&icmp));
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        b.extend_from_slice(&ip);
+    } else {
+        let mut ip = vec![0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 1;
+        wire::put_addr(&mut ip, 12, &src);
+        wire::put_addr(&mut ip, 16, &dst);
+        let c = !wire::fold(wire::sum(&ip));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let c = !wire::fold(wire::sum(&icmp));
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        b.extend_from_slice(&ip);
+    }
+    b.extend_from_slice(&icmp);
 }

@@ -490,6 +490,34 @@ pub fn fixture_net() -> anyhow::Result<Netns> {
     Ok(ns)
 }
 
+/// Runs `body` on a thread inside the fixture namespace `ns`, with the
+/// production program loaded, `config`'s VIPs applied and both fixture
+/// interfaces as egress ports; `body` gets the data plane and the ifindexes
+/// of `in0` (client side) and `out1` (real side).
+pub fn in_fixture_dataplane<T: Send + 'static>(
+    ns: &Netns,
+    config: &str,
+    body: impl FnOnce(&mut crate::l4::dataplane::Dataplane, u32, u32) -> anyhow::Result<T>
+        + Send
+        + 'static,
+) -> anyhow::Result<T> {
+    use crate::l4::dataplane::{self, Dataplane, LoadOptions};
+    let cfg = crate::config::Config::parse(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        super::enter(&path)?;
+        let mut dp = Dataplane::load(&LoadOptions::default())?;
+        dp.apply(&cfg.vips)?;
+        let in0 = dataplane::ifindex("in0")?;
+        let out1 = dataplane::ifindex("out1")?;
+        dp.add_tx_port(in0)?;
+        dp.add_tx_port(out1)?;
+        body(&mut dp, in0, out1)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the fixture thread panicked"))?
+}
+
 /// One `BPF_PROG_TEST_RUN` of `prog` on `input` as if received on `ifindex`
 /// (the calling thread must be in the namespace of that interface).
 /// Returns (verdict, output frame, kernel-reported duration).

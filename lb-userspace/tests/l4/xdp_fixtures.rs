@@ -847,10 +847,7 @@ fn xdp_icmp_echo_rate_limit() {
         return;
     }
     let ns = fixture_net().expect("fixture namespace");
-    let cfg = Config::parse(FIXTURE_CONFIG).expect("fixture config");
-    let path = format!("/run/netns/{}", ns.name);
-    let (verdicts, replies, limited) = std::thread::spawn(move || -> anyhow::Result<_> {
-        testbed::enter(&path)?;
+    let (verdicts, replies, limited) = in_fixture_dataplane(&ns, FIXTURE_CONFIG, |dp, in0, _| {
         // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -861,11 +858,7 @@ fn xdp_icmp_echo_rate_limit() {
                 anyhow::bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
             }
         }
-        let mut dp = Dataplane::load(&LoadOptions::default())?;
-        dp.apply(&cfg.vips)?;
         dp.set_icmp_rate(3)?;
-        let in0 = dataplane::ifindex("in0")?;
-        dp.add_tx_port(in0)?;
         let mut echo = Pkt::tcp(IpAddr::V4(CLIENT4), 0, IpAddr::V4(VIP4), 0, 0);
         echo.l4 = L4::Icmp;
         let prog = dp.program(dataplane::PROGRAM)?;
@@ -880,8 +873,6 @@ fn xdp_icmp_echo_rate_limit() {
             g.get("drop_icmp_rate_limited").copied().unwrap_or(0),
         ))
     })
-    .join()
-    .expect("thread")
     .expect("test runs");
     // Ten runs take far less than the third of a second that refills one.
     assert_eq!(

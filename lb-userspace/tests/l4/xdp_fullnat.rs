@@ -15,8 +15,7 @@ use std::{
 
 use aya::programs::Xdp;
 use lb_userspace::{
-    config::Config,
-    l4::dataplane::{self, Dataplane, LoadOptions},
+    l4::dataplane::{self, Dataplane},
     testbed::{self, packet::*},
 };
 
@@ -198,21 +197,7 @@ fn with_dataplane<T: Send + 'static>(
         "in0",
     ])
     .expect("client route");
-    let cfg = Config::parse(CONFIG).expect("config");
-    let path = format!("/run/netns/{}", ns.name);
-    let out = std::thread::spawn(move || -> anyhow::Result<T> {
-        testbed::enter(&path)?;
-        let mut dp = Dataplane::load(&LoadOptions::default())?;
-        dp.apply(&cfg.vips)?;
-        let in0 = dataplane::ifindex("in0")?;
-        let out1 = dataplane::ifindex("out1")?;
-        dp.add_tx_port(in0)?;
-        dp.add_tx_port(out1)?;
-        body(&mut dp, in0, out1)
-    })
-    .join()
-    .expect("lb thread")
-    .unwrap();
+    let out = in_fixture_dataplane(&ns, CONFIG, body).unwrap();
     drop(ns);
     Some(out)
 }

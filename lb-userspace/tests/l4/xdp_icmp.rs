@@ -9,12 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_userspace::{
-    config::Config,
-    l4::dataplane::{self, Dataplane, LoadOptions},
-    testbed,
-    testbed::packet::*,
-};
+use lb_userspace::{l4::dataplane, testbed, testbed::packet::*};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -109,16 +104,7 @@ fn xdp_icmp_errors_reach_the_flows_real() {
         return;
     }
     let ns = fixture_net().expect("fixture namespace");
-    let cfg = Config::parse(FIXTURE_CONFIG).expect("fixture config");
-    let path = format!("/run/netns/{}", ns.name);
-    let failures = std::thread::spawn(move || -> anyhow::Result<Vec<String>> {
-        testbed::enter(&path)?;
-        let mut dp = Dataplane::load(&LoadOptions::default())?;
-        dp.apply(&cfg.vips)?;
-        let in0 = dataplane::ifindex("in0")?;
-        let out1 = dataplane::ifindex("out1")?;
-        dp.add_tx_port(in0)?;
-        dp.add_tx_port(out1)?;
+    let failures = in_fixture_dataplane(&ns, FIXTURE_CONFIG, |dp, in0, _out1| {
         let prog = dp.program(dataplane::PROGRAM)?;
         let (c4, v4, r4) = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4), IpAddr::V4(REAL4));
         let (c6, v6, r6) = (IpAddr::V6(CLIENT6), IpAddr::V6(VIP6), IpAddr::V6(REAL6));
@@ -343,8 +329,6 @@ fn xdp_icmp_errors_reach_the_flows_real() {
         }
         Ok(f)
     })
-    .join()
-    .expect("thread")
     .expect("test runs");
     drop(ns);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
