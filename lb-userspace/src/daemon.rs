@@ -240,7 +240,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         dashboard::start(addr, cfg.api.http_token(), dash, stop.clone())?;
     }
     if let Some(addr) = cfg.metrics_listen {
-        api::serve_metrics(addr, ctl.clone(), stop.clone()).await?;
+        let stats = api::RoleStats {
+            l7: roles.l7.as_ref().map(L7Server::stats_handle),
+            dns: roles.dns.as_ref().map(DnsServer::stats_handle),
+        };
+        api::serve_metrics(addr, ctl.clone(), stats, stop.clone()).await?;
     }
     info!(
         "running: {} VIPs on [{}], {} L7 listeners, dns {}, decap {}",

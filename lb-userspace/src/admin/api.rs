@@ -682,9 +682,17 @@ pub fn start(
 }
 
 /// Serves `GET /metrics` on `addr` until `stop`.
+/// What `/metrics` reads besides the reconciler: the L7 and DNS roles.
+#[derive(Clone, Default)]
+pub struct RoleStats {
+    pub l7: Option<crate::proxy::L7Stats>,
+    pub dns: Option<crate::dns::DnsStats>,
+}
+
 pub async fn serve_metrics(
     addr: SocketAddr,
     ctl: Arc<Mutex<Control>>,
+    roles: RoleStats,
     stop: CancellationToken,
 ) -> Result<()> {
     let listener = TcpListener::bind(addr)
@@ -698,9 +706,11 @@ pub async fn serve_metrics(
                 r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
             };
             let ctl = ctl.clone();
+            let roles = roles.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let ctl = ctl.clone();
+                    let roles = roles.clone();
                     async move {
                         let resp = if req.uri().path() != "/metrics" {
                             Response::builder()
@@ -713,7 +723,13 @@ pub async fn serve_metrics(
                                 .body(Full::new(Bytes::from_static(b"GET only\n")))
                                 .expect("valid")
                         } else {
-                            let text = crate::admin::metrics::render(&*ctl.lock().await);
+                            let mut text = crate::admin::metrics::render(&*ctl.lock().await);
+                            let l7 = match &roles.l7 {
+                                Some(h) => h.views().await,
+                                None => Vec::new(),
+                            };
+                            let dns = roles.dns.as_ref().map(crate::dns::DnsStats::view);
+                            crate::admin::metrics::render_roles(&mut text, &l7, dns.as_ref());
                             Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                                 .body(Full::new(Bytes::from(text)))

@@ -19,6 +19,11 @@
 //! | `lb_conntrack_entries` | gauge (entries now: two per NAT flow, one per DSR flow) | |
 //! | `lb_conntrack_capacity` | gauge (table size in entries, 2 × `--conntrack-size`) | |
 //! | `lb_tls_certificate_expiry_timestamp_seconds` | gauge (the leaf's notAfter, Unix time) | `listener`, `cert` (its file) |
+//! | `lb_l7_requests_total` | counter | `listener`, `code_class` (1xx … 5xx) |
+//! | `lb_l7_request_duration_seconds` | histogram (request head to response head) | `listener` |
+//! | `lb_l7_upstream_server_up` | gauge (0/1: takes new requests) | `listener`, `upstream`, `server` |
+//! | `lb_dns_queries_total`, `lb_dns_rrl_dropped_total`, `lb_dns_rrl_slipped_total`, `lb_dns_formerr_total`, `lb_dns_truncated_total`, `lb_dns_unanswered_total` | counter | |
+//! | `lb_dns_gslb_member_up` | gauge (0/1) | `pool`, `member` |
 //! | `lb_l7_proxy_protocol_rejected_total` | counter (connections closed unanswered; `proxy_protocol` listeners only) | `listener`, `reason` (untrusted, missing, invalid, closed, timeout) |
 
 use std::fmt::Write;
@@ -447,5 +452,135 @@ mod tests {
             "lb_l7_proxy_protocol_rejected_total{listener=\"metrics-pp\",reason=\"missing\"} 0\n"
         ), "{m}");
         assert!(!m.contains("listener=\"metrics-plain\""), "{m}");
+    }
+}
+
+/// The L7 and DNS roles' metrics (see the table above), appended to
+/// `out`.
+pub fn render_roles(
+    out: &mut String,
+    l7: &[crate::proxy::stats::ListenerView],
+    dns: Option<&crate::dns::DnsView>,
+) {
+    if !l7.is_empty() {
+        head(
+            out,
+            "lb_l7_requests_total",
+            "counter",
+            "Requests answered by an L7 listener, by status class.",
+        );
+        for l in l7 {
+            for (i, n) in l.counts.classes.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "lb_l7_requests_total{{listener=\"{}\",code_class=\"{}xx\"}} {n}",
+                    esc(&l.name),
+                    i + 1
+                );
+            }
+        }
+        head(
+            out,
+            "lb_l7_request_duration_seconds",
+            "histogram",
+            "Time from a request's head to its response's head.",
+        );
+        for l in l7 {
+            let mut cumulative = 0u64;
+            for (i, n) in l.counts.latency.iter().enumerate() {
+                cumulative += n;
+                let le = crate::proxy::stats::BUCKETS_US
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
+                let _ = writeln!(
+                    out,
+                    "lb_l7_request_duration_seconds_bucket{{listener=\"{}\",le=\"{le}\"}} {cumulative}",
+                    esc(&l.name)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "lb_l7_request_duration_seconds_sum{{listener=\"{}\"}} {}",
+                esc(&l.name),
+                l.counts.latency_sum_us as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "lb_l7_request_duration_seconds_count{{listener=\"{}\"}} {cumulative}",
+                esc(&l.name)
+            );
+        }
+        head(
+            out,
+            "lb_l7_upstream_server_up",
+            "gauge",
+            "1 while an upstream server takes new requests (not ejected, up by its check).",
+        );
+        for l in l7 {
+            for u in &l.upstreams {
+                for srv in &u.servers {
+                    let _ = writeln!(
+                        out,
+                        "lb_l7_upstream_server_up{{listener=\"{}\",upstream=\"{}\",server=\"{}\"}} {}",
+                        esc(&l.name),
+                        esc(&u.name),
+                        srv.address,
+                        u8::from(srv.available)
+                    );
+                }
+            }
+        }
+    }
+    if let Some(d) = dns {
+        for (name, help, v) in [
+            ("lb_dns_queries_total", "DNS queries received.", d.queries),
+            (
+                "lb_dns_rrl_dropped_total",
+                "DNS answers dropped by response rate limiting.",
+                d.rrl_dropped,
+            ),
+            (
+                "lb_dns_rrl_slipped_total",
+                "DNS answers sent truncated by response rate limiting (slip).",
+                d.rrl_slipped,
+            ),
+            (
+                "lb_dns_formerr_total",
+                "DNS queries answered FORMERR.",
+                d.formerr,
+            ),
+            (
+                "lb_dns_truncated_total",
+                "DNS answers truncated to fit UDP.",
+                d.truncated,
+            ),
+            (
+                "lb_dns_unanswered_total",
+                "DNS messages given no answer (not a query, unparseable).",
+                d.dropped,
+            ),
+        ] {
+            head(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+        if !d.gslb.is_empty() {
+            head(
+                out,
+                "lb_dns_gslb_member_up",
+                "gauge",
+                "1 while a GSLB pool member is up by its check.",
+            );
+            for p in &d.gslb {
+                for m in &p.members {
+                    let _ = writeln!(
+                        out,
+                        "lb_dns_gslb_member_up{{pool=\"{}\",member=\"{}\"}} {}",
+                        esc(&p.name),
+                        m.address,
+                        u8::from(m.up)
+                    );
+                }
+            }
+        }
     }
 }

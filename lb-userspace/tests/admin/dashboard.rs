@@ -61,6 +61,7 @@ fn dashboard_in_headless_chromium() {
     let cfg = ConfigBuilder::topology(&topo)
         .api_socket(&dir.path().join("lb.sock"))
         .api_key("http", "127.0.0.1:9190")
+        .metrics_listen("127.0.0.1:9191")
         .vip(
             Vip::tcp(testbed::VIP4.into(), 80)
                 .health(
@@ -205,6 +206,44 @@ fn dashboard_in_headless_chromium() {
         .eval("document.getElementById('live').textContent")
         .unwrap();
     assert_eq!(live, "live");
+
+    // The same counters for Prometheus.
+    let metrics = topo
+        .lb
+        .exec("curl", &["-s", "-m", "5", "http://127.0.0.1:9191/metrics"])
+        .unwrap();
+    for line in [
+        "lb_l7_requests_total{listener=\"web\",code_class=\"2xx\"} 25".to_string(),
+        "lb_l7_requests_total{listener=\"web\",code_class=\"5xx\"} 0".to_string(),
+        "lb_l7_request_duration_seconds_count{listener=\"web\"} 25".to_string(),
+        "lb_l7_request_duration_seconds_bucket{listener=\"web\",le=\"+Inf\"} 25".to_string(),
+        format!(
+            "lb_l7_upstream_server_up{{listener=\"web\",upstream=\"app\",server=\"{}:8080\"}} 1",
+            testbed::real4(1)
+        ),
+        "lb_dns_queries_total 1".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in /metrics:\n{metrics}"
+        );
+    }
+    // promtool (installed by setup) lints the exposition format.
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(lint.stdin.as_mut().unwrap(), metrics.as_bytes()).unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 
     // Stop real 2's server: the page shows it down by itself.
     let down = format!("{}:8080", testbed::real4(2));
