@@ -358,103 +358,6 @@ pub fn render(ctl: &Control) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{config::Config, health::monitor::Monitor, proxy::cert};
-
-    #[test]
-    fn certificate_expiry_per_listener_and_file() {
-        let dir = tempfile::tempdir().unwrap();
-        cert::generate(&cert::CertArgs {
-            dir: dir.path().to_path_buf(),
-            leaves: vec!["a.example.com".into(), "b.example.com".into()],
-            days: 10,
-            ..cert::CertArgs::default()
-        })
-        .unwrap();
-        let pem = |name: &str| dir.path().join(name).display().to_string();
-        let text = format!(
-            "[[l7]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
-             [[l7.cert]]\ncert = \"{}\"\nkey = \"{}\"\n\
-             [[l7.cert]]\ncert = \"{}\"\nkey = \"{}\"\n\
-             [[l7.route]]\nupstream = \"app\"\n\
-             [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\
-             [[l7]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\
-             [[l7.route]]\nupstream = \"app\"\n\
-             [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n",
-            pem("a.example.com.chain.pem"),
-            pem("a.example.com.key"),
-            pem("b.example.com.chain.pem"),
-            pem("b.example.com.key"),
-        );
-        let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
-        let ctl = Control::new(cfg, None, Monitor::new()).unwrap();
-        let m = render(&ctl);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let lines: Vec<&str> = m
-            .lines()
-            .filter(|l| l.starts_with("lb_tls_certificate_expiry_timestamp_seconds{"))
-            .collect();
-        assert_eq!(lines.len(), 2, "{m}");
-        for (line, leaf) in lines.iter().zip(["a.example.com", "b.example.com"]) {
-            let want = format!(
-                "lb_tls_certificate_expiry_timestamp_seconds{{listener=\"web\",cert=\"{}\"}} ",
-                pem(&format!("{leaf}.chain.pem"))
-            );
-            let value: u64 = line
-                .strip_prefix(&want)
-                .unwrap_or_else(|| panic!("{line} is not {want}…"))
-                .parse()
-                .unwrap();
-            // Ten days from now, give or take the generator's rounding.
-            let days = (value as f64 - now as f64) / 86400.0;
-            assert!((9.0..=11.0).contains(&days), "{line}: {days} days");
-        }
-        assert!(m.contains("# TYPE lb_tls_certificate_expiry_timestamp_seconds gauge"));
-        // No data plane: no conntrack lines.
-        assert!(!m.contains("lb_conntrack_entries"), "{m}");
-    }
-
-    #[test]
-    fn no_certificate_metric_without_tls() {
-        let cfg = Config::parse("").unwrap_or_else(|e| panic!("{e}"));
-        let ctl = Control::new(cfg, None, Monitor::new()).unwrap();
-        assert!(!render(&ctl).contains("lb_tls_certificate"));
-    }
-
-    #[test]
-    fn proxy_protocol_rejections_per_listener_and_reason() {
-        let text =
-            "[[l7]]\nname = \"metrics-pp\"\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\n\
-                    [[l7.route]]\nupstream = \"app\"\n\
-                    [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\
-                    [[l7]]\nname = \"metrics-plain\"\nlisten = \"127.0.0.1:0\"\n\
-                    [[l7.route]]\nupstream = \"app\"\n\
-                    [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n";
-        let cfg = Config::parse(text).unwrap_or_else(|e| panic!("{e}"));
-        let c = crate::proxy::proxyproto::counters("metrics-pp");
-        c.count(crate::proxy::proxyproto::Reject::Untrusted);
-        c.count(crate::proxy::proxyproto::Reject::Untrusted);
-        let ctl = Control::new(cfg, None, Monitor::new()).unwrap();
-        let m = render(&ctl);
-        assert!(
-            m.contains("# TYPE lb_l7_proxy_protocol_rejected_total counter"),
-            "{m}"
-        );
-        assert!(m.contains(
-            "lb_l7_proxy_protocol_rejected_total{listener=\"metrics-pp\",reason=\"untrusted\"} 2\n"
-        ), "{m}");
-        assert!(m.contains(
-            "lb_l7_proxy_protocol_rejected_total{listener=\"metrics-pp\",reason=\"missing\"} 0\n"
-        ), "{m}");
-        assert!(!m.contains("listener=\"metrics-plain\""), "{m}");
-    }
-}
-
 /// The L7 and DNS roles' metrics (see the table above), appended to
 /// `out`.
 pub fn render_roles(
@@ -582,5 +485,102 @@ pub fn render_roles(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, health::monitor::Monitor, proxy::cert};
+
+    #[test]
+    fn certificate_expiry_per_listener_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        cert::generate(&cert::CertArgs {
+            dir: dir.path().to_path_buf(),
+            leaves: vec!["a.example.com".into(), "b.example.com".into()],
+            days: 10,
+            ..cert::CertArgs::default()
+        })
+        .unwrap();
+        let pem = |name: &str| dir.path().join(name).display().to_string();
+        let text = format!(
+            "[[l7]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
+             [[l7.cert]]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[l7.cert]]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[l7.route]]\nupstream = \"app\"\n\
+             [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\
+             [[l7]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\
+             [[l7.route]]\nupstream = \"app\"\n\
+             [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n",
+            pem("a.example.com.chain.pem"),
+            pem("a.example.com.key"),
+            pem("b.example.com.chain.pem"),
+            pem("b.example.com.key"),
+        );
+        let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let ctl = Control::new(cfg, None, Monitor::new()).unwrap();
+        let m = render(&ctl);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let lines: Vec<&str> = m
+            .lines()
+            .filter(|l| l.starts_with("lb_tls_certificate_expiry_timestamp_seconds{"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{m}");
+        for (line, leaf) in lines.iter().zip(["a.example.com", "b.example.com"]) {
+            let want = format!(
+                "lb_tls_certificate_expiry_timestamp_seconds{{listener=\"web\",cert=\"{}\"}} ",
+                pem(&format!("{leaf}.chain.pem"))
+            );
+            let value: u64 = line
+                .strip_prefix(&want)
+                .unwrap_or_else(|| panic!("{line} is not {want}…"))
+                .parse()
+                .unwrap();
+            // Ten days from now, give or take the generator's rounding.
+            let days = (value as f64 - now as f64) / 86400.0;
+            assert!((9.0..=11.0).contains(&days), "{line}: {days} days");
+        }
+        assert!(m.contains("# TYPE lb_tls_certificate_expiry_timestamp_seconds gauge"));
+        // No data plane: no conntrack lines.
+        assert!(!m.contains("lb_conntrack_entries"), "{m}");
+    }
+
+    #[test]
+    fn no_certificate_metric_without_tls() {
+        let cfg = Config::parse("").unwrap_or_else(|e| panic!("{e}"));
+        let ctl = Control::new(cfg, None, Monitor::new()).unwrap();
+        assert!(!render(&ctl).contains("lb_tls_certificate"));
+    }
+
+    #[test]
+    fn proxy_protocol_rejections_per_listener_and_reason() {
+        let text =
+            "[[l7]]\nname = \"metrics-pp\"\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+                    [[l7.route]]\nupstream = \"app\"\n\
+                    [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\
+                    [[l7]]\nname = \"metrics-plain\"\nlisten = \"127.0.0.1:0\"\n\
+                    [[l7.route]]\nupstream = \"app\"\n\
+                    [[l7.upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n";
+        let cfg = Config::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let c = crate::proxy::proxyproto::counters("metrics-pp");
+        c.count(crate::proxy::proxyproto::Reject::Untrusted);
+        c.count(crate::proxy::proxyproto::Reject::Untrusted);
+        let ctl = Control::new(cfg, None, Monitor::new()).unwrap();
+        let m = render(&ctl);
+        assert!(
+            m.contains("# TYPE lb_l7_proxy_protocol_rejected_total counter"),
+            "{m}"
+        );
+        assert!(m.contains(
+            "lb_l7_proxy_protocol_rejected_total{listener=\"metrics-pp\",reason=\"untrusted\"} 2\n"
+        ), "{m}");
+        assert!(m.contains(
+            "lb_l7_proxy_protocol_rejected_total{listener=\"metrics-pp\",reason=\"missing\"} 0\n"
+        ), "{m}");
+        assert!(!m.contains("listener=\"metrics-plain\""), "{m}");
     }
 }
