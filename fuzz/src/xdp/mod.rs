@@ -133,7 +133,8 @@ fn v6(d: u16) -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x11, 0, 0, 0, 0, d))
 }
 
-/// The fuzzer's VIPs: every class the data plane balances.
+/// The fuzzer's VIPs: every class the data plane balances (NAT and
+/// FullNAT; DSR's tunnel is covered by `xdp_dsr`).
 pub fn vips() -> Vec<Vip> {
     let vip4 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1));
     let all4 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 2));
@@ -145,7 +146,17 @@ pub fn vips() -> Vec<Vip> {
         port,
         proto,
         reals,
+        snat: Vec::new(),
     };
+    let fullnat = |addr, port, proto, reals: Vec<(IpAddr, u16)>, snat: IpAddr| Vip {
+        addr,
+        port,
+        proto,
+        reals,
+        snat: vec![snat],
+    };
+    let fullnat4 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 5));
+    let fullnat6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 5));
     vec![
         vip(
             vip4,
@@ -169,6 +180,8 @@ pub fn vips() -> Vec<Vip> {
         ),
         vip(vip6, 53, UDP, vec![(v6(2), 5353), (v6(3), 5353)]),
         vip(all6, 0, UDP, vec![(v6(4), 0), (v6(3), 0)]),
+        fullnat(fullnat4, 80, TCP, vec![(v4(2), 8080), (v4(3), 8080)], v4(1)),
+        fullnat(fullnat6, 53, UDP, vec![(v6(2), 5353), (v6(4), 5353)], v6(1)),
     ]
 }
 
@@ -182,6 +195,15 @@ pub fn config_toml(vips: &[Vip]) -> String {
             v.port,
             if v.proto == TCP { "tcp" } else { "udp" }
         );
+        if !v.snat.is_empty() {
+            // No port is taken back during a run (conntrack is emptied
+            // long before).
+            let list: Vec<String> = v.snat.iter().map(|a| format!("\"{a}\"")).collect();
+            s += &format!(
+                "mode = \"fullnat\"\nsnat = [{}]\nsnat_closed_timeout = \"10m\"\nsnat_idle_timeout = \"1h\"\n",
+                list.join(", ")
+            );
+        }
         for (a, p) in &v.reals {
             s += &format!("[[vip.real]]\naddress = \"{a}\"\nport = {p}\n");
         }

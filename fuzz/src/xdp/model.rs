@@ -53,7 +53,19 @@ pub struct Vip {
     pub proto: u8,
     /// (address, port); port 0 keeps the client's destination port.
     pub reals: Vec<(IpAddr, u16)>,
+    /// FullNAT: the SNAT addresses (empty: NAT).
+    pub snat: Vec<IpAddr>,
 }
+
+/// The SNAT port range the fuzzer's FullNAT VIPs use (the default).
+pub const SNAT_PORTS: std::ops::RangeInclusive<u16> = 1024..=32767;
+
+/// A client → VIP flow as conntrack holds it: VIP index, real, and for
+/// FullNAT the SNAT address and port it leaves from.
+type FlowTo = (usize, IpAddr, u16, Option<(IpAddr, u16)>);
+/// A reply tuple's translation: the VIP address and port it leaves from,
+/// and for FullNAT the client it goes to.
+type ReplyTo = (IpAddr, u16, Option<(IpAddr, u16)>);
 
 /// The namespace as the FIB sees it.
 pub struct Net {
@@ -98,6 +110,10 @@ pub enum Outcome {
     /// A reply NATed back to the client.
     ToClient,
     ToClientPassed,
+    /// A FullNAT flow's packet to its real (both addresses rewritten), and
+    /// a FullNAT reply to its client.
+    FullNatToReal,
+    FullNatToClient,
     /// An echo request to a VIP answered by the program.
     IcmpEcho,
     /// An ICMP error about a VIP's flow sent on to its real (or passed
@@ -109,7 +125,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 15] = [
+        Outcome::FullNatToReal,
+        Outcome::FullNatToClient,
         Outcome::IcmpEcho,
         Outcome::IcmpRelayed,
         Outcome::IcmpDropped,
@@ -129,10 +147,10 @@ impl Outcome {
 pub struct Model {
     pub vips: Vec<Vip>,
     pub net: Net,
-    /// Client → VIP tuple → (VIP, real address, real port).
-    flows: HashMap<Tuple, (usize, IpAddr, u16)>,
-    /// Real → client tuple → VIP address and port.
-    replies: HashMap<Tuple, (IpAddr, u16)>,
+    /// Client → VIP tuple → its real (and SNAT source).
+    flows: HashMap<Tuple, FlowTo>,
+    /// Real → client (FullNAT: real → SNAT) tuple → its translation.
+    replies: HashMap<Tuple, ReplyTo>,
     /// The reply tuples in the order learnt (for the generator to pick
     /// from reproducibly; one may since have been replaced).
     reply_list: Vec<Tuple>,
@@ -350,6 +368,17 @@ impl Model {
         let Some(vi) = vi.filter(|_| qsrc == outer_dst) else {
             return dropped("ICMP error not about a packet of a VIP");
         };
+        if !self.vips[vi].snat.is_empty()
+            && !self.flows.contains_key(&Tuple {
+                src: qdst,
+                dst: qsrc,
+                sport: qdport,
+                dport: qsport,
+                proto: qproto,
+            })
+        {
+            return dropped("ICMP error about a FullNAT flow without its entry");
+        }
         if input[l3 + if v6 { 7 } else { 8 }] <= 1 {
             return if verdict == XDP_PASS && unchanged {
                 Ok(Some(Outcome::IcmpRelayed))
@@ -377,7 +406,9 @@ impl Model {
             proto: qproto,
         };
         let got = (addrs(output, l3).1, be16(output, inner_l4));
-        let want_real = if let Some(&(_, a, p)) = self.flows.get(&key) {
+        let known = self.flows.get(&key).copied();
+        let snat = known.and_then(|k| k.3);
+        let want_real = if let Some((_, a, p, _)) = known {
             (a, p)
         } else {
             let vip = &self.vips[vi];
@@ -404,6 +435,12 @@ impl Model {
         want[l3 + if v6 { 7 } else { 8 }] -= 1;
         wire::put_addr(&mut want, inner + if v6 { 8 } else { 12 }, &want_real.0);
         want[inner_l4..inner_l4 + 2].copy_from_slice(&want_real.1.to_be_bytes());
+        if let Some((sa, sp)) = snat {
+            // FullNAT: from the SNAT address, about real → SNAT:port.
+            wire::put_addr(&mut want, l3 + if v6 { 8 } else { 12 }, &sa);
+            wire::put_addr(&mut want, inner + if v6 { 24 } else { 16 }, &sa);
+            want[inner_l4 + 2..inner_l4 + 4].copy_from_slice(&sp.to_be_bytes());
+        }
         match self.net.neighbours.get(&want_real.0) {
             Some(&(mac, egress)) => {
                 if verdict != XDP_REDIRECT {
@@ -456,15 +493,15 @@ impl Model {
         // Which way, and to what: (reply?, new address, new port, VIP index
         // of a forward flow, the real fixed by conntrack).
         enum Dir {
-            Reply(IpAddr, u16),
-            Forward(usize, Option<(IpAddr, u16)>),
+            Reply(ReplyTo),
+            Forward(usize, Option<FlowTo>),
         }
         let key = Tuple::of(f);
         let unchanged = output == input;
-        let dir = if let Some(&(a, p)) = self.replies.get(&key) {
-            Dir::Reply(a, p)
-        } else if let Some(&(vi, a, p)) = self.flows.get(&key) {
-            Dir::Forward(vi, Some((a, p)))
+        let dir = if let Some(&r) = self.replies.get(&key) {
+            Dir::Reply(r)
+        } else if let Some(&t) = self.flows.get(&key) {
+            Dir::Forward(t.0, Some(t))
         } else if let Some(vi) = self.vip_for(f.dst, f.dport, f.proto) {
             Dir::Forward(vi, None)
         } else {
@@ -480,30 +517,34 @@ impl Model {
         // An established packet first looks up its flow's other entry and
         // re-writes it if gone (whatever happens to the packet next).
         match dir {
-            Dir::Reply(vaddr, vport) => {
+            Dir::Reply((vaddr, vport, client)) => {
+                let (caddr, cport) = client.unwrap_or((f.dst, f.dport));
                 let fwd = Tuple {
-                    src: f.dst,
+                    src: caddr,
                     dst: vaddr,
-                    sport: f.dport,
+                    sport: cport,
                     dport: vport,
                     proto: f.proto,
                 };
                 if !self.flows.contains_key(&fwd) && !self.replies.contains_key(&fwd) {
                     if let Some(vi) = self.vip_for(vaddr, vport, f.proto) {
-                        self.flows.insert(fwd, (vi, f.src, f.sport));
+                        let snat = client.map(|_| (f.dst, f.dport));
+                        self.flows.insert(fwd, (vi, f.src, f.sport, snat));
                     }
                 }
             }
-            Dir::Forward(_, Some((raddr, rport))) => {
+            Dir::Forward(_, Some((_, raddr, rport, snat))) => {
+                let (daddr, dport) = snat.unwrap_or((f.src, f.sport));
                 let rev = Tuple {
                     src: raddr,
-                    dst: f.src,
+                    dst: daddr,
                     sport: rport,
-                    dport: f.sport,
+                    dport,
                     proto: f.proto,
                 };
                 if !self.flows.contains_key(&rev) && !self.replies.contains_key(&rev) {
-                    self.replies.insert(rev, (f.dst, f.dport));
+                    let client = snat.map(|_| (f.src, f.sport));
+                    self.replies.insert(rev, (f.dst, f.dport, client));
                     self.reply_list.push(rev);
                 }
             }
@@ -530,55 +571,112 @@ impl Model {
                 input.len()
             ));
         }
-        let port_at = |rewrite_src: bool| f.l4 + if rewrite_src { 0 } else { 2 };
-        let (rewrite_src, addr, port, hop) = match dir {
-            Dir::Reply(a, p) => (true, a, p, f.dst),
+        // What the frame leaves as: a new source and/or destination
+        // (address, port), the next hop, and whether it is a reply.
+        let (reply, new_src, new_dst, hop) = match dir {
+            Dir::Reply((vaddr, vport, client)) => (
+                true,
+                Some((vaddr, vport)),
+                client,
+                client.map_or(f.dst, |c| c.0),
+            ),
             Dir::Forward(vi, fixed) => {
-                let got = (
+                let got_dst = (
                     wire::addr_of(output, f.dst_at(), f.v6),
                     u16::from_be_bytes([output[f.l4 + 2], output[f.l4 + 3]]),
                 );
-                let want = if let Some(r) = fixed {
-                    r
+                let got_src = (
+                    wire::addr_of(output, f.src_at(), f.v6),
+                    u16::from_be_bytes([output[f.l4], output[f.l4 + 1]]),
+                );
+                let vip = &self.vips[vi];
+                let fullnat = !vip.snat.is_empty();
+                let (want_dst, want_src) = if let Some((_, a, p, snat)) = fixed {
+                    ((a, p), snat)
                 } else {
-                    let vip = &self.vips[vi];
                     let real = vip.reals.iter().find(|(a, p)| {
-                        *a == got.0 && (if *p == 0 { f.dport } else { *p }) == got.1
+                        *a == got_dst.0 && (if *p == 0 { f.dport } else { *p }) == got_dst.1
                     });
-                    match real {
-                        Some(_) => got,
-                        None => {
+                    if real.is_none() {
+                        return Err(format!(
+                            "new flow to {}:{} sent to {}:{}, not one of its reals {:?}",
+                            vip.addr, vip.port, got_dst.0, got_dst.1, vip.reals
+                        ));
+                    }
+                    if fullnat {
+                        if !vip.snat.contains(&got_src.0) || !SNAT_PORTS.contains(&got_src.1) {
                             return Err(format!(
-                                "new flow to {}:{} sent to {}:{}, not one of its reals {:?}",
-                                vip.addr, vip.port, got.0, got.1, vip.reals
-                            ))
+                                "new FullNAT flow leaves from {}:{}, not an SNAT address {:?} and port in {SNAT_PORTS:?}",
+                                got_src.0, got_src.1, vip.snat
+                            ));
                         }
+                        // No two live flows share a tuple at the real.
+                        let at_real = Tuple {
+                            src: got_dst.0,
+                            dst: got_src.0,
+                            sport: got_dst.1,
+                            dport: got_src.1,
+                            proto: f.proto,
+                        };
+                        if let Some(&(_, _, Some(other))) = self.replies.get(&at_real) {
+                            if other != (f.src, f.sport) {
+                                return Err(format!(
+                                    "new FullNAT flow took {}:{} towards {}:{}, which the flow of {}:{} holds",
+                                    got_src.0, got_src.1, got_dst.0, got_dst.1, other.0, other.1
+                                ));
+                            }
+                        }
+                        (got_dst, Some(got_src))
+                    } else {
+                        (got_dst, None)
                     }
                 };
-                if got != want {
+                if got_dst != want_dst {
                     return Err(format!(
                         "established flow sent to {}:{}, its real is {}:{}",
-                        got.0, got.1, want.0, want.1
+                        got_dst.0, got_dst.1, want_dst.0, want_dst.1
                     ));
                 }
-                (false, want.0, want.1, want.0)
+                if let Some(ws) = want_src {
+                    if got_src != ws {
+                        return Err(format!(
+                            "established FullNAT flow leaves from {}:{}, its SNAT source is {}:{}",
+                            got_src.0, got_src.1, ws.0, ws.1
+                        ));
+                    }
+                }
+                (false, want_src, Some(want_dst), want_dst.0)
             }
         };
 
         // The expected frame, checksum fields aside.
         let mut want = input.to_vec();
-        let at = if rewrite_src { f.src_at() } else { f.dst_at() };
-        wire::put_addr(&mut want, at, &addr);
-        want[port_at(rewrite_src)..port_at(rewrite_src) + 2].copy_from_slice(&port.to_be_bytes());
+        if let Some((a, p)) = new_src {
+            wire::put_addr(&mut want, f.src_at(), &a);
+            want[f.l4..f.l4 + 2].copy_from_slice(&p.to_be_bytes());
+        }
+        if let Some((a, p)) = new_dst {
+            wire::put_addr(&mut want, f.dst_at(), &a);
+            want[f.l4 + 2..f.l4 + 4].copy_from_slice(&p.to_be_bytes());
+        }
         want[f.ttl_at()] = f.ttl - 1;
-        let (sent, passed_outcome, sent_outcome) = if rewrite_src {
-            (
+        let (sent, passed_outcome, sent_outcome) = match (reply, new_src, new_dst) {
+            (true, _, Some(_)) => (
+                verdict != XDP_PASS,
+                Outcome::ToClientPassed,
+                Outcome::FullNatToClient,
+            ),
+            (true, _, None) => (
                 verdict != XDP_PASS,
                 Outcome::ToClientPassed,
                 Outcome::ToClient,
-            )
-        } else {
-            (verdict != XDP_PASS, Outcome::ToRealPassed, Outcome::ToReal)
+            ),
+            (false, Some(_), _) => (
+                verdict != XDP_PASS,
+                Outcome::ToRealPassed,
+                Outcome::FullNatToReal,
+            ),
+            (false, None, _) => (verdict != XDP_PASS, Outcome::ToRealPassed, Outcome::ToReal),
         };
         // The kernel's FIB does not forward IPv6 with a link-local,
         // multicast or loopback address on either side (`rt6_need_strict`):
@@ -589,8 +687,8 @@ impl Model {
             }
             IpAddr::V4(_) => false,
         };
-        let src_after = if rewrite_src { addr } else { f.src };
-        let dst_after = if rewrite_src { f.dst } else { addr };
+        let src_after = new_src.map_or(f.src, |x| x.0);
+        let dst_after = new_dst.map_or(f.dst, |x| x.0);
         let neighbour = if strict(src_after) || strict(dst_after) {
             None
         } else {
@@ -677,18 +775,24 @@ impl Model {
         // Learn the flow as conntrack did.
         // One table holds both directions: an insert replaces an entry of
         // the other kind with the same tuple.
-        if let Dir::Forward(vi, _) = dir {
+        if let (Dir::Forward(vi, _), Some((addr, port))) = (dir, new_dst) {
             self.replies.remove(&key);
-            self.flows.insert(key, (vi, addr, port));
+            self.flows.insert(key, (vi, addr, port, new_src));
+            let (daddr, dport) = new_src.unwrap_or((f.src, f.sport));
             let reply = Tuple {
                 src: addr,
-                dst: f.src,
+                dst: daddr,
                 sport: port,
-                dport: f.sport,
+                dport,
                 proto: f.proto,
             };
             self.flows.remove(&reply);
-            if self.replies.insert(reply, (f.dst, f.dport)).is_none() {
+            let client = new_src.map(|_| (f.src, f.sport));
+            if self
+                .replies
+                .insert(reply, (f.dst, f.dport, client))
+                .is_none()
+            {
                 self.reply_list.push(reply);
             }
         }
