@@ -133,8 +133,8 @@ fn v6(d: u16) -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x11, 0, 0, 0, 0, d))
 }
 
-/// The fuzzer's VIPs: every class the data plane balances (NAT and
-/// FullNAT; DSR's tunnel is covered by `xdp_dsr`).
+/// The fuzzer's VIPs: every class the data plane balances (NAT,
+/// FullNAT, DSR over IPIP).
 pub fn vips() -> Vec<Vip> {
     let vip4 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1));
     let all4 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 2));
@@ -147,6 +147,7 @@ pub fn vips() -> Vec<Vip> {
         proto,
         reals,
         snat: Vec::new(),
+        dsr: false,
     };
     let fullnat = |addr, port, proto, reals: Vec<(IpAddr, u16)>, snat: IpAddr| Vip {
         addr,
@@ -154,7 +155,9 @@ pub fn vips() -> Vec<Vip> {
         proto,
         reals,
         snat: vec![snat],
+        dsr: false,
     };
+    let dsr4 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 4));
     let fullnat4 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 5));
     let fullnat6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 5));
     vec![
@@ -182,12 +185,20 @@ pub fn vips() -> Vec<Vip> {
         vip(all6, 0, UDP, vec![(v6(4), 0), (v6(3), 0)]),
         fullnat(fullnat4, 80, TCP, vec![(v4(2), 8080), (v4(3), 8080)], v4(1)),
         fullnat(fullnat6, 53, UDP, vec![(v6(2), 5353), (v6(4), 5353)], v6(1)),
+        Vip {
+            addr: dsr4,
+            port: 80,
+            proto: TCP,
+            reals: vec![(v4(2), 80), (v4(3), 80)],
+            snat: Vec::new(),
+            dsr: true,
+        },
     ]
 }
 
 /// The same VIPs as `lb` configuration.
 pub fn config_toml(vips: &[Vip]) -> String {
-    let mut s = String::new();
+    let mut s = String::from("encap_source = [\"198.18.250.0/24\"]\n\n");
     for v in vips {
         s += &format!(
             "[[vip]]\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\n",
@@ -195,6 +206,9 @@ pub fn config_toml(vips: &[Vip]) -> String {
             v.port,
             if v.proto == TCP { "tcp" } else { "udp" }
         );
+        if v.dsr {
+            s += "mode = \"dsr\"\n";
+        }
         if !v.snat.is_empty() {
             // No port is taken back during a run (conntrack is emptied
             // long before).
@@ -284,6 +298,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         let vips = vips();
         let cfg = Config::parse(&config_toml(&vips)).context("fuzz config")?;
         let mut dp = Dataplane::load(&LoadOptions::default())?;
+        dp.set_encap_sources(cfg.encap_sources);
         dp.apply(&cfg.vips)?;
         let in0 = dataplane::ifindex("in0")?;
         let out1 = dataplane::ifindex("out1")?;

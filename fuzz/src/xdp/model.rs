@@ -55,7 +55,12 @@ pub struct Vip {
     pub reals: Vec<(IpAddr, u16)>,
     /// FullNAT: the SNAT addresses (empty: NAT).
     pub snat: Vec<IpAddr>,
+    /// DSR over IPIP (IPv4 VIPs; outer source in [`ENCAP_PREFIX`]).
+    pub dsr: bool,
 }
+
+/// The fuzzer's `encap_source`, 198.18.250.0/24: the first three bytes.
+pub const ENCAP_PREFIX: [u8; 3] = [198, 18, 250];
 
 /// The SNAT port range the fuzzer's FullNAT VIPs use (the default).
 pub const SNAT_PORTS: std::ops::RangeInclusive<u16> = 1024..=32767;
@@ -113,6 +118,8 @@ pub enum Outcome {
     /// A FullNAT flow's packet to its real (both addresses rewritten), and
     /// a FullNAT reply to its client.
     FullNatToReal,
+    /// A DSR flow's packet in IPIP to its real.
+    DsrToReal,
     FullNatToClient,
     /// An echo request to a VIP answered by the program.
     IcmpEcho,
@@ -125,7 +132,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 16] = [
+        Outcome::DsrToReal,
         Outcome::FullNatToReal,
         Outcome::FullNatToClient,
         Outcome::IcmpEcho,
@@ -379,6 +387,20 @@ impl Model {
         {
             return dropped("ICMP error about a FullNAT flow without its entry");
         }
+        if self.vips[vi].dsr {
+            // In IPIP to the flow's real, the error as it came.
+            let key = Tuple {
+                src: qdst,
+                dst: qsrc,
+                sport: qdport,
+                dport: qsport,
+                proto: qproto,
+            };
+            let real = self.flows.get(&key).map(|t| t.1);
+            return self
+                .check_ipip(input, verdict, output, l3, end, vi, real)
+                .map(|_| Some(Outcome::IcmpRelayed));
+        }
         if input[l3 + if v6 { 7 } else { 8 }] <= 1 {
             return if verdict == XDP_PASS && unchanged {
                 Ok(Some(Outcome::IcmpRelayed))
@@ -482,6 +504,149 @@ impl Model {
         Ok(Some(Outcome::IcmpRelayed))
     }
 
+    /// A frame sent in IPIP to a real of VIP `vi` (`real`, when the flow
+    /// fixes it): the outer IPv4 header as the data plane builds it, then
+    /// the datagram `input[l3..]` as it came (the caller checks any field it
+    /// may change, listed in `skip`, relative to `l3`). Returns the real.
+    #[allow(clippy::too_many_arguments, reason = "the frame and where to look")]
+    fn check_ipip(
+        &self,
+        input: &[u8],
+        verdict: u32,
+        output: &[u8],
+        l3: usize,
+        end: usize,
+        vi: usize,
+        real: Option<IpAddr>,
+    ) -> Result<IpAddr, String> {
+        self.check_ipip_skip(input, verdict, output, l3, end, vi, real, &[])
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "the frame and where to look")]
+    fn check_ipip_skip(
+        &self,
+        input: &[u8],
+        verdict: u32,
+        output: &[u8],
+        l3: usize,
+        end: usize,
+        vi: usize,
+        real: Option<IpAddr>,
+        skip: &[usize],
+    ) -> Result<IpAddr, String> {
+        if verdict != XDP_REDIRECT || output.len() != input.len() + 20 {
+            return Err(format!(
+                "DSR: want REDIRECT with 20 bytes of IPIP, got {} ({} bytes for {})",
+                verdict_name(verdict),
+                output.len(),
+                input.len()
+            ));
+        }
+        let o = &output[l3..l3 + 20];
+        let got = IpAddr::V4(std::net::Ipv4Addr::new(o[16], o[17], o[18], o[19]));
+        let vip = &self.vips[vi];
+        if !vip.reals.iter().any(|(a, _)| *a == got) || real.is_some_and(|r| r != got) {
+            return Err(format!(
+                "DSR: tunnel to {got}, want {} (reals {:?})",
+                real.map_or("one of the VIP's reals".into(), |r| r.to_string()),
+                vip.reals
+            ));
+        }
+        let inner_len = end - l3;
+        let df = input[l3 + 6] & 0x40;
+        let head_ok = o[0] == 0x45
+            && o[1] == input[l3 + 1]
+            && u16::from_be_bytes([o[2], o[3]]) as usize == inner_len + 20
+            && o[4..6] == [0, 0]
+            && o[6] == df
+            && o[7] == 0
+            && o[8] == 64
+            && o[9] == 4
+            && wire::same(wire::fold(wire::sum(o)), 0xffff)
+            && o[12..15] == ENCAP_PREFIX;
+        if !head_ok {
+            return Err(format!("DSR: outer header {}", wire::hex(o)));
+        }
+        let Some(&(mac, egress)) = self.net.neighbours.get(&got) else {
+            return Err(format!("DSR: real {got} has no neighbour"));
+        };
+        let mut want = output[..l3].to_vec();
+        want[0..6].copy_from_slice(&mac);
+        want[6..12].copy_from_slice(&self.net.mac[&egress]);
+        if l3 == 18 {
+            want[12..16].copy_from_slice(&input[12..16]);
+        }
+        want[l3 - 2..l3].copy_from_slice(&[0x08, 0x00]);
+        if output[..l3] != want[..] {
+            return Err(format!(
+                "DSR: link header {}, want {}",
+                wire::hex(&output[..l3]),
+                wire::hex(&want)
+            ));
+        }
+        if let Some(i) = (0..input.len() - l3)
+            .find(|i| !skip.contains(i) && output[l3 + 20 + i] != input[l3 + i])
+        {
+            return Err(format!(
+                "DSR: inner byte {i} is {:#04x}, was {:#04x}",
+                output[l3 + 20 + i],
+                input[l3 + i]
+            ));
+        }
+        Ok(got)
+    }
+
+    /// A packet of a DSR flow: in IPIP to its real; the inner datagram
+    /// unchanged but for a partial checksum, completed.
+    fn dsr(
+        &mut self,
+        input: &[u8],
+        verdict: u32,
+        output: &[u8],
+        f: &Flow,
+        vi: usize,
+        real: Option<IpAddr>,
+    ) -> Result<Outcome, String> {
+        let check = f.check_at() - f.l3;
+        let got = self.check_ipip_skip(
+            input,
+            verdict,
+            output,
+            f.l3,
+            f.end,
+            vi,
+            real,
+            &[check, check + 1],
+        )?;
+        let inner = Flow {
+            l3: f.l3 + 20,
+            l4: f.l4 + 20,
+            end: f.end + 20,
+            ..*f
+        };
+        let field = u16::from_be_bytes([output[inner.check_at()], output[inner.check_at() + 1]]);
+        let right = wire::same(wire::l4_residue(output, &inner), 0xffff);
+        match wire::l4_check(input, f) {
+            L4Check::Absent if field != 0 => {
+                return Err(format!("DSR: UDP without checksum got {field:#06x}"))
+            }
+            L4Check::Right | L4Check::PartialLooking if !right => {
+                return Err(format!(
+                    "DSR: inner checksum {field:#06x} not right (residue {:#06x})",
+                    wire::l4_residue(output, &inner)
+                ))
+            }
+            L4Check::Wrong(r) if !wire::same(r, wire::l4_residue(output, &inner)) => {
+                return Err("DSR: a wrong inner checksum was not carried through".into())
+            }
+            _ => {}
+        }
+        let key = Tuple::of(f);
+        self.replies.remove(&key);
+        self.flows.insert(key, (vi, got, f.dport, None));
+        Ok(Outcome::DsrToReal)
+    }
+
     fn flow(
         &mut self,
         input: &[u8],
@@ -533,7 +698,7 @@ impl Model {
                     }
                 }
             }
-            Dir::Forward(_, Some((_, raddr, rport, snat))) => {
+            Dir::Forward(vi, Some((_, raddr, rport, snat))) if !self.vips[vi].dsr => {
                 let (daddr, dport) = snat.unwrap_or((f.src, f.sport));
                 let rev = Tuple {
                     src: raddr,
@@ -548,7 +713,7 @@ impl Model {
                     self.reply_list.push(rev);
                 }
             }
-            Dir::Forward(_, None) => {}
+            Dir::Forward(..) => {}
         }
         if f.ttl <= 1 {
             return if verdict == XDP_PASS && unchanged {
@@ -563,6 +728,11 @@ impl Model {
         }
         if verdict == XDP_DROP {
             return Err("a sound packet of a VIP flow was dropped".into());
+        }
+        if let Dir::Forward(vi, fixed) = dir {
+            if self.vips[vi].dsr {
+                return self.dsr(input, verdict, output, f, vi, fixed.map(|t| t.1));
+            }
         }
         if output.len() != input.len() {
             return Err(format!(
