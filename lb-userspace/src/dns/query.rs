@@ -304,10 +304,13 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
     r.metadata.recursion_desired = req.metadata.recursion_desired;
     r.metadata.checking_disabled = req.metadata.checking_disabled;
 
-    let mut resp_edns = req.edns.as_ref().map(|_| {
+    let mut resp_edns = req.edns.as_ref().map(|q| {
         let mut e = Edns::new();
         e.set_max_payload(state.max_udp_payload);
         e.set_version(0);
+        // RFC 3225: the DO bit is copied into the response. The zones are
+        // not signed, so it adds no records.
+        e.set_dnssec_ok(q.flags().dnssec_ok);
         e
     });
     let finish = |mut r: Message, edns: Option<Edns>, code: ResponseCode| {

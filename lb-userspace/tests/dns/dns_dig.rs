@@ -285,6 +285,34 @@ async fn edns_truncation_and_tcp() {
         "{}",
         d.raw
     );
+    // DO=1 is echoed (RFC 3225), on the full and the cached path and over
+    // TCP; the zone is unsigned, so no RRSIGs. DO=0 stays 0.
+    for args in [
+        &["+dnssec", "web.example.com", "A"][..],
+        &["+dnssec", "+nocookie", "web.example.com", "A"],
+        &["+dnssec", "+nocookie", "web.example.com", "A"],
+        &["+dnssec", "+tcp", "web.example.com", "A"],
+        &["+dnssec", "+nocookie", "nope.example.com", "A"],
+    ] {
+        let d = dig(a, args).await;
+        let edns = d.edns.as_deref().unwrap_or("");
+        assert!(
+            edns.starts_with("; EDNS: version: 0, flags: do;"),
+            "{args:?}: {}",
+            d.raw
+        );
+        assert!(!d.raw.contains("RRSIG"), "{}", d.raw);
+    }
+    let d = dig(a, &["+dnssec", "web.example.com", "A"]).await;
+    assert_eq!(d.answer.len(), 2, "{}", d.raw);
+    for args in [
+        &["+nodnssec", "+nocookie", "web.example.com", "A"][..],
+        &["+nodnssec", "web.example.com", "A"],
+    ] {
+        let d = dig(a, args).await;
+        let edns = d.edns.as_deref().unwrap_or("");
+        assert!(edns.starts_with("; EDNS: version: 0, flags:;"), "{}", d.raw);
+    }
     // Without EDNS, no OPT.
     let d = dig(a, &["+noedns", "web.example.com", "A"]).await;
     assert!(d.edns.is_none(), "{}", d.raw);
