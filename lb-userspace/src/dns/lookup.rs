@@ -10,6 +10,7 @@ use hickory_proto::{
 };
 
 use super::{
+    chaos::ServerInfo,
     gslb::{Client, Gslb},
     zone::{Found, Node, Zone},
 };
@@ -17,10 +18,12 @@ use super::{
 /// Longest CNAME chain followed inside a zone.
 pub const MAX_CNAME_CHAIN: usize = 8;
 
-/// The zones we serve, longest origin first.
+/// The zones we serve, longest origin first, and what class CH identity
+/// queries answer.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     zones: Vec<Arc<Zone>>,
+    server: ServerInfo,
 }
 
 impl Catalog {
@@ -30,7 +33,22 @@ impl Catalog {
                 .num_labels()
                 .cmp(&a.origin_lower.num_labels())
         });
-        Catalog { zones }
+        Catalog {
+            zones,
+            server: ServerInfo::default(),
+        }
+    }
+
+    /// Sets the identity and version given to CHAOS queries (default: the
+    /// host name and `lb <version>`).
+    #[must_use]
+    pub fn with_server_info(mut self, server: ServerInfo) -> Self {
+        self.server = server;
+        self
+    }
+
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.server
     }
 
     /// The most specific zone containing `name`.

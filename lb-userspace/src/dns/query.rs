@@ -9,6 +9,7 @@ use std::{
 };
 
 use super::{
+    chaos,
     gslb::{mask, Client, Gslb},
     lookup::{resolve, Answer, Catalog, Kind},
     rrl::{RateLimiter, Verdict},
@@ -360,8 +361,15 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
         }
     }
 
-    if q.query_class() != DNSClass::IN {
-        return (finish(r, resp_edns, ResponseCode::Refused), None);
+    match q.query_class() {
+        DNSClass::IN => {}
+        DNSClass::CH => {
+            // Identity queries; not authoritative data (no AA), as NSD.
+            let (code, rec) = chaos::answer(state.catalog.server_info(), q.name(), q.query_type());
+            r.answers.extend(rec);
+            return (finish(r, resp_edns, code), None);
+        }
+        _ => return (finish(r, resp_edns, ResponseCode::Refused), None),
     }
     match q.query_type() {
         RecordType::AXFR | RecordType::IXFR => {

@@ -268,8 +268,77 @@ async fn negative_answers_delegation_refused() {
     let d = dig(a, &["example.org", "A"]).await;
     assert_eq!(d.status, "REFUSED");
     assert!(!d.has_flag("aa") && d.answer.is_empty());
-    let d = dig(a, &["version.bind", "TXT", "CH"]).await;
+    // CHAOS names other than the identity ones: REFUSED.
+    let d = dig(a, &["authors.bind", "TXT", "CH"]).await;
     assert_eq!(d.status, "REFUSED");
+    srv.shutdown().await;
+}
+
+/// `dig` output with `+short`: one line per answer record.
+async fn short(a: std::net::SocketAddr, args: &[&str]) -> Vec<String> {
+    let mut v = args.to_vec();
+    v.push("+short");
+    dig(a, &v).await.raw.lines().map(String::from).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_identity_and_version() {
+    need_dig!();
+    let (srv, a) = start(&base_config("identity = \"ns1.example\"")).await;
+    let version = format!("\"lb {}\"", env!("CARGO_PKG_VERSION"));
+    for (name, want) in [
+        ("id.server", "\"ns1.example\""),
+        ("hostname.bind", "\"ns1.example\""),
+        ("ID.SERVER", "\"ns1.example\""),
+        ("version.server", version.as_str()),
+        ("version.bind", version.as_str()),
+    ] {
+        for extra in [
+            &[][..],
+            &["+nocookie"],
+            &["+nocookie"],
+            &["+tcp"],
+            &["+noedns"],
+        ] {
+            let mut args = vec!["CH", "TXT", name];
+            args.extend_from_slice(extra);
+            assert_eq!(short(a, &args).await, vec![want.to_string()], "{args:?}");
+        }
+        let d = dig(a, &["-c", "CH", "-t", "TXT", "-q", name]).await;
+        assert_eq!(d.status, "NOERROR", "{}", d.raw);
+        assert!(!d.has_flag("aa"), "{}", d.raw);
+        let recs = Dig::records(&d.answer);
+        assert_eq!(recs.len(), 1, "{}", d.raw);
+        assert_eq!(recs[0].1, 0, "TTL 0: {}", d.raw);
+        assert!(d.answer[0].contains("\tCH\tTXT\t"), "{}", d.raw);
+    }
+    for (name, t) in [
+        ("id.server", "A"),
+        ("authors.bind", "TXT"),
+        ("x.version.bind", "TXT"),
+    ] {
+        let d = dig(a, &["-c", "CH", "-t", t, "-q", name]).await;
+        assert_eq!(d.status, "REFUSED", "{name} {t}: {}", d.raw);
+        assert!(d.answer.is_empty());
+    }
+    // Class HS and others: REFUSED.
+    let d = dig(a, &["-c", "HS", "-t", "TXT", "-q", "id.server"]).await;
+    assert_eq!(d.status, "REFUSED", "{}", d.raw);
+    srv.shutdown().await;
+
+    // hide_version: version queries REFUSED; the identity defaults to the
+    // host name.
+    let (srv, a) = start(&base_config("hide_version = true")).await;
+    for name in ["version.server", "version.bind"] {
+        let d = dig(a, &["-c", "CH", "-t", "TXT", "-q", name]).await;
+        assert_eq!(d.status, "REFUSED", "{}", d.raw);
+        assert!(d.answer.is_empty());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        short(a, &["CH", "TXT", "id.server"]).await,
+        vec![format!("\"{}\"", host.trim())]
+    );
     srv.shutdown().await;
 }
 

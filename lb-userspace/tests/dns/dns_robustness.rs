@@ -324,6 +324,7 @@ fn config_errors_name_the_field() {
 listen = ["127.0.0.1"]
 max_udp_payload = 100
 udp_workers = 0
+identity = ""
 [[zone]]
 name = "example.com."
 file = "/nonexistent/zone"
@@ -342,6 +343,7 @@ responses_per_second = -1
         "dns.listen[0]",
         "dns.max_udp_payload",
         "dns.udp_workers",
+        "dns.identity",
         "dns.zone[0].file",
         "dns.gslb[0].name",
         "dns.gslb[0].policy",
@@ -362,5 +364,15 @@ responses_per_second = -1
     ));
     assert!(cfg.settings("dns", &mut errors).is_none());
     assert_eq!(errors[0].field, "dns.gslb[0].health.port", "{errors:?}");
+    // The identity is one TXT string: at most 255 printable ASCII bytes.
+    for bad in ["x".repeat(256), "tab\there".into()] {
+        let mut errors = Vec::new();
+        let cfg = parse_config(&base_config(&format!("identity = {bad:?}")));
+        assert!(cfg.settings("dns", &mut errors).is_none(), "{bad:?}");
+        assert_eq!(errors[0].field, "dns.identity", "{errors:?}");
+    }
+    assert!(
+        toml::from_str::<lb_userspace::dns::config::DnsConfig>("hide_version = \"yes\"").is_err()
+    );
     assert!(toml::from_str::<lb_userspace::dns::config::DnsConfig>("bogus = 1").is_err());
 }
