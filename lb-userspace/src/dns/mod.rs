@@ -5,6 +5,7 @@
 //!   parser), checked and indexed.
 //! * `lookup`: which records go into which section (pure).
 //! * `chaos`: class CH identity queries (`id.server.`, `version.bind.`, ...).
+//! * `cookie`: DNS cookies (RFC 7873, server cookies as RFC 9018).
 //! * `gslb`: pools of addresses, health-filtered and chosen by policy.
 //! * `rrl`: response rate limiting.
 //! * `query`: the query path, bytes in, bytes out (wire format via
@@ -17,6 +18,7 @@
 pub mod cache;
 pub mod chaos;
 pub mod config;
+pub mod cookie;
 pub mod gslb;
 pub mod lookup;
 pub mod query;

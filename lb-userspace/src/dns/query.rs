@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{
-    chaos,
+    chaos, cookie,
     gslb::{mask, Client, Gslb},
     lookup::{resolve, Answer, Catalog, Kind},
     rrl::{RateLimiter, Verdict},
@@ -325,6 +325,37 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
     if req.metadata.op_code != OpCode::Query {
         r.add_queries(req.queries.iter().take(1).cloned());
         return (finish(r, resp_edns, ResponseCode::NotImp), None);
+    }
+    // DNS cookies (RFC 7873): every response to a query with a client
+    // cookie carries it back with our server cookie.
+    let mut bad_server_cookie = false;
+    if let (Some(edns), Some(e)) = (&req.edns, resp_edns.as_mut()) {
+        match cookie::parse(edns) {
+            Err(cookie::Malformed) => {
+                r.add_queries(req.queries.iter().take(1).cloned());
+                return (finish(r, resp_edns, ResponseCode::FormErr), None);
+            }
+            Ok(Some(c)) => {
+                let reply = cookie::reply(cookie::process_secret(), &c, src.ip(), cookie::now());
+                bad_server_cookie = reply.bad_server_cookie;
+                e.options_mut().insert(reply.edns_option());
+            }
+            Ok(None) => {}
+        }
+    }
+    let has_cookie = resp_edns
+        .as_ref()
+        .is_some_and(|e| e.option(EdnsCode::Cookie).is_some());
+    if req.queries.is_empty() && has_cookie && req.answers.is_empty() && req.authorities.is_empty()
+    {
+        // RFC 7873 5.4: a query for a server cookie only. BADCOOKIE when
+        // the server cookie it sent is not valid.
+        let code = match req.edns.as_ref().map(Edns::version) {
+            Some(v) if v > 0 => ResponseCode::BADVERS,
+            _ if bad_server_cookie => ResponseCode::BADCOOKIE,
+            _ => ResponseCode::NoError,
+        };
+        return (finish(r, resp_edns, code), None);
     }
     if req.queries.len() != 1 {
         // RFC 9619: a QUERY has exactly one question.

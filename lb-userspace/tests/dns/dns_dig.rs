@@ -451,3 +451,78 @@ async fn tcp_serves_several_queries_on_one_connection() {
     assert_eq!(text.matches("status: NXDOMAIN").count(), 1, "{text}");
     srv.shutdown().await;
 }
+
+/// The `; COOKIE: <hex> (...)` line dig prints: the hex and the verdict.
+fn cookie_line(d: &Dig) -> Option<(String, String)> {
+    let l = d.raw.lines().find(|l| l.starts_with("; COOKIE: "))?;
+    let rest = l.strip_prefix("; COOKIE: ")?;
+    let (hex, verdict) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((hex.to_string(), verdict.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_cookies() {
+    need_dig!();
+    let (srv, a) = start(&base_config("")).await;
+    // dig sends a client cookie and checks that it comes back with a
+    // server cookie (16 bytes, RFC 9018): "(good)".
+    let client = "0123456789abcdef";
+    let arg = format!("+cookie={client}");
+    let d = dig(a, &[&arg, "web.example.com", "A"]).await;
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert_eq!(d.answer.len(), 2);
+    let (hex, verdict) = cookie_line(&d).unwrap_or_else(|| panic!("no cookie: {}", d.raw));
+    assert_eq!(verdict, "(good)", "{}", d.raw);
+    assert_eq!(hex.len(), 48, "8 + 16 bytes: {}", d.raw);
+    assert!(hex.starts_with(client));
+    assert!(hex[16..].starts_with("01000000"), "version 1: {hex}");
+    // The full cookie sent back within its first half hour: echoed as is,
+    // on UDP and TCP, and on error answers too.
+    let full = format!("+cookie={hex}");
+    for args in [
+        &[full.as_str(), "web.example.com", "A"][..],
+        &[full.as_str(), "+tcp", "web.example.com", "A"],
+        &[full.as_str(), "example.org", "A"],
+        &[full.as_str(), "nope.example.com", "A"],
+    ] {
+        let d = dig(a, args).await;
+        assert_eq!(
+            cookie_line(&d),
+            Some((hex.clone(), "(good)".into())),
+            "{args:?}: {}",
+            d.raw
+        );
+    }
+    // A server cookie that is not ours: answered, with a new one.
+    let forged = format!("+cookie={client}0100000000000000ffffffffffffffff");
+    let d = dig(a, &[&forged, "web.example.com", "A"]).await;
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert_eq!(d.answer.len(), 2);
+    let (h, _) = cookie_line(&d).unwrap();
+    assert_eq!(h.len(), 48);
+    assert_ne!(&h[16..], "0100000000000000ffffffffffffffff");
+    // Without a cookie, none in the answer.
+    let d = dig(a, &["+nocookie", "web.example.com", "A"]).await;
+    assert!(cookie_line(&d).is_none(), "{}", d.raw);
+    // Only the header and a cookie (QDCOUNT 0): NOERROR with a cookie
+    // (RFC 7873 5.4).
+    let d = dig(a, &[&arg, "+header-only", "web.example.com", "A"]).await;
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    let (h, verdict) = cookie_line(&d).unwrap_or_else(|| panic!("no cookie: {}", d.raw));
+    assert!(h.starts_with(client) && h.len() == 48, "{}", d.raw);
+    assert_eq!(verdict, "(good)");
+    // A big answer still truncates, and the TC answer carries the cookie.
+    let d = dig(
+        a,
+        &[&arg, "+ignore", "+bufsize=1232", "big.example.com", "TXT"],
+    )
+    .await;
+    assert!(d.has_flag("tc"), "{}", d.raw);
+    assert!(d.msg_size.unwrap() <= 1232);
+    assert!(
+        cookie_line(&d).is_some_and(|(h, _)| h.starts_with(client)),
+        "{}",
+        d.raw
+    );
+    srv.shutdown().await;
+}
