@@ -26,8 +26,9 @@ pub struct PlainQuery {
 /// Parses `p` as a [`PlainQuery`]; `None` for anything else (which then
 /// takes the full path).
 pub fn plain_query(p: &[u8]) -> Option<PlainQuery> {
-    if p.len() < 17 || p[2] & 0xf8 != 0 {
-        // Short, a response (QR), or an opcode other than QUERY.
+    if p.len() < 17 || p[2] & 0xf8 != 0 || p[3] & 0x0f != 0 {
+        // Short, a response (QR), an opcode other than QUERY, or an RCODE
+        // set in the query.
         return None;
     }
     let count = |i: usize| u16::from_be_bytes([p[i], p[i + 1]]);
@@ -262,6 +263,9 @@ mod tests {
         assert!(plain_query(&r).is_none());
         let mut r = q.clone();
         r[2] |= 0x20;
+        assert!(plain_query(&r).is_none());
+        let mut r = q.clone();
+        r[3] |= 0x01;
         assert!(plain_query(&r).is_none());
         let mut r = query("www.example.com.", RecordType::A, 1, true, false, None);
         r[5] = 2;

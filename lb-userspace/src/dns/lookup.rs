@@ -227,6 +227,26 @@ pub fn resolve(
     }
 }
 
+/// Turns the answer to a class IN query into NSD's answer to the same
+/// query in class ANY: the same records (class IN); referrals unchanged
+/// (AA only when a CNAME led into the delegation, as in class IN); other
+/// answers without AA and without the authority section (no apex NS, no
+/// negative SOA), additional keeping the addresses of the answer's own
+/// NS/MX/SRV targets.
+pub fn as_class_any(catalog: &Catalog, a: &mut Answer, qtype: RecordType) {
+    if a.kind == Kind::Referral {
+        return;
+    }
+    a.authoritative = false;
+    a.authority.clear();
+    a.additional.clear();
+    if a.kind == Kind::Positive && qtype != RecordType::ANY {
+        if let Some(zone) = a.zone.as_ref().and_then(|z| catalog.get(z)) {
+            a.additional = additional_for(zone, a.answers.iter(), &a.answers);
+        }
+    }
+}
+
 enum Step<'a> {
     Records(&'a [Record]),
     Cname(&'a Record),

@@ -11,7 +11,7 @@ use std::{
 use super::{
     chaos, cookie,
     gslb::{mask, Client, Gslb},
-    lookup::{resolve, Answer, Catalog, Kind},
+    lookup::{as_class_any, resolve, Answer, Catalog, Kind},
     rrl::{RateLimiter, Verdict},
 };
 use hickory_proto::{
@@ -326,6 +326,11 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
         r.add_queries(req.queries.iter().take(1).cloned());
         return (finish(r, resp_edns, ResponseCode::NotImp), None);
     }
+    if req.metadata.response_code.low() != 0 {
+        // A query with an RCODE set in its header: FORMERR, without the
+        // question, as NSD answers it.
+        return (finish(r, resp_edns, ResponseCode::FormErr), None);
+    }
     // DNS cookies (RFC 7873): every response to a query with a client
     // cookie carries it back with our server cookie.
     let mut bad_server_cookie = false;
@@ -392,8 +397,11 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
         }
     }
 
+    let class_any = q.query_class() == DNSClass::ANY;
     match q.query_class() {
-        DNSClass::IN => {}
+        // Class ANY is answered from the zones (IN) as NSD does; see
+        // `lookup::as_class_any`.
+        DNSClass::IN | DNSClass::ANY => {}
         DNSClass::CH => {
             // Identity queries; not authoritative data (no AA), as NSD.
             let (code, rec) = chaos::answer(state.catalog.server_info(), q.name(), q.query_type());
@@ -419,6 +427,9 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
         q.query_type(),
         &client,
     );
+    if class_any {
+        as_class_any(&state.catalog, &mut answer, q.query_type());
+    }
     r.metadata.authoritative = answer.authoritative;
     // The records move into the response; callers only read the answer's
     // kind and whether it is dynamic.

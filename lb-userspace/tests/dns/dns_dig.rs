@@ -526,3 +526,46 @@ async fn dns_cookies() {
     );
     srv.shutdown().await;
 }
+
+/// Class ANY (255): answered from the zone like class IN, as NSD does:
+/// records of class IN, no AA, no authority section except in referrals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn class_any_is_answered_from_the_zone() {
+    need_dig!();
+    let (srv, a) = start(&base_config("")).await;
+    for _ in 0..2 {
+        let d = dig(
+            a,
+            &["+nocookie", "-c", "ANY", "-t", "A", "-q", "web.example.com"],
+        )
+        .await;
+        assert_eq!(d.status, "NOERROR", "{}", d.raw);
+        assert!(!d.has_flag("aa"), "{}", d.raw);
+        assert_eq!(
+            recs(&d.answer),
+            vec![
+                rec("web.example.com.", 300, "A", "198.18.0.80"),
+                rec("web.example.com.", 300, "A", "198.18.0.81"),
+            ]
+        );
+        assert!(
+            d.authority.is_empty() && d.additional.is_empty(),
+            "{}",
+            d.raw
+        );
+    }
+    // NS at the apex: the addresses of the servers in additional.
+    let d = dig(a, &["-c", "ANY", "-t", "NS", "-q", "example.com"]).await;
+    assert_eq!(d.answer.len(), 2);
+    assert_eq!(d.additional.len(), 3, "{}", d.raw);
+    // NXDOMAIN without the SOA; outside our zones REFUSED; referrals as in IN.
+    let d = dig(a, &["-c", "ANY", "-t", "A", "-q", "nope.example.com"]).await;
+    assert_eq!(d.status, "NXDOMAIN");
+    assert!(d.authority.is_empty(), "{}", d.raw);
+    let d = dig(a, &["-c", "ANY", "-t", "A", "-q", "example.org"]).await;
+    assert_eq!(d.status, "REFUSED");
+    let d = dig(a, &["-c", "ANY", "-t", "A", "-q", "host.child.example.com"]).await;
+    assert!(!d.has_flag("aa") && d.answer.is_empty());
+    assert_eq!(recs(&d.authority).len(), 2, "{}", d.raw);
+    srv.shutdown().await;
+}

@@ -74,6 +74,36 @@ async fn malformed_and_odd_queries() {
     assert_eq!(resp.metadata.response_code, ResponseCode::FormErr);
     assert!(resp.answers.is_empty());
 
+    // An RCODE in the query's header: FORMERR without the question (as
+    // NSD), also when asked again (the response store must not keep it for
+    // the clean question), which still gets its answer.
+    for rcode in [1u8, 3, 15] {
+        for _ in 0..2 {
+            let mut raw = query("www.example.com.", RecordType::A).to_vec().unwrap();
+            raw[3] |= rcode;
+            let resp = Message::from_vec(&exchange(&s, a, &raw, w).await.unwrap()).unwrap();
+            assert_eq!(
+                resp.metadata.response_code,
+                ResponseCode::FormErr,
+                "rcode {rcode}"
+            );
+            assert!(resp.queries.is_empty() && resp.answers.is_empty());
+        }
+    }
+    let resp = Message::from_vec(
+        &exchange(
+            &s,
+            a,
+            &query("www.example.com.", RecordType::A).to_vec().unwrap(),
+            w,
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(resp.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(resp.answers.len(), 3);
+
     // Other opcodes: NOTIMP.
     let mut m = query("example.com.", RecordType::SOA);
     m.metadata.op_code = OpCode::Notify;
