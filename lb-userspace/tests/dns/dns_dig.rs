@@ -339,6 +339,17 @@ async fn chaos_identity_and_version() {
         short(a, &["CH", "TXT", "id.server"]).await,
         vec![format!("\"{}\"", host.trim())]
     );
+    // A reload applies a new identity and shows the version again.
+    let cfg = base_config("identity = \"ns2.example\"");
+    srv.reload(&dns_common::settings(&cfg)).await.unwrap();
+    assert_eq!(
+        short(a, &["+nocookie", "CH", "TXT", "id.server"]).await,
+        vec!["\"ns2.example\"".to_string()]
+    );
+    assert_eq!(
+        short(a, &["+nocookie", "CH", "TXT", "version.bind"]).await,
+        vec![version.clone()]
+    );
     srv.shutdown().await;
 }
 
