@@ -19,13 +19,16 @@ pub struct PlainQuery {
     pub question_end: usize,
     /// The EDNS UDP payload size, when the query has an OPT record.
     pub edns_payload: Option<u16>,
+    /// The OPT record's DO bit (echoed in the response, RFC 3225).
+    pub dnssec_ok: bool,
 }
 
 /// Parses `p` as a [`PlainQuery`]; `None` for anything else (which then
 /// takes the full path).
 pub fn plain_query(p: &[u8]) -> Option<PlainQuery> {
-    if p.len() < 17 || p[2] & 0xf8 != 0 {
-        // Short, a response (QR), or an opcode other than QUERY.
+    if p.len() < 17 || p[2] & 0xf8 != 0 || p[3] & 0x0f != 0 {
+        // Short, a response (QR), an opcode other than QUERY, or an RCODE
+        // set in the query.
         return None;
     }
     let count = |i: usize| u16::from_be_bytes([p[i], p[i + 1]]);
@@ -56,10 +59,11 @@ pub fn plain_query(p: &[u8]) -> Option<PlainQuery> {
         return (question_end == p.len()).then_some(PlainQuery {
             question_end,
             edns_payload: None,
+            dnssec_ok: false,
         });
     }
     // OPT: root name, type 41, class = payload, TTL = ext-rcode, version,
-    // flags; RDLENGTH 0 (options such as ECS or cookies take the full path).
+    // flags (DO, part of the key); RDLENGTH 0 (options such as ECS or cookies take the full path).
     let o = &p[question_end..];
     if o.len() != 11 || o[0] != 0 || o[1..3] != [0, 41] || o[6] != 0 || o[9..11] != [0, 0] {
         return None;
@@ -67,6 +71,7 @@ pub fn plain_query(p: &[u8]) -> Option<PlainQuery> {
     Some(PlainQuery {
         question_end,
         edns_payload: Some(u16::from_be_bytes([o[3], o[4]])),
+        dnssec_ok: o[7] & 0x80 != 0,
     })
 }
 
@@ -133,7 +138,8 @@ impl ResponseCache {
         };
         self.key.clear();
         self.key.extend_from_slice(&packet[12..plain.question_end]);
-        self.key.push(plain.edns_payload.is_some() as u8);
+        self.key
+            .push(u8::from(plain.edns_payload.is_some()) | u8::from(plain.dnssec_ok) << 1);
         self.key.extend_from_slice(&(limit as u32).to_be_bytes());
         // With RRL on, a UDP answer is usable only with its RRL identity.
         let needs_rrl = transport == Transport::Udp && state.rrl.is_some();
@@ -258,6 +264,9 @@ mod tests {
         let mut r = q.clone();
         r[2] |= 0x20;
         assert!(plain_query(&r).is_none());
+        let mut r = q.clone();
+        r[3] |= 0x01;
+        assert!(plain_query(&r).is_none());
         let mut r = query("www.example.com.", RecordType::A, 1, true, false, None);
         r[5] = 2;
         assert!(plain_query(&r).is_none());
@@ -330,6 +339,47 @@ mod tests {
         let q = query("www.example.com.", RecordType::A, 1, true, false, None);
         assert!(cache.handle(&st2, &stats, &q, src, Transport::Udp, &mut out));
         assert_eq!(cache.len(), 1);
+    }
+
+    /// The DO bit is echoed (RFC 3225) and is part of the key: a cached
+    /// answer to a DO=1 query is never reused for DO=0, and the reverse.
+    #[test]
+    fn dnssec_ok_is_echoed_and_keyed() {
+        let st = state(None);
+        let stats = Stats::default();
+        let src: SocketAddr = SRC.parse().unwrap();
+        let mut cache = ResponseCache::new();
+        let mut out = Vec::new();
+        let with_do = |id: u16, dnssec_ok: bool| {
+            let mut m = Message::from_vec(&query(
+                "www.example.com.",
+                RecordType::A,
+                id,
+                false,
+                false,
+                Some(1232),
+            ))
+            .unwrap();
+            m.edns.as_mut().unwrap().set_dnssec_ok(dnssec_ok);
+            m.to_vec().unwrap()
+        };
+        assert!(plain_query(&with_do(1, true)).unwrap().dnssec_ok);
+        assert!(!plain_query(&with_do(1, false)).unwrap().dnssec_ok);
+        for round in 0..3u16 {
+            for dnssec_ok in [true, false] {
+                let q = with_do(round, dnssec_ok);
+                assert!(cache.handle(&st, &stats, &q, src, Transport::Udp, &mut out));
+                assert_eq!(
+                    Some(out.clone()),
+                    handle(&st, &stats, &q, src, Transport::Udp)
+                );
+                let m = Message::from_vec(&out).unwrap();
+                let e = m.edns.as_ref().expect("OPT in the response");
+                assert_eq!(e.flags().dnssec_ok, dnssec_ok, "round {round}");
+                assert_eq!(m.answers.len(), 3, "CNAME and two A");
+            }
+        }
+        assert_eq!(cache.len(), 2);
     }
 
     /// Queries that are not plain give the full path's answer and are not

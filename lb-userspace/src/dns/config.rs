@@ -12,6 +12,7 @@ use hickory_proto::rr::{LowerName, Name};
 use serde::Deserialize;
 
 use super::{
+    chaos::ServerInfo,
     gslb::{Fallback, Member, Policy, PoolSpec, Prefix, Regions},
     rrl::RrlSettings,
     zone::Zone,
@@ -48,6 +49,11 @@ pub struct DnsConfig {
     /// Threads serving UDP, each with its own `SO_REUSEPORT` socket per
     /// address (default: one per CPU, at most 8).
     pub udp_workers: Option<i64>,
+    /// Answer to CHAOS TXT `id.server.` / `hostname.bind.` (default: the
+    /// host name).
+    pub identity: Option<String>,
+    /// Refuse CHAOS TXT `version.server.` / `version.bind.` (default false).
+    pub hide_version: Option<bool>,
     #[serde(default)]
     pub zone: Vec<ZoneConfig>,
     #[serde(default)]
@@ -144,10 +150,23 @@ pub struct DnsSettings {
     pub tcp_idle_timeout: Duration,
     pub max_tcp_clients: usize,
     pub udp_workers: usize,
+    /// CHAOS `id.server.` answer.
+    pub identity: String,
+    pub hide_version: bool,
     pub zones: Vec<ZoneSpec>,
     pub pools: Vec<PoolSpec>,
     pub regions: Regions,
     pub rrl: Option<RrlSettings>,
+}
+
+impl DnsSettings {
+    /// What CHAOS identity queries answer.
+    pub fn server_info(&self) -> ServerInfo {
+        ServerInfo {
+            identity: self.identity.clone(),
+            version: (!self.hide_version).then(super::chaos::version),
+        }
+    }
 }
 
 /// One UDP worker per CPU, at most 8.
@@ -266,6 +285,32 @@ impl DnsConfig {
                 default_udp_workers()
             }
         };
+
+        let identity = match &self.identity {
+            None => super::chaos::default_identity(),
+            Some(s) if s.is_empty() => {
+                err(errors, f("identity"), "must not be empty");
+                String::new()
+            }
+            Some(s) if s.len() > 255 => {
+                err(
+                    errors,
+                    f("identity"),
+                    format!("{} bytes; a TXT string holds at most 255", s.len()),
+                );
+                String::new()
+            }
+            Some(s) if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
+                err(
+                    errors,
+                    f("identity"),
+                    "only printable ASCII (no control characters)",
+                );
+                String::new()
+            }
+            Some(s) => s.clone(),
+        };
+        let hide_version = self.hide_version.unwrap_or(false);
 
         // Zones: each file must parse.
         let mut zones = Vec::new();
@@ -620,6 +665,8 @@ impl DnsConfig {
             tcp_idle_timeout,
             max_tcp_clients,
             udp_workers,
+            identity,
+            hide_version,
             zones,
             pools,
             regions: Regions::new(region_entries),

@@ -10,6 +10,7 @@ use hickory_proto::{
 };
 
 use super::{
+    chaos::ServerInfo,
     gslb::{Client, Gslb},
     zone::{Found, Node, Zone},
 };
@@ -17,10 +18,12 @@ use super::{
 /// Longest CNAME chain followed inside a zone.
 pub const MAX_CNAME_CHAIN: usize = 8;
 
-/// The zones we serve, longest origin first.
+/// The zones we serve, longest origin first, and what class CH identity
+/// queries answer.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     zones: Vec<Arc<Zone>>,
+    server: ServerInfo,
 }
 
 impl Catalog {
@@ -30,7 +33,22 @@ impl Catalog {
                 .num_labels()
                 .cmp(&a.origin_lower.num_labels())
         });
-        Catalog { zones }
+        Catalog {
+            zones,
+            server: ServerInfo::default(),
+        }
+    }
+
+    /// Sets the identity and version given to CHAOS queries (default: the
+    /// host name and `lb <version>`).
+    #[must_use]
+    pub fn with_server_info(mut self, server: ServerInfo) -> Self {
+        self.server = server;
+        self
+    }
+
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.server
     }
 
     /// The most specific zone containing `name`.
@@ -205,6 +223,26 @@ pub fn resolve(
                 a.authority.push(zone.negative_soa());
                 return a;
             }
+        }
+    }
+}
+
+/// Turns the answer to a class IN query into NSD's answer to the same
+/// query in class ANY: the same records (class IN); referrals unchanged
+/// (AA only when a CNAME led into the delegation, as in class IN); other
+/// answers without AA and without the authority section (no apex NS, no
+/// negative SOA), additional keeping the addresses of the answer's own
+/// NS/MX/SRV targets.
+pub fn as_class_any(catalog: &Catalog, a: &mut Answer, qtype: RecordType) {
+    if a.kind == Kind::Referral {
+        return;
+    }
+    a.authoritative = false;
+    a.authority.clear();
+    a.additional.clear();
+    if a.kind == Kind::Positive && qtype != RecordType::ANY {
+        if let Some(zone) = a.zone.as_ref().and_then(|z| catalog.get(z)) {
+            a.additional = additional_for(zone, a.answers.iter(), &a.answers);
         }
     }
 }

@@ -4,6 +4,8 @@
 //! * `zone`: one zone loaded from an RFC 1035 master file (hickory-proto's
 //!   parser), checked and indexed.
 //! * `lookup`: which records go into which section (pure).
+//! * `chaos`: class CH identity queries (`id.server.`, `version.bind.`, ...).
+//! * `cookie`: DNS cookies (RFC 7873, server cookies as RFC 9018).
 //! * `gslb`: pools of addresses, health-filtered and chosen by policy.
 //! * `rrl`: response rate limiting.
 //! * `query`: the query path, bytes in, bytes out (wire format via
@@ -14,7 +16,9 @@
 //!
 //! Operator documentation: `docs/dns.md`.
 pub mod cache;
+pub mod chaos;
 pub mod config;
+pub mod cookie;
 pub mod gslb;
 pub mod lookup;
 pub mod query;
@@ -77,7 +81,7 @@ impl DnsServer {
         }
         let monitor = Monitor::new();
         let state = State {
-            catalog: Catalog::new(zones),
+            catalog: Catalog::new(zones).with_server_info(s.server_info()),
             gslb: (!s.pools.is_empty())
                 .then(|| Gslb::new(s.pools.clone(), s.regions.clone(), monitor.clone())),
             max_udp_payload: s.max_udp_payload,
@@ -207,7 +211,7 @@ impl DnsServer {
             _ => None,
         };
         let state = State {
-            catalog: Catalog::new(zones),
+            catalog: Catalog::new(zones).with_server_info(s.server_info()),
             gslb,
             max_udp_payload: s.max_udp_payload,
             rrl,

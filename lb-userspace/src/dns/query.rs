@@ -9,8 +9,9 @@ use std::{
 };
 
 use super::{
+    chaos, cookie,
     gslb::{mask, Client, Gslb},
-    lookup::{resolve, Answer, Catalog, Kind},
+    lookup::{as_class_any, resolve, Answer, Catalog, Kind},
     rrl::{RateLimiter, Verdict},
 };
 use hickory_proto::{
@@ -304,10 +305,13 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
     r.metadata.recursion_desired = req.metadata.recursion_desired;
     r.metadata.checking_disabled = req.metadata.checking_disabled;
 
-    let mut resp_edns = req.edns.as_ref().map(|_| {
+    let mut resp_edns = req.edns.as_ref().map(|q| {
         let mut e = Edns::new();
         e.set_max_payload(state.max_udp_payload);
         e.set_version(0);
+        // RFC 3225: the DO bit is copied into the response. The zones are
+        // not signed, so it adds no records.
+        e.set_dnssec_ok(q.flags().dnssec_ok);
         e
     });
     let finish = |mut r: Message, edns: Option<Edns>, code: ResponseCode| {
@@ -321,6 +325,42 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
     if req.metadata.op_code != OpCode::Query {
         r.add_queries(req.queries.iter().take(1).cloned());
         return (finish(r, resp_edns, ResponseCode::NotImp), None);
+    }
+    if req.metadata.response_code.low() != 0 {
+        // A query with an RCODE set in its header: FORMERR, without the
+        // question, as NSD answers it.
+        return (finish(r, resp_edns, ResponseCode::FormErr), None);
+    }
+    // DNS cookies (RFC 7873): every response to a query with a client
+    // cookie carries it back with our server cookie.
+    let mut bad_server_cookie = false;
+    if let (Some(edns), Some(e)) = (&req.edns, resp_edns.as_mut()) {
+        match cookie::parse(edns) {
+            Err(cookie::Malformed) => {
+                r.add_queries(req.queries.iter().take(1).cloned());
+                return (finish(r, resp_edns, ResponseCode::FormErr), None);
+            }
+            Ok(Some(c)) => {
+                let reply = cookie::reply(cookie::process_secret(), &c, src.ip(), cookie::now());
+                bad_server_cookie = reply.bad_server_cookie;
+                e.options_mut().insert(reply.edns_option());
+            }
+            Ok(None) => {}
+        }
+    }
+    let has_cookie = resp_edns
+        .as_ref()
+        .is_some_and(|e| e.option(EdnsCode::Cookie).is_some());
+    if req.queries.is_empty() && has_cookie && req.answers.is_empty() && req.authorities.is_empty()
+    {
+        // RFC 7873 5.4: a query for a server cookie only. BADCOOKIE when
+        // the server cookie it sent is not valid.
+        let code = match req.edns.as_ref().map(Edns::version) {
+            Some(v) if v > 0 => ResponseCode::BADVERS,
+            _ if bad_server_cookie => ResponseCode::BADCOOKIE,
+            _ => ResponseCode::NoError,
+        };
+        return (finish(r, resp_edns, code), None);
     }
     if req.queries.len() != 1 {
         // RFC 9619: a QUERY has exactly one question.
@@ -357,8 +397,18 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
         }
     }
 
-    if q.query_class() != DNSClass::IN {
-        return (finish(r, resp_edns, ResponseCode::Refused), None);
+    let class_any = q.query_class() == DNSClass::ANY;
+    match q.query_class() {
+        // Class ANY is answered from the zones (IN) as NSD does; see
+        // `lookup::as_class_any`.
+        DNSClass::IN | DNSClass::ANY => {}
+        DNSClass::CH => {
+            // Identity queries; not authoritative data (no AA), as NSD.
+            let (code, rec) = chaos::answer(state.catalog.server_info(), q.name(), q.query_type());
+            r.answers.extend(rec);
+            return (finish(r, resp_edns, code), None);
+        }
+        _ => return (finish(r, resp_edns, ResponseCode::Refused), None),
     }
     match q.query_type() {
         RecordType::AXFR | RecordType::IXFR => {
@@ -377,6 +427,9 @@ pub fn respond(state: &State, req: &Message, src: SocketAddr) -> (Message, Optio
         q.query_type(),
         &client,
     );
+    if class_any {
+        as_class_any(&state.catalog, &mut answer, q.query_type());
+    }
     r.metadata.authoritative = answer.authoritative;
     // The records move into the response; callers only read the answer's
     // kind and whether it is dynamic.

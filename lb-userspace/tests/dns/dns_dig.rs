@@ -268,8 +268,88 @@ async fn negative_answers_delegation_refused() {
     let d = dig(a, &["example.org", "A"]).await;
     assert_eq!(d.status, "REFUSED");
     assert!(!d.has_flag("aa") && d.answer.is_empty());
-    let d = dig(a, &["version.bind", "TXT", "CH"]).await;
+    // CHAOS names other than the identity ones: REFUSED.
+    let d = dig(a, &["authors.bind", "TXT", "CH"]).await;
     assert_eq!(d.status, "REFUSED");
+    srv.shutdown().await;
+}
+
+/// `dig` output with `+short`: one line per answer record.
+async fn short(a: std::net::SocketAddr, args: &[&str]) -> Vec<String> {
+    let mut v = args.to_vec();
+    v.push("+short");
+    dig(a, &v).await.raw.lines().map(String::from).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_identity_and_version() {
+    need_dig!();
+    let (srv, a) = start(&base_config("identity = \"ns1.example\"")).await;
+    let version = format!("\"lb {}\"", env!("CARGO_PKG_VERSION"));
+    for (name, want) in [
+        ("id.server", "\"ns1.example\""),
+        ("hostname.bind", "\"ns1.example\""),
+        ("ID.SERVER", "\"ns1.example\""),
+        ("version.server", version.as_str()),
+        ("version.bind", version.as_str()),
+    ] {
+        for extra in [
+            &[][..],
+            &["+nocookie"],
+            &["+nocookie"],
+            &["+tcp"],
+            &["+noedns"],
+        ] {
+            let mut args = vec!["CH", "TXT", name];
+            args.extend_from_slice(extra);
+            assert_eq!(short(a, &args).await, vec![want.to_string()], "{args:?}");
+        }
+        let d = dig(a, &["-c", "CH", "-t", "TXT", "-q", name]).await;
+        assert_eq!(d.status, "NOERROR", "{}", d.raw);
+        assert!(!d.has_flag("aa"), "{}", d.raw);
+        let recs = Dig::records(&d.answer);
+        assert_eq!(recs.len(), 1, "{}", d.raw);
+        assert_eq!(recs[0].1, 0, "TTL 0: {}", d.raw);
+        assert!(d.answer[0].contains("\tCH\tTXT\t"), "{}", d.raw);
+    }
+    for (name, t) in [
+        ("id.server", "A"),
+        ("authors.bind", "TXT"),
+        ("x.version.bind", "TXT"),
+    ] {
+        let d = dig(a, &["-c", "CH", "-t", t, "-q", name]).await;
+        assert_eq!(d.status, "REFUSED", "{name} {t}: {}", d.raw);
+        assert!(d.answer.is_empty());
+    }
+    // Class HS and others: REFUSED.
+    let d = dig(a, &["-c", "HS", "-t", "TXT", "-q", "id.server"]).await;
+    assert_eq!(d.status, "REFUSED", "{}", d.raw);
+    srv.shutdown().await;
+
+    // hide_version: version queries REFUSED; the identity defaults to the
+    // host name.
+    let (srv, a) = start(&base_config("hide_version = true")).await;
+    for name in ["version.server", "version.bind"] {
+        let d = dig(a, &["-c", "CH", "-t", "TXT", "-q", name]).await;
+        assert_eq!(d.status, "REFUSED", "{}", d.raw);
+        assert!(d.answer.is_empty());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        short(a, &["CH", "TXT", "id.server"]).await,
+        vec![format!("\"{}\"", host.trim())]
+    );
+    // A reload applies a new identity and shows the version again.
+    let cfg = base_config("identity = \"ns2.example\"");
+    srv.reload(&dns_common::settings(&cfg)).await.unwrap();
+    assert_eq!(
+        short(a, &["+nocookie", "CH", "TXT", "id.server"]).await,
+        vec!["\"ns2.example\"".to_string()]
+    );
+    assert_eq!(
+        short(a, &["+nocookie", "CH", "TXT", "version.bind"]).await,
+        vec![version.clone()]
+    );
     srv.shutdown().await;
 }
 
@@ -285,6 +365,34 @@ async fn edns_truncation_and_tcp() {
         "{}",
         d.raw
     );
+    // DO=1 is echoed (RFC 3225), on the full and the cached path and over
+    // TCP; the zone is unsigned, so no RRSIGs. DO=0 stays 0.
+    for args in [
+        &["+dnssec", "web.example.com", "A"][..],
+        &["+dnssec", "+nocookie", "web.example.com", "A"],
+        &["+dnssec", "+nocookie", "web.example.com", "A"],
+        &["+dnssec", "+tcp", "web.example.com", "A"],
+        &["+dnssec", "+nocookie", "nope.example.com", "A"],
+    ] {
+        let d = dig(a, args).await;
+        let edns = d.edns.as_deref().unwrap_or("");
+        assert!(
+            edns.starts_with("; EDNS: version: 0, flags: do;"),
+            "{args:?}: {}",
+            d.raw
+        );
+        assert!(!d.raw.contains("RRSIG"), "{}", d.raw);
+    }
+    let d = dig(a, &["+dnssec", "web.example.com", "A"]).await;
+    assert_eq!(d.answer.len(), 2, "{}", d.raw);
+    for args in [
+        &["+nodnssec", "+nocookie", "web.example.com", "A"][..],
+        &["+nodnssec", "web.example.com", "A"],
+    ] {
+        let d = dig(a, args).await;
+        let edns = d.edns.as_deref().unwrap_or("");
+        assert!(edns.starts_with("; EDNS: version: 0, flags:;"), "{}", d.raw);
+    }
     // Without EDNS, no OPT.
     let d = dig(a, &["+noedns", "web.example.com", "A"]).await;
     assert!(d.edns.is_none(), "{}", d.raw);
@@ -352,5 +460,123 @@ async fn tcp_serves_several_queries_on_one_connection() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.matches("status: NOERROR").count(), 2, "{text}");
     assert_eq!(text.matches("status: NXDOMAIN").count(), 1, "{text}");
+    srv.shutdown().await;
+}
+
+/// The `; COOKIE: <hex> (...)` line dig prints: the hex and the verdict.
+fn cookie_line(d: &Dig) -> Option<(String, String)> {
+    let l = d.raw.lines().find(|l| l.starts_with("; COOKIE: "))?;
+    let rest = l.strip_prefix("; COOKIE: ")?;
+    let (hex, verdict) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((hex.to_string(), verdict.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_cookies() {
+    need_dig!();
+    let (srv, a) = start(&base_config("")).await;
+    // dig sends a client cookie and checks that it comes back with a
+    // server cookie (16 bytes, RFC 9018): "(good)".
+    let client = "0123456789abcdef";
+    let arg = format!("+cookie={client}");
+    let d = dig(a, &[&arg, "web.example.com", "A"]).await;
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert_eq!(d.answer.len(), 2);
+    let (hex, verdict) = cookie_line(&d).unwrap_or_else(|| panic!("no cookie: {}", d.raw));
+    assert_eq!(verdict, "(good)", "{}", d.raw);
+    assert_eq!(hex.len(), 48, "8 + 16 bytes: {}", d.raw);
+    assert!(hex.starts_with(client));
+    assert!(hex[16..].starts_with("01000000"), "version 1: {hex}");
+    // The full cookie sent back within its first half hour: echoed as is,
+    // on UDP and TCP, and on error answers too.
+    let full = format!("+cookie={hex}");
+    for args in [
+        &[full.as_str(), "web.example.com", "A"][..],
+        &[full.as_str(), "+tcp", "web.example.com", "A"],
+        &[full.as_str(), "example.org", "A"],
+        &[full.as_str(), "nope.example.com", "A"],
+    ] {
+        let d = dig(a, args).await;
+        assert_eq!(
+            cookie_line(&d),
+            Some((hex.clone(), "(good)".into())),
+            "{args:?}: {}",
+            d.raw
+        );
+    }
+    // A server cookie that is not ours: answered, with a new one.
+    let forged = format!("+cookie={client}0100000000000000ffffffffffffffff");
+    let d = dig(a, &[&forged, "web.example.com", "A"]).await;
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert_eq!(d.answer.len(), 2);
+    let (h, _) = cookie_line(&d).unwrap();
+    assert_eq!(h.len(), 48);
+    assert_ne!(&h[16..], "0100000000000000ffffffffffffffff");
+    // Without a cookie, none in the answer.
+    let d = dig(a, &["+nocookie", "web.example.com", "A"]).await;
+    assert!(cookie_line(&d).is_none(), "{}", d.raw);
+    // Only the header and a cookie (QDCOUNT 0): NOERROR with a cookie
+    // (RFC 7873 5.4).
+    let d = dig(a, &[&arg, "+header-only", "web.example.com", "A"]).await;
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    let (h, verdict) = cookie_line(&d).unwrap_or_else(|| panic!("no cookie: {}", d.raw));
+    assert!(h.starts_with(client) && h.len() == 48, "{}", d.raw);
+    assert_eq!(verdict, "(good)");
+    // A big answer still truncates, and the TC answer carries the cookie.
+    let d = dig(
+        a,
+        &[&arg, "+ignore", "+bufsize=1232", "big.example.com", "TXT"],
+    )
+    .await;
+    assert!(d.has_flag("tc"), "{}", d.raw);
+    assert!(d.msg_size.unwrap() <= 1232);
+    assert!(
+        cookie_line(&d).is_some_and(|(h, _)| h.starts_with(client)),
+        "{}",
+        d.raw
+    );
+    srv.shutdown().await;
+}
+
+/// Class ANY (255): answered from the zone like class IN, as NSD does:
+/// records of class IN, no AA, no authority section except in referrals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn class_any_is_answered_from_the_zone() {
+    need_dig!();
+    let (srv, a) = start(&base_config("")).await;
+    for _ in 0..2 {
+        let d = dig(
+            a,
+            &["+nocookie", "-c", "ANY", "-t", "A", "-q", "web.example.com"],
+        )
+        .await;
+        assert_eq!(d.status, "NOERROR", "{}", d.raw);
+        assert!(!d.has_flag("aa"), "{}", d.raw);
+        assert_eq!(
+            recs(&d.answer),
+            vec![
+                rec("web.example.com.", 300, "A", "198.18.0.80"),
+                rec("web.example.com.", 300, "A", "198.18.0.81"),
+            ]
+        );
+        assert!(
+            d.authority.is_empty() && d.additional.is_empty(),
+            "{}",
+            d.raw
+        );
+    }
+    // NS at the apex: the addresses of the servers in additional.
+    let d = dig(a, &["-c", "ANY", "-t", "NS", "-q", "example.com"]).await;
+    assert_eq!(d.answer.len(), 2);
+    assert_eq!(d.additional.len(), 3, "{}", d.raw);
+    // NXDOMAIN without the SOA; outside our zones REFUSED; referrals as in IN.
+    let d = dig(a, &["-c", "ANY", "-t", "A", "-q", "nope.example.com"]).await;
+    assert_eq!(d.status, "NXDOMAIN");
+    assert!(d.authority.is_empty(), "{}", d.raw);
+    let d = dig(a, &["-c", "ANY", "-t", "A", "-q", "example.org"]).await;
+    assert_eq!(d.status, "REFUSED");
+    let d = dig(a, &["-c", "ANY", "-t", "A", "-q", "host.child.example.com"]).await;
+    assert!(!d.has_flag("aa") && d.answer.is_empty());
+    assert_eq!(recs(&d.authority).len(), 2, "{}", d.raw);
     srv.shutdown().await;
 }

@@ -265,3 +265,98 @@ async fn answers_match_nsd() {
     );
     ours.shutdown().await;
 }
+
+/// Class ANY (255) questions for the same names: NSD answers them from the
+/// zone without AA and without the authority section (except referrals);
+/// ours must match record for record. Also: a query with an RCODE in its
+/// header gets FORMERR from both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn class_any_and_header_rcode_match_nsd() {
+    if !have("dig", "dnsutils") || !have("nsd", "nsd") {
+        return;
+    }
+    let zone = dns_common::zone_file();
+    let nsd = Nsd::start("example.com", &zone);
+    let (ours, our_addr) = start(&base_config("")).await;
+    let t0 = Instant::now();
+    while dig(nsd.addr, &["example.com", "SOA"]).await.status != "NOERROR" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "NSD did not come up: {}",
+            nsd.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut mismatches = Vec::new();
+    let mut answered = 0;
+    for (name, qtype) in QUERIES {
+        for (transport, times) in [
+            (&["+nocookie", "+bufsize=1232"][..], 2),
+            (&["+tcp"][..], 1),
+            (&["+noedns"][..], 1),
+        ] {
+            let mut args: Vec<&str> = transport.to_vec();
+            args.extend(["-c", "ANY", "-t", qtype, "-q", name]);
+            let theirs = dig(nsd.addr, &args).await;
+            assert!(!theirs.status.is_empty(), "NSD: {}", theirs.raw);
+            assert!(
+                theirs.raw.contains("\tANY\t"),
+                "class ANY asked: {}",
+                theirs.raw
+            );
+            if !theirs.answer.is_empty() {
+                answered += 1;
+            }
+            let t = comparable(&theirs);
+            for _ in 0..times {
+                let m = comparable(&dig(our_addr, &args).await);
+                if t != m {
+                    mismatches.push(format!(
+                        "{name} CLASS ANY {qtype} {transport:?}\n  nsd:  {t:?}\n  ours: {m:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        answered > 30,
+        "class ANY answered from the zone: {answered}"
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} differ from NSD:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+
+    // RCODE 1..15 in a query's header: both answer FORMERR with no
+    // question (we keep the OPT record, NSD drops it).
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    for rcode in [1u8, 5, 15] {
+        for edns in [false, true] {
+            let mut p = vec![0x42, 0x42, 0x00, rcode, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)];
+            p.extend_from_slice(b"\x03www\x07example\x03com\x00\x00\x01\x00\x01");
+            if edns {
+                p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+            }
+            let mut got = Vec::new();
+            for to in [nsd.addr, our_addr] {
+                sock.send_to(&p, to).unwrap();
+                let mut buf = [0u8; 4096];
+                let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("{to}: {e}"));
+                let r = &buf[..n];
+                // ID, QR, RCODE, QDCOUNT/ANCOUNT/NSCOUNT.
+                got.push((
+                    r[0..2].to_vec(),
+                    r[2] & 0x80,
+                    r[3] & 0x0f,
+                    r[4..10].to_vec(),
+                ));
+            }
+            assert_eq!(got[0], got[1], "rcode {rcode} edns {edns}: nsd vs ours");
+            assert_eq!(got[1].2, 1, "FORMERR");
+        }
+    }
+    ours.shutdown().await;
+}

@@ -74,6 +74,36 @@ async fn malformed_and_odd_queries() {
     assert_eq!(resp.metadata.response_code, ResponseCode::FormErr);
     assert!(resp.answers.is_empty());
 
+    // An RCODE in the query's header: FORMERR without the question (as
+    // NSD), also when asked again (the response store must not keep it for
+    // the clean question), which still gets its answer.
+    for rcode in [1u8, 3, 15] {
+        for _ in 0..2 {
+            let mut raw = query("www.example.com.", RecordType::A).to_vec().unwrap();
+            raw[3] |= rcode;
+            let resp = Message::from_vec(&exchange(&s, a, &raw, w).await.unwrap()).unwrap();
+            assert_eq!(
+                resp.metadata.response_code,
+                ResponseCode::FormErr,
+                "rcode {rcode}"
+            );
+            assert!(resp.queries.is_empty() && resp.answers.is_empty());
+        }
+    }
+    let resp = Message::from_vec(
+        &exchange(
+            &s,
+            a,
+            &query("www.example.com.", RecordType::A).to_vec().unwrap(),
+            w,
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(resp.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(resp.answers.len(), 3);
+
     // Other opcodes: NOTIMP.
     let mut m = query("example.com.", RecordType::SOA);
     m.metadata.op_code = OpCode::Notify;
@@ -122,6 +152,145 @@ async fn malformed_and_odd_queries() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 1
     );
+    srv.shutdown().await;
+}
+
+/// A query with an OPT record carrying `option` (code, data) as its only
+/// option, built by hand: `qname` none means QDCOUNT 0.
+fn raw_query(id: u16, qname: Option<&[u8]>, option: (u16, &[u8])) -> Vec<u8> {
+    let mut p = id.to_be_bytes().to_vec();
+    p.extend_from_slice(&[0x00, 0x00]);
+    p.extend_from_slice(&u16::from(qname.is_some()).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, 0, 1]);
+    if let Some(q) = qname {
+        p.extend_from_slice(q);
+        p.extend_from_slice(&[0, 1, 0, 1]);
+    }
+    // OPT: root, type 41, payload 1232, ext-rcode 0, version 0, flags 0.
+    p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+    let (code, data) = option;
+    p.extend_from_slice(&(data.len() as u16 + 4).to_be_bytes());
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+fn cookie_of(m: &Message) -> Option<Vec<u8>> {
+    m.edns
+        .as_ref()?
+        .options()
+        .options
+        .iter()
+        .find_map(|(_, o)| match o {
+            EdnsOption::Unknown(10, d) => Some(d.clone()),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_on_the_wire() {
+    let (srv, a) = start(&base_config("")).await;
+    let s = client().await;
+    let w = Duration::from_millis(500);
+    let cc = [0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8];
+    let www = b"\x03www\x07example\x03com\x00";
+
+    // QDCOUNT 0 with only a client cookie: NOERROR, the client cookie and
+    // a 16-byte server cookie (RFC 7873 5.4), not FORMERR; over TCP too.
+    let q = raw_query(0x1234, None, (10, &cc));
+    for tcp in [false, true] {
+        let raw = if tcp {
+            srv.handle_packet(&q, "127.0.0.1:5300".parse().unwrap(), true)
+        } else {
+            exchange(&s, a, &q, w).await
+        };
+        let m = Message::from_vec(&raw.expect("an answer")).unwrap();
+        assert_eq!(m.metadata.id, 0x1234);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "tcp {tcp}");
+        assert!(m.queries.is_empty() && m.answers.is_empty());
+        let c = cookie_of(&m).expect("cookie");
+        assert_eq!(&c[..8], &cc);
+        assert_eq!(c.len(), 24);
+        assert_eq!(c[8], 1, "RFC 9018 version");
+    }
+    // The server cookie it got is valid when sent back: NOERROR again,
+    // echoed; a forged one: BADCOOKIE with a fresh cookie.
+    let m = Message::from_vec(&exchange(&s, a, &q, w).await.unwrap()).unwrap();
+    let good = cookie_of(&m).unwrap();
+    let m = Message::from_vec(
+        &exchange(&s, a, &raw_query(2, None, (10, &good)), w)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(cookie_of(&m).unwrap(), good);
+    let mut forged = good.clone();
+    forged[23] ^= 1;
+    let m = Message::from_vec(
+        &exchange(&s, a, &raw_query(3, None, (10, &forged)), w)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::BADCOOKIE);
+    let fresh = cookie_of(&m).unwrap();
+    assert_eq!(&fresh[..8], &cc);
+    assert_ne!(fresh, forged);
+
+    // A normal query with a client cookie: answered, with the cookies.
+    let m = Message::from_vec(
+        &exchange(&s, a, &raw_query(4, Some(www), (10, &cc)), w)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(m.answers.len(), 3);
+    assert_eq!(&cookie_of(&m).unwrap()[..8], &cc);
+
+    // Malformed COOKIE lengths: FORMERR, with or without a question.
+    for len in [0usize, 1, 7, 9, 15, 41] {
+        let data = vec![0xaa; len];
+        for qname in [None, Some(&www[..])] {
+            let raw = exchange(&s, a, &raw_query(5, qname, (10, &data)), w)
+                .await
+                .unwrap_or_else(|| panic!("no answer to a {len}-byte cookie"));
+            let m = Message::from_vec(&raw).unwrap();
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::FormErr,
+                "{len} bytes"
+            );
+            assert!(m.answers.is_empty());
+            assert!(cookie_of(&m).is_none());
+        }
+    }
+    // Valid lengths with a question: answered.
+    for len in [8usize, 16, 24, 40] {
+        let data = vec![0xaa; len];
+        let m = Message::from_vec(
+            &exchange(&s, a, &raw_query(6, Some(www), (10, &data)), w)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NoError,
+            "{len} bytes"
+        );
+        assert_eq!(cookie_of(&m).unwrap().len(), 24);
+    }
+    // QDCOUNT 0 with another option and no cookie: still FORMERR.
+    let m = Message::from_vec(
+        &exchange(&s, a, &raw_query(7, None, (12, &[0; 4])), w)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
     srv.shutdown().await;
 }
 
@@ -324,6 +493,7 @@ fn config_errors_name_the_field() {
 listen = ["127.0.0.1"]
 max_udp_payload = 100
 udp_workers = 0
+identity = ""
 [[zone]]
 name = "example.com."
 file = "/nonexistent/zone"
@@ -342,6 +512,7 @@ responses_per_second = -1
         "dns.listen[0]",
         "dns.max_udp_payload",
         "dns.udp_workers",
+        "dns.identity",
         "dns.zone[0].file",
         "dns.gslb[0].name",
         "dns.gslb[0].policy",
@@ -362,5 +533,15 @@ responses_per_second = -1
     ));
     assert!(cfg.settings("dns", &mut errors).is_none());
     assert_eq!(errors[0].field, "dns.gslb[0].health.port", "{errors:?}");
+    // The identity is one TXT string: at most 255 printable ASCII bytes.
+    for bad in ["x".repeat(256), "tab\there".into()] {
+        let mut errors = Vec::new();
+        let cfg = parse_config(&base_config(&format!("identity = {bad:?}")));
+        assert!(cfg.settings("dns", &mut errors).is_none(), "{bad:?}");
+        assert_eq!(errors[0].field, "dns.identity", "{errors:?}");
+    }
+    assert!(
+        toml::from_str::<lb_userspace::dns::config::DnsConfig>("hide_version = \"yes\"").is_err()
+    );
     assert!(toml::from_str::<lb_userspace::dns::config::DnsConfig>("bogus = 1").is_err());
 }
