@@ -376,29 +376,22 @@ impl Model {
         let Some(vi) = vi.filter(|_| qsrc == outer_dst) else {
             return dropped("ICMP error not about a packet of a VIP");
         };
-        if !self.vips[vi].snat.is_empty()
-            && !self.flows.contains_key(&Tuple {
-                src: qdst,
-                dst: qsrc,
-                sport: qdport,
-                dport: qsport,
-                proto: qproto,
-            })
-        {
+        // The flow's client → VIP tuple, from the quote reversed.
+        let key = Tuple {
+            src: qdst,
+            dst: qsrc,
+            sport: qdport,
+            dport: qsport,
+            proto: qproto,
+        };
+        let known = self.flows.get(&key).copied();
+        if !self.vips[vi].snat.is_empty() && known.is_none() {
             return dropped("ICMP error about a FullNAT flow without its entry");
         }
         if self.vips[vi].dsr {
             // In IPIP to the flow's real, the error as it came.
-            let key = Tuple {
-                src: qdst,
-                dst: qsrc,
-                sport: qdport,
-                dport: qsport,
-                proto: qproto,
-            };
-            let real = self.flows.get(&key).map(|t| t.1);
             return self
-                .check_ipip(input, verdict, output, l3, end, vi, real)
+                .check_ipip(input, verdict, output, l3, end, vi, known.map(|t| t.1))
                 .map(|_| Some(Outcome::IcmpRelayed));
         }
         if input[l3 + if v6 { 7 } else { 8 }] <= 1 {
@@ -420,15 +413,7 @@ impl Model {
             ));
         }
         // The real: the flow's, else any of the VIP's (the ring's).
-        let key = Tuple {
-            src: qdst,
-            dst: qsrc,
-            sport: qdport,
-            dport: qsport,
-            proto: qproto,
-        };
         let got = (addrs(output, l3).1, be16(output, inner_l4));
-        let known = self.flows.get(&key).copied();
         let snat = known.and_then(|k| k.3);
         let want_real = if let Some((_, a, p, _)) = known {
             (a, p)
