@@ -150,9 +150,9 @@ fn ip_len(ctx: &XdpContext, l3: usize, v4: bool) -> Result<usize, ()> {
     }
 }
 
-/// An error about a flow of this VIP: finds the flow's real; NAT and
-/// FullNAT errors are translated and forwarded here, DSR ones go back to
-/// `lb_xdp`.
+/// An error about a flow of this VIP: finds the flow's real and returns
+/// [`RELAY_NAT`] (the translation in `ICMP_SCRATCH`) or [`RELAY_DSR`] to
+/// `lb_xdp`, or a verdict (counted).
 #[inline(always)]
 fn relay(ctx: &XdpContext, pkt: &mut Packet, ip_end: usize) -> Result<u64, ()> {
     let v4 = pkt.family == FAMILY_V4;
@@ -313,17 +313,6 @@ pub struct Translation {
     pub vkey: VipKey,
 }
 
-/// Rewrites an error about a NAT / FullNAT flow to what the real's own
-/// packet would have drawn, and forwards it to the real. The real sent
-/// real:rport → client:cport (NAT) or real:rport → snat:sport (FullNAT);
-/// the LB made it VIP:vport → client:cport. So the outer destination
-/// becomes the real (FullNAT: the outer source the SNAT address, which the
-/// real routes back to), and the quoted source real:rport (FullNAT: the
-/// quoted destination snat:sport). Every changed 16-bit word goes into
-/// the checksums that cover it: the outer IPv4 header, the quoted IPv4
-/// header, the quoted TCP/UDP checksum when the quote holds it, and the
-/// ICMP checksum (for ICMPv6 also over the outer addresses, its pseudo
-/// header). TTL / hop limit is decremented.
 /// What [`translate_v4`] / [`translate_v6`] return when the error is
 /// ready to be forwarded to the real.
 const TRANSLATED: u32 = u32::MAX;
@@ -370,6 +359,17 @@ fn translate_v6(ctx: &XdpContext, l3: usize, l4: usize) -> u32 {
     try_translate::<false>(ctx, l3, l4, t).unwrap_or(xdp_action::XDP_DROP)
 }
 
+/// Rewrites an error about a NAT / FullNAT flow to what the real's own
+/// packet would have drawn (`relay_nat` forwards it). The real sent
+/// real:rport → client:cport (NAT) or real:rport → snat:sport (FullNAT);
+/// the LB made it VIP:vport → client:cport. So the outer destination
+/// becomes the real (FullNAT: the outer source the SNAT address, which the
+/// real routes back to), and the quoted source real:rport (FullNAT: the
+/// quoted destination snat:sport). Every changed 16-bit word goes into
+/// the checksums that cover it: the outer IPv4 header, the quoted IPv4
+/// header, the quoted TCP/UDP checksum when the quote holds it, and the
+/// ICMP checksum (for ICMPv6 also over the outer addresses, its pseudo
+/// header). TTL / hop limit is decremented.
 #[inline(always)]
 fn try_translate<const V4: bool>(
     ctx: &XdpContext,
