@@ -228,7 +228,7 @@ impl Model {
         match wire::classify(input) {
             Kind::NotIp => must_pass(Outcome::PassNotIp, "not IP"),
             Kind::OtherProto { dst } if self.is_vip_addr(dst) => {
-                match self.icmp(input, ingress, verdict, output)? {
+                match self.icmp(input, verdict, output)? {
                     Some(o) => Ok(o),
                     None => must_pass(
                         Outcome::PassOtherProto,
@@ -260,13 +260,7 @@ impl Model {
     /// ICMP / ICMPv6 to a VIP address: `None` when it must pass untouched
     /// (another protocol, or another ICMP type), else the check of what the
     /// program did with an echo request or an error.
-    fn icmp(
-        &self,
-        input: &[u8],
-        ingress: Port,
-        verdict: u32,
-        output: &[u8],
-    ) -> Result<Option<Outcome>, String> {
+    fn icmp(&self, input: &[u8], verdict: u32, output: &[u8]) -> Result<Option<Outcome>, String> {
         let be16 = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
         let l3 = if be16(input, 12) == 0x8100 { 18 } else { 14 };
         let v6 = be16(input, l3 - 2) == 0x86dd;
@@ -311,6 +305,23 @@ impl Model {
             wire::fold(s)
         };
         let ip4_residue = |b: &[u8], at: usize| wire::fold(wire::sum(&b[at..at + 20]));
+        // The output is `want` but for the checksum fields in `skip`, and
+        // the checksums' residues (outer IPv4 header, ICMP) are unchanged.
+        let same_but = |want: &[u8], skip: &[usize], what: &str| -> Result<(), String> {
+            if let Some(i) = (0..want.len()).find(|i| !skip.contains(i) && want[*i] != output[*i]) {
+                return Err(format!(
+                    "{what}: byte {i} is {:#04x}, want {:#04x}",
+                    output[i], want[i]
+                ));
+            }
+            if !v6 && !wire::same(ip4_residue(input, l3), ip4_residue(output, l3)) {
+                return Err(format!("{what}: IPv4 header checksum residue changed"));
+            }
+            if !wire::same(residue(input), residue(output)) {
+                return Err(format!("{what}: ICMP checksum residue changed"));
+            }
+            Ok(())
+        };
         if code == 0 && ty == if v6 { 128 } else { 8 } {
             // Answered in place, out of the interface it came in on.
             if verdict != XDP_REDIRECT || output.len() != input.len() {
@@ -334,19 +345,7 @@ impl Model {
             } else {
                 &[l4 + 2, l4 + 3, l3 + 10, l3 + 11]
             };
-            if let Some(i) = (0..want.len()).find(|i| !skip.contains(i) && want[*i] != output[*i]) {
-                return Err(format!(
-                    "echo reply {src} → {dst}: byte {i} is {:#04x}, want {:#04x}",
-                    output[i], want[i]
-                ));
-            }
-            if !v6 && !wire::same(ip4_residue(input, l3), ip4_residue(output, l3)) {
-                return Err("echo reply: IPv4 header checksum residue changed".into());
-            }
-            if !wire::same(residue(input), residue(output)) {
-                return Err("echo reply: ICMP checksum residue changed".into());
-            }
-            let _ = ingress;
+            same_but(&want, skip, &format!("echo reply {src} → {dst}"))?;
             return Ok(Some(Outcome::IcmpEcho));
         }
         let error = if v6 { ty == 1 || ty == 2 } else { ty == 3 };
@@ -474,18 +473,7 @@ impl Model {
         if !v6 {
             skip.extend([l3 + 10, l3 + 11, inner + 10, inner + 11]);
         }
-        if let Some(i) = (0..want.len()).find(|i| !skip.contains(i) && want[*i] != output[*i]) {
-            return Err(format!(
-                "relayed ICMP error: byte {i} is {:#04x}, want {:#04x}",
-                output[i], want[i]
-            ));
-        }
-        if !v6 && !wire::same(ip4_residue(input, l3), ip4_residue(output, l3)) {
-            return Err("relayed ICMP error: IPv4 header checksum residue changed".into());
-        }
-        if !wire::same(residue(input), residue(output)) {
-            return Err("relayed ICMP error: ICMP checksum residue changed".into());
-        }
+        same_but(&want, &skip, "relayed ICMP error")?;
         Ok(Some(Outcome::IcmpRelayed))
     }
 

@@ -35,6 +35,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket},
 };
 
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 use rand::Rng;
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use tokio::{io::unix::AsyncFd, net::UdpSocket};
@@ -62,9 +63,7 @@ impl Tunnel {
 }
 
 const IPPROTO_IPIP: i32 = 4;
-const IPPROTO_TCP: u8 = 6;
 const IPPROTO_IPV6: i32 = 41;
-const IPPROTO_UDP: u8 = 17;
 const TTL: u8 = 64;
 /// MSS the SYN offers: small enough for any tunnel overhead.
 const SYN_MSS: u16 = 1220;
